@@ -1,2 +1,12 @@
 //! mayfly's domain: identifiers, the job lifecycle and label matching. Pure: no I/O, no async,
 //! time and randomness come in as parameters.
+#![forbid(unsafe_code)]
+
+pub mod ids;
+pub mod job;
+
+pub use ids::{DeliveryId, InstallationId, JobId, RepoFullName, RepoId, RunId};
+pub use job::{JobStatus, Transition};
+pub mod clock;
+
+pub use clock::{Clock, SystemClock};

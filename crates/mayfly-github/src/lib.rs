@@ -1,4 +1,12 @@
 //! The GitHub side of mayfly: App authentication (RS256 JWT, installation tokens), the REST
 //! client, webhook verification and typed webhook payloads.
+#![forbid(unsafe_code)]
 
+pub mod app;
+pub mod rest;
+pub mod secret;
 pub mod webhook;
+
+pub use app::{AppAuthError, AppCredentials};
+pub use rest::{GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RetryPolicy};
+pub use secret::{AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig};

@@ -121,7 +121,10 @@ mod tests {
         let secret = WebhookSecret::new(VECTOR_SECRET.to_vec());
         assert_eq!(signature_header(&secret, VECTOR_BODY), VECTOR_HEADER);
         let verifier = WebhookVerifier::new(vec![secret]);
-        assert_eq!(verifier.verify(Some(VECTOR_HEADER.as_bytes()), VECTOR_BODY), Ok(()));
+        assert_eq!(
+            verifier.verify(Some(VECTOR_HEADER.as_bytes()), VECTOR_BODY),
+            Ok(())
+        );
     }
 
     #[test]
@@ -136,7 +139,10 @@ mod tests {
     #[test]
     fn refuses_missing_malformed_and_wrong_signatures() {
         let verifier = WebhookVerifier::new(vec![WebhookSecret::new(VECTOR_SECRET.to_vec())]);
-        assert_eq!(verifier.verify(None, VECTOR_BODY), Err(SignatureError::Missing));
+        assert_eq!(
+            verifier.verify(None, VECTOR_BODY),
+            Err(SignatureError::Missing)
+        );
         for bad in [
             "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
             "sha256=757107ea",

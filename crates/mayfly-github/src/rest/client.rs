@@ -1,0 +1,656 @@
+//! `GitHubClient`: one HTTP connection pool, the App's credentials, and a cache of installation
+//! tokens that are refreshed a margin before they expire. Tokens are opaque strings of any length
+//! and live only in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mayfly_core::{Clock, InstallationId, JobId, RepoFullName, RunId, SystemClock};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, LINK, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use url::Url;
+
+use super::error::GitHubError;
+use super::retry::{RetryPolicy, Verdict};
+use super::types::{
+    AppInstallation, ErrorBody, InstallationRepository, InstallationTokenResponse,
+    JitConfigRequest, JitConfigResponse, Job, JobList, RepositoryList, RunList, Runner, RunnerList,
+    WorkflowRun,
+};
+use crate::app::AppCredentials;
+use crate::secret::{InstallationToken, JitConfig};
+
+/// How the client is set up.
+#[derive(Debug, Clone)]
+pub struct GitHubClientConfig {
+    /// `https://api.github.com/`, a GHES `https://host/api/v3/`, or the simulator's URL.
+    pub api_url: Url,
+    pub credentials: AppCredentials,
+    /// An extra root certificate (PEM) to trust, e.g. the simulator's.
+    pub extra_root_pem: Option<Vec<u8>>,
+    pub retry: RetryPolicy,
+    /// A cached token is replaced when it has less than this left.
+    pub token_refresh_margin: Duration,
+    pub request_timeout: Duration,
+}
+
+impl GitHubClientConfig {
+    pub fn new(api_url: Url, credentials: AppCredentials) -> Self {
+        Self {
+            api_url,
+            credentials,
+            extra_root_pem: None,
+            retry: RetryPolicy::default(),
+            token_refresh_margin: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A runner registered just in time, with the config its VM needs.
+#[derive(Debug)]
+pub struct JitRunner {
+    pub runner: Runner,
+    pub config: JitConfig,
+}
+
+/// A job GitHub reports as queued, with its repository.
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub repo: RepoFullName,
+    pub job: Job,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: InstallationToken,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy)]
+enum Auth {
+    App,
+    Installation(InstallationId),
+}
+
+/// A GitHub App's REST client.
+#[derive(Debug)]
+pub struct GitHubClient {
+    http: reqwest::Client,
+    api_url: Url,
+    credentials: AppCredentials,
+    retry: RetryPolicy,
+    refresh_margin: chrono::Duration,
+    clock: Arc<dyn Clock>,
+    tokens: Mutex<HashMap<InstallationId, CachedToken>>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+impl GitHubClient {
+    pub fn new(config: GitHubClientConfig) -> Result<Self, GitHubError> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        config: GitHubClientConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, GitHubError> {
+        let mut builder = reqwest::Client::builder()
+            .https_only(config.api_url.scheme() == "https")
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &config.extra_root_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| GitHubError::Config(format!("the extra root certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| GitHubError::Config(e.to_string()))?;
+        let refresh_margin = chrono::Duration::from_std(config.token_refresh_margin)
+            .map_err(|_| GitHubError::Config("token refresh margin too large".to_owned()))?;
+        let mut api_url = config.api_url;
+        if !api_url.path().ends_with('/') {
+            let path = format!("{}/", api_url.path());
+            api_url.set_path(&path);
+        }
+        Ok(Self {
+            http,
+            api_url,
+            credentials: config.credentials,
+            retry: config.retry,
+            refresh_margin,
+            clock,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// An installation token, from the cache while it has more than the margin left.
+    pub async fn installation_token(
+        &self,
+        installation: InstallationId,
+    ) -> Result<InstallationToken, GitHubError> {
+        let mut tokens = self.tokens.lock().await;
+        let now = self.clock.now();
+        if let Some(cached) = tokens.get(&installation) {
+            if cached.expires_at - now > self.refresh_margin {
+                return Ok(cached.token.clone());
+            }
+        }
+        let url = self.endpoint(&[
+            "app",
+            "installations",
+            &installation.to_string(),
+            "access_tokens",
+        ]);
+        let response: InstallationTokenResponse = self
+            .call_json(Method::POST, url, Auth::App, None, &[StatusCode::CREATED])
+            .await?;
+        let token = InstallationToken::new(response.token);
+        match DateTime::parse_from_rfc3339(&response.expires_at) {
+            Ok(expires_at) => {
+                let expires_at = expires_at.with_timezone(&Utc);
+                tokens.insert(
+                    installation,
+                    CachedToken {
+                        token: token.clone(),
+                        expires_at,
+                    },
+                );
+            }
+            // Without a readable expiry the token is used once and not cached.
+            Err(_) => {
+                tracing::warn!(%installation, "installation token has an unreadable expires_at")
+            }
+        }
+        Ok(token)
+    }
+
+    /// Registers a runner for one repository and returns its JIT config.
+    pub async fn generate_repo_jitconfig(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+        request: &JitConfigRequest,
+    ) -> Result<JitRunner, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "runners", "generate-jitconfig"]);
+        self.generate_jitconfig(installation, url, request).await
+    }
+
+    /// Registers a runner at organisation level. Prefer the repository level: its credential
+    /// reaches one repository only.
+    pub async fn generate_org_jitconfig(
+        &self,
+        installation: InstallationId,
+        org: &str,
+        request: &JitConfigRequest,
+    ) -> Result<JitRunner, GitHubError> {
+        let url = self.endpoint(&["orgs", org, "actions", "runners", "generate-jitconfig"]);
+        self.generate_jitconfig(installation, url, request).await
+    }
+
+    async fn generate_jitconfig(
+        &self,
+        installation: InstallationId,
+        url: Url,
+        request: &JitConfigRequest,
+    ) -> Result<JitRunner, GitHubError> {
+        if request.name.is_empty() {
+            return Err(GitHubError::InvalidRequest("a runner needs a name"));
+        }
+        if request.labels.is_empty() || request.labels.len() > 100 {
+            return Err(GitHubError::InvalidRequest(
+                "a runner needs 1 to 100 labels",
+            ));
+        }
+        let body = serde_json::to_value(request).map_err(|source| GitHubError::Decode {
+            path: url.path().to_owned(),
+            source,
+        })?;
+        let response: JitConfigResponse = self
+            .call_json(
+                Method::POST,
+                url,
+                Auth::Installation(installation),
+                Some(&body),
+                &[StatusCode::CREATED],
+            )
+            .await?;
+        Ok(JitRunner {
+            runner: response.runner,
+            config: JitConfig::new(response.encoded_jit_config),
+        })
+    }
+
+    /// A repository runner, or `None` if GitHub no longer knows it.
+    pub async fn get_repo_runner(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+        runner_id: i64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "runners", &runner_id.to_string()]);
+        not_found_is_none(
+            self.call_json(
+                Method::GET,
+                url,
+                Auth::Installation(installation),
+                None,
+                &[StatusCode::OK],
+            )
+            .await,
+        )
+    }
+
+    /// An organisation runner, or `None`.
+    pub async fn get_org_runner(
+        &self,
+        installation: InstallationId,
+        org: &str,
+        runner_id: i64,
+    ) -> Result<Option<Runner>, GitHubError> {
+        let url = self.endpoint(&["orgs", org, "actions", "runners", &runner_id.to_string()]);
+        not_found_is_none(
+            self.call_json(
+                Method::GET,
+                url,
+                Auth::Installation(installation),
+                None,
+                &[StatusCode::OK],
+            )
+            .await,
+        )
+    }
+
+    /// Lists a repository's runners (all pages).
+    pub async fn list_repo_runners(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+    ) -> Result<Vec<Runner>, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "runners"]);
+        let pages: Vec<RunnerList> = self.paginate(url, Auth::Installation(installation)).await?;
+        Ok(pages.into_iter().flat_map(|p| p.runners).collect())
+    }
+
+    /// Removes a repository runner. `Ok(false)` if it was already gone.
+    pub async fn delete_repo_runner(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+        runner_id: i64,
+    ) -> Result<bool, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "runners", &runner_id.to_string()]);
+        self.delete(installation, url).await
+    }
+
+    /// Removes an organisation runner. `Ok(false)` if it was already gone.
+    pub async fn delete_org_runner(
+        &self,
+        installation: InstallationId,
+        org: &str,
+        runner_id: i64,
+    ) -> Result<bool, GitHubError> {
+        let url = self.endpoint(&["orgs", org, "actions", "runners", &runner_id.to_string()]);
+        self.delete(installation, url).await
+    }
+
+    async fn delete(&self, installation: InstallationId, url: Url) -> Result<bool, GitHubError> {
+        let path = url.path().to_owned();
+        let (status, _, _) = self
+            .send(Method::DELETE, url, Auth::Installation(installation), None)
+            .await?;
+        match status {
+            StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => Err(GitHubError::Unexpected { path, status }),
+        }
+    }
+
+    /// A workflow job, or `None` if it doesn't exist (or the installation can't see it).
+    pub async fn get_job(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+        job: JobId,
+    ) -> Result<Option<Job>, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "jobs", &job.to_string()]);
+        not_found_is_none(
+            self.call_json(
+                Method::GET,
+                url,
+                Auth::Installation(installation),
+                None,
+                &[StatusCode::OK],
+            )
+            .await,
+        )
+    }
+
+    /// Repositories the installation can access (all pages).
+    pub async fn list_installation_repos(
+        &self,
+        installation: InstallationId,
+    ) -> Result<Vec<InstallationRepository>, GitHubError> {
+        let url = self.endpoint(&["installation", "repositories"]);
+        let pages: Vec<RepositoryList> =
+            self.paginate(url, Auth::Installation(installation)).await?;
+        Ok(pages.into_iter().flat_map(|p| p.repositories).collect())
+    }
+
+    /// Workflow runs of a repository with `status=queued` (all pages).
+    pub async fn list_queued_runs(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+    ) -> Result<Vec<WorkflowRun>, GitHubError> {
+        let mut url = self.repo_endpoint(repo, &["actions", "runs"]);
+        url.query_pairs_mut().append_pair("status", "queued");
+        let pages: Vec<RunList> = self.paginate(url, Auth::Installation(installation)).await?;
+        Ok(pages.into_iter().flat_map(|p| p.workflow_runs).collect())
+    }
+
+    /// The jobs of one run (all pages).
+    pub async fn list_run_jobs(
+        &self,
+        installation: InstallationId,
+        repo: &RepoFullName,
+        run: RunId,
+    ) -> Result<Vec<Job>, GitHubError> {
+        let url = self.repo_endpoint(repo, &["actions", "runs", &run.to_string(), "jobs"]);
+        let pages: Vec<JobList> = self.paginate(url, Auth::Installation(installation)).await?;
+        Ok(pages.into_iter().flat_map(|p| p.jobs).collect())
+    }
+
+    /// Every queued job in the installation's repositories. GitHub has no such listing, so this
+    /// walks repositories → queued runs → their jobs (CONTRACTS.md §2.5).
+    pub async fn queued_jobs(
+        &self,
+        installation: InstallationId,
+    ) -> Result<Vec<QueuedJob>, GitHubError> {
+        let mut queued = Vec::new();
+        for repo in self.list_installation_repos(installation).await? {
+            let Ok(full) = repo.full_name.parse::<RepoFullName>() else {
+                tracing::warn!(repo = %repo.full_name, "skipping a repository with an unreadable name");
+                continue;
+            };
+            for run in self.list_queued_runs(installation, &full).await? {
+                for job in self
+                    .list_run_jobs(installation, &full, RunId(run.id))
+                    .await?
+                {
+                    if job.status == "queued" {
+                        queued.push(QueuedJob {
+                            repo: full.clone(),
+                            job,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// The App's installations (App JWT, all pages).
+    pub async fn list_installations(&self) -> Result<Vec<AppInstallation>, GitHubError> {
+        let url = self.endpoint(&["app", "installations"]);
+        let pages: Vec<Vec<AppInstallation>> = self.paginate(url, Auth::App).await?;
+        Ok(pages.into_iter().flatten().collect())
+    }
+
+    fn endpoint(&self, segments: &[&str]) -> Url {
+        let mut url = self.api_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn repo_endpoint(&self, repo: &RepoFullName, rest: &[&str]) -> Url {
+        let mut segments = vec!["repos", repo.owner(), repo.name()];
+        segments.extend_from_slice(rest);
+        self.endpoint(&segments)
+    }
+
+    async fn paginate<T: DeserializeOwned>(
+        &self,
+        first: Url,
+        auth: Auth,
+    ) -> Result<Vec<T>, GitHubError> {
+        let mut pages = Vec::new();
+        let mut next = Some(first);
+        // GitHub caps filtered listings at 1,000 results; 100 pages is far beyond any real need.
+        let mut budget = 100;
+        while let Some(mut url) = next.take() {
+            if !url.query_pairs().any(|(k, _)| k == "per_page") {
+                url.query_pairs_mut().append_pair("per_page", "100");
+            }
+            let path = url.path().to_owned();
+            let (status, headers, body) = self.send(Method::GET, url, auth, None).await?;
+            if status != StatusCode::OK {
+                return Err(status_error(&path, status, &body));
+            }
+            pages.push(decode(&path, &body)?);
+            next = next_link(&headers)
+                .map(|link| self.same_origin(link))
+                .transpose()?;
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(pages)
+    }
+
+    fn same_origin(&self, link: Url) -> Result<Url, GitHubError> {
+        if link.origin() == self.api_url.origin() && link.path().starts_with(self.api_url.path()) {
+            Ok(link)
+        } else {
+            Err(GitHubError::ForeignLink)
+        }
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        auth: Auth,
+        body: Option<&serde_json::Value>,
+        ok: &[StatusCode],
+    ) -> Result<T, GitHubError> {
+        let path = url.path().to_owned();
+        let (status, _, bytes) = self.send(method, url, auth, body).await?;
+        if ok.contains(&status) {
+            decode(&path, &bytes)
+        } else {
+            Err(status_error(&path, status, &bytes))
+        }
+    }
+
+    /// Sends one request, retrying rate limits and server errors within the policy. Returns the
+    /// final status, headers and body; maps only rate limits and exhausted 5xx to errors.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        auth: Auth,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(StatusCode, HeaderMap, bytes::Bytes), GitHubError> {
+        let path = url.path().to_owned();
+        let idempotent = method == Method::GET || method == Method::DELETE;
+        let mut attempt = 0;
+        let mut refreshed_token = false;
+        loop {
+            attempt += 1;
+            let bearer = match auth {
+                Auth::App => self.credentials.jwt(self.clock.now())?.expose().to_owned(),
+                // Boxed: fetching a token goes through `send` itself (with App auth).
+                Auth::Installation(id) => Box::pin(self.installation_token(id))
+                    .await?
+                    .expose()
+                    .to_owned(),
+            };
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(ACCEPT, "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .header(USER_AGENT, concat!("mayfly/", env!("CARGO_PKG_VERSION")))
+                .header(AUTHORIZATION, format!("Bearer {bearer}"));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|source| GitHubError::Transport {
+                    url: redact_query(&url),
+                    source,
+                })?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|source| GitHubError::Transport {
+                    url: redact_query(&url),
+                    source,
+                })?;
+
+            if status == StatusCode::UNAUTHORIZED && !refreshed_token {
+                if let Auth::Installation(id) = auth {
+                    // The cached token may have been revoked: drop it and try once more.
+                    self.tokens.lock().await.remove(&id);
+                    refreshed_token = true;
+                    attempt -= 1;
+                    continue;
+                }
+            }
+            match self
+                .retry
+                .verdict(status, &headers, attempt, self.clock.now(), idempotent)
+            {
+                Verdict::Done => {
+                    if status.is_server_error() {
+                        return Err(GitHubError::Server { path, status });
+                    }
+                    return Ok((status, headers, bytes));
+                }
+                Verdict::RateLimited(None) => return Err(GitHubError::RateLimited { path }),
+                Verdict::RateLimited(Some(wait)) => {
+                    tracing::warn!(%path, wait_ms = wait.as_millis() as u64, "GitHub rate limit; waiting");
+                    tokio::time::sleep(wait).await;
+                }
+                Verdict::ServerError(wait) => {
+                    tracing::warn!(%path, %status, wait_ms = wait.as_millis() as u64, "GitHub server error; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, GitHubError> {
+    serde_json::from_slice(body).map_err(|source| GitHubError::Decode {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn status_error(path: &str, status: StatusCode, body: &[u8]) -> GitHubError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let mut message = parsed.message.unwrap_or_default();
+    if let Some(errors) = parsed.errors {
+        message = format!("{message} {errors}");
+    }
+    message.truncate(500);
+    let path = path.to_owned();
+    match status {
+        StatusCode::UNAUTHORIZED => GitHubError::Unauthorized { path },
+        StatusCode::FORBIDDEN => GitHubError::Forbidden { path, message },
+        StatusCode::NOT_FOUND => GitHubError::NotFound { path },
+        StatusCode::CONFLICT => GitHubError::Conflict { path, message },
+        StatusCode::UNPROCESSABLE_ENTITY => GitHubError::Validation { path, message },
+        status if status.is_server_error() => GitHubError::Server { path, status },
+        status => GitHubError::Unexpected { path, status },
+    }
+}
+
+fn not_found_is_none<T>(result: Result<T, GitHubError>) -> Result<Option<T>, GitHubError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(GitHubError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(headers: &HeaderMap) -> Option<Url> {
+    let link = headers.get(LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>'))
+            .and_then(|t| Url::parse(t).ok())
+    })
+}
+
+fn redact_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn finds_the_next_link() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LINK,
+            HeaderValue::from_static(
+                "<https://api.github.com/x?page=2>; rel=\"next\", <https://api.github.com/x?page=5>; rel=\"last\"",
+            ),
+        );
+        assert_eq!(
+            next_link(&headers).map(|u| u.to_string()).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        headers.insert(
+            LINK,
+            HeaderValue::from_static("<https://api.github.com/x?page=5>; rel=\"last\""),
+        );
+        assert!(next_link(&headers).is_none());
+    }
+
+    #[test]
+    fn error_statuses_map_to_typed_errors() {
+        let body = br#"{"message":"Conflict","documentation_url":"x"}"#;
+        assert!(
+            matches!(status_error("/p", StatusCode::CONFLICT, body), GitHubError::Conflict { message, .. } if message == "Conflict")
+        );
+        assert!(matches!(
+            status_error("/p", StatusCode::NOT_FOUND, b"garbage"),
+            GitHubError::NotFound { .. }
+        ));
+        assert!(
+            matches!(status_error("/p", StatusCode::UNPROCESSABLE_ENTITY, br#"{"message":"Invalid","errors":["labels"]}"#), GitHubError::Validation { message, .. } if message.contains("labels"))
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The GitHub REST client: App-JWT and installation-token authentication, the endpoints mayfly
+//! uses (CONTRACTS.md §2), bounded retries on rate limits and server errors.
+
+mod client;
+mod error;
+mod retry;
+mod types;
+
+pub use client::{GitHubClient, GitHubClientConfig, JitRunner, QueuedJob};
+pub use error::GitHubError;
+pub use retry::RetryPolicy;
+pub use types::{
+    AppInstallation, InstallationAccount, InstallationRepository, JitConfigRequest, Job, Runner,
+    RunnerLabel, WorkflowRun,
+};
