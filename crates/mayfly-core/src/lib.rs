@@ -10,3 +10,6 @@ pub use job::{JobStatus, Transition};
 pub mod clock;
 
 pub use clock::{Clock, SystemClock};
+pub mod event;
+
+pub use event::{InstallationChange, InstallationChangeKind, IntakeEvent, JobEvent};

@@ -1,1 +1,59 @@
-//! Store.
+//! mayfly's persistent state behind one [`Store`] trait. SQLite is the embedded store; every
+//! implementation passes the same contract tests. Only metadata is stored.
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod sqlite;
+
+pub use error::StoreError;
+pub use model::{
+    DeliveryRecord, InstallationRecord, JobRecord, NewDelivery, PendingDelivery, Recorded,
+};
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mayfly_core::{DeliveryId, InstallationChange, JobEvent, JobId, Transition};
+
+/// Everything the control plane keeps.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records a verified delivery durably. A delivery id seen before is not recorded again.
+    async fn record_delivery(&self, delivery: &NewDelivery) -> Result<Recorded, StoreError>;
+
+    /// Deliveries recorded but not yet processed, oldest first.
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Applies a job event and marks its delivery processed, atomically.
+    async fn apply_job_event(
+        &self,
+        delivery: &DeliveryId,
+        event: &JobEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
+
+    /// Applies an installation change and marks its delivery processed, atomically.
+    async fn apply_installation_change(
+        &self,
+        delivery: &DeliveryId,
+        change: &InstallationChange,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Marks a delivery processed without other effect (pings, events with nothing to do).
+    async fn finish_delivery(
+        &self,
+        delivery: &DeliveryId,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError>;
+    async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
+    async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+    async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError>;
+
+    /// Whether the store answers (for readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

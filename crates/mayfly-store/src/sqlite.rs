@@ -1,0 +1,418 @@
+//! `SqliteStore`: the embedded store, one SQLite file in WAL mode with `synchronous = FULL`, so a
+//! delivery acknowledged to GitHub is on disk. Job rows change only through
+//! [`JobStatus::transition`]: states move forward, stale deliveries fill in missing facts only.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mayfly_core::{
+    DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
+    JobId, JobStatus, RepoFullName, RunId, Transition,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::error::QueryContext;
+use crate::{
+    DeliveryRecord, InstallationRecord, JobRecord, NewDelivery, PendingDelivery, Recorded, Store,
+    StoreError,
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    raw: &str,
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn parse<T: FromStr>(raw: &str, what: &'static str) -> Result<T, StoreError> {
+    raw.parse().map_err(|_| StoreError::Corrupt { what })
+}
+
+fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
+    let get_str = |col: &str| row.try_get::<String, _>(col).op("read job");
+    let status = get_str("status")?;
+    Ok(JobRecord {
+        job_id: JobId(row.try_get("job_id").op("read job")?),
+        run_id: RunId(row.try_get("run_id").op("read job")?),
+        installation_id: row
+            .try_get::<Option<i64>, _>("installation_id")
+            .op("read job")?
+            .map(InstallationId),
+        repo: parse(&get_str("repo")?, "job repository")?,
+        repo_id: row.try_get("repo_id").op("read job")?,
+        org: row.try_get("org").op("read job")?,
+        sender: get_str("sender")?,
+        status: JobStatus::parse(&status).ok_or(StoreError::Corrupt { what: "job status" })?,
+        conclusion: row.try_get("conclusion").op("read job")?,
+        labels: from_json(&get_str("labels")?, "job labels")?,
+        job_name: get_str("job_name")?,
+        workflow_name: row.try_get("workflow_name").op("read job")?,
+        runner_id: row.try_get("runner_id").op("read job")?,
+        runner_name: row.try_get("runner_name").op("read job")?,
+        created_at: row.try_get("created_at").op("read job")?,
+        started_at: row.try_get("started_at").op("read job")?,
+        completed_at: row.try_get("completed_at").op("read job")?,
+        first_seen_at: row.try_get("first_seen_at").op("read job")?,
+        updated_at: row.try_get("updated_at").op("read job")?,
+    })
+}
+
+async fn mark_processed(
+    tx: &mut sqlx::SqliteConnection,
+    delivery: &DeliveryId,
+    outcome: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deliveries SET processed_at = ?, outcome = ? WHERE delivery_id = ?")
+        .bind(now)
+        .bind(outcome)
+        .bind(delivery.as_str())
+        .execute(tx)
+        .await
+        .op("mark delivery processed")?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn record_delivery(&self, d: &NewDelivery) -> Result<Recorded, StoreError> {
+        let intake = to_json(&d.intake, "intake event")?;
+        let result = sqlx::query(
+            "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(d.delivery_id.as_str())
+        .bind(&d.event)
+        .bind(&d.action)
+        .bind(d.received_at)
+        .bind(intake)
+        .execute(&self.pool)
+        .await
+        .op("record delivery")?;
+        Ok(if result.rows_affected() == 1 {
+            Recorded::New
+        } else {
+            Recorded::Duplicate
+        })
+    }
+
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, event, intake FROM deliveries
+             WHERE processed_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .op("list pending deliveries")?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("delivery_id").op("read delivery")?;
+                let intake: String = row.try_get("intake").op("read delivery")?;
+                Ok(PendingDelivery {
+                    delivery_id: DeliveryId::parse(&id).map_err(|_| StoreError::Corrupt {
+                        what: "delivery id",
+                    })?,
+                    event: row.try_get("event").op("read delivery")?,
+                    intake: from_json::<IntakeEvent>(&intake, "intake event")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply_job_event(
+        &self,
+        delivery: &DeliveryId,
+        e: &JobEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut tx = self.pool.begin().await.op("begin")?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = ?")
+                .bind(e.job_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .op("read job status")?;
+        let transition = match current {
+            None => {
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
+                       status, conclusion, labels, job_name, workflow_name, runner_id, runner_name,
+                       created_at, started_at, completed_at, first_seen_at, updated_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(e.job_id.0)
+                .bind(e.run_id.0)
+                .bind(e.installation_id.map(|i| i.0))
+                .bind(e.repo.to_string())
+                .bind(e.repo_id)
+                .bind(&e.org)
+                .bind(&e.sender)
+                .bind(e.status.as_str())
+                .bind(&e.conclusion)
+                .bind(to_json(&e.labels, "job labels")?)
+                .bind(&e.job_name)
+                .bind(&e.workflow_name)
+                .bind(e.runner_id)
+                .bind(&e.runner_name)
+                .bind(e.created_at)
+                .bind(e.started_at)
+                .bind(e.completed_at)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .op("insert job")?;
+                Transition::Advance(e.status)
+            }
+            Some(raw) => {
+                let current =
+                    JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
+                let transition = current.transition(e.status);
+                let new_status = match transition {
+                    Transition::Advance(next) => next,
+                    Transition::Unchanged | Transition::Stale => current,
+                };
+                // A stale delivery may still carry facts not yet known (say, the runner's name
+                // from an `in_progress` that arrived after `completed`): fill gaps, never
+                // overwrite.
+                let advance = matches!(transition, Transition::Advance(_));
+                sqlx::query(
+                    "UPDATE jobs SET status = ?,
+                       conclusion = CASE WHEN ? THEN COALESCE(?, conclusion) ELSE COALESCE(conclusion, ?) END,
+                       runner_id = COALESCE(runner_id, ?), runner_name = COALESCE(runner_name, ?),
+                       installation_id = COALESCE(installation_id, ?),
+                       started_at = COALESCE(started_at, ?), completed_at = COALESCE(completed_at, ?),
+                       created_at = COALESCE(created_at, ?), updated_at = ?
+                     WHERE job_id = ?",
+                )
+                .bind(new_status.as_str())
+                .bind(advance)
+                .bind(&e.conclusion)
+                .bind(&e.conclusion)
+                .bind(e.runner_id)
+                .bind(&e.runner_name)
+                .bind(e.installation_id.map(|i| i.0))
+                .bind(e.started_at)
+                .bind(e.completed_at)
+                .bind(e.created_at)
+                .bind(now)
+                .bind(e.job_id.0)
+                .execute(&mut *tx)
+                .await
+                .op("update job")?;
+                transition
+            }
+        };
+        let outcome = match transition {
+            Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
+            Transition::Unchanged => format!("job {} unchanged", e.job_id),
+            Transition::Stale => format!("job {} stale event ignored", e.job_id),
+        };
+        mark_processed(&mut tx, delivery, &outcome, now).await?;
+        tx.commit().await.op("commit job event")?;
+        Ok(transition)
+    }
+
+    async fn apply_installation_change(
+        &self,
+        delivery: &DeliveryId,
+        c: &InstallationChange,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.op("begin")?;
+        let state = match c.kind {
+            InstallationChangeKind::Deleted => Some("deleted"),
+            InstallationChangeKind::Suspended => Some("suspended"),
+            InstallationChangeKind::Created | InstallationChangeKind::Unsuspended => Some("active"),
+            InstallationChangeKind::PermissionsChanged
+            | InstallationChangeKind::RepositoriesChanged => None,
+        };
+        sqlx::query(
+            "INSERT INTO installations (installation_id, account, state, updated_at)
+             VALUES (?, ?, COALESCE(?, 'active'), ?)
+             ON CONFLICT (installation_id) DO UPDATE SET
+               account = COALESCE(excluded.account, installations.account),
+               state = COALESCE(?, installations.state), updated_at = excluded.updated_at",
+        )
+        .bind(c.installation_id.0)
+        .bind(&c.account)
+        .bind(state)
+        .bind(now)
+        .bind(state)
+        .execute(&mut *tx)
+        .await
+        .op("upsert installation")?;
+        if c.kind == InstallationChangeKind::Deleted {
+            sqlx::query("DELETE FROM installation_repos WHERE installation_id = ?")
+                .bind(c.installation_id.0)
+                .execute(&mut *tx)
+                .await
+                .op("forget installation repos")?;
+        }
+        for repo in &c.repos_added {
+            sqlx::query(
+                "INSERT OR IGNORE INTO installation_repos (installation_id, repo) VALUES (?, ?)",
+            )
+            .bind(c.installation_id.0)
+            .bind(repo.to_string())
+            .execute(&mut *tx)
+            .await
+            .op("add installation repo")?;
+        }
+        for repo in &c.repos_removed {
+            sqlx::query("DELETE FROM installation_repos WHERE installation_id = ? AND repo = ?")
+                .bind(c.installation_id.0)
+                .bind(repo.to_string())
+                .execute(&mut *tx)
+                .await
+                .op("remove installation repo")?;
+        }
+        mark_processed(&mut tx, delivery, "installation updated", now).await?;
+        tx.commit().await.op("commit installation change")?;
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &DeliveryId,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.op("acquire")?;
+        mark_processed(&mut conn, delivery, outcome, now).await
+    }
+
+    async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT event, action, received_at, processed_at, outcome FROM deliveries WHERE delivery_id = ?",
+        )
+        .bind(delivery.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .op("read delivery")?;
+        row.map(|row| {
+            Ok(DeliveryRecord {
+                delivery_id: delivery.clone(),
+                event: row.try_get("event").op("read delivery")?,
+                action: row.try_get("action").op("read delivery")?,
+                received_at: row.try_get("received_at").op("read delivery")?,
+                processed_at: row.try_get("processed_at").op("read delivery")?,
+                outcome: row.try_get("outcome").op("read delivery")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
+            .bind(job.0)
+            .fetch_optional(&self.pool)
+            .await
+            .op("read job")?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at, job_id")
+            .fetch_all(&self.pool)
+            .await
+            .op("list jobs")?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT installation_id, account, state FROM installations ORDER BY installation_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("list installations")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("installation_id").op("read installation")?;
+            let repos: Vec<String> = sqlx::query_scalar(
+                "SELECT repo FROM installation_repos WHERE installation_id = ? ORDER BY repo",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .op("list installation repos")?;
+            out.push(InstallationRecord {
+                installation_id: InstallationId(id),
+                account: row.try_get("account").op("read installation")?,
+                state: row.try_get("state").op("read installation")?,
+                repos: repos
+                    .iter()
+                    .map(|r| parse::<RepoFullName>(r, "installation repository"))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .op("ping")?;
+        Ok(())
+    }
+}

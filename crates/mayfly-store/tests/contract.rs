@@ -1,0 +1,200 @@
+//! The store contract: every `Store` implementation must pass these. Today SQLite; PostgreSQL
+//! joins with the store issue.
+
+use chrono::{Duration, TimeZone, Utc};
+use mayfly_core::{
+    DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
+    JobId, JobStatus, RunId, Transition,
+};
+use mayfly_store::{NewDelivery, Recorded, SqliteStore, Store};
+
+fn job_event(status: JobStatus) -> JobEvent {
+    JobEvent {
+        job_id: JobId(77),
+        run_id: RunId(5),
+        installation_id: Some(InstallationId(9)),
+        repo: "org-a/app".parse().unwrap(),
+        repo_id: 1000,
+        org: Some("org-a".into()),
+        sender: "alice".into(),
+        status,
+        conclusion: None,
+        labels: vec!["mayfly-linux-2cpu".into()],
+        job_name: "build".into(),
+        workflow_name: Some("CI".into()),
+        runner_id: None,
+        runner_name: None,
+        created_at: Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+fn delivery(id: &str, intake: IntakeEvent) -> NewDelivery {
+    NewDelivery {
+        delivery_id: DeliveryId::parse(id).unwrap(),
+        event: "workflow_job".into(),
+        action: Some("queued".into()),
+        received_at: Utc::now(),
+        intake,
+    }
+}
+
+async fn record_and_apply(store: &dyn Store, id: &str, event: JobEvent) -> Transition {
+    let d = delivery(id, IntakeEvent::Job(event.clone()));
+    assert_eq!(store.record_delivery(&d).await.unwrap(), Recorded::New);
+    store
+        .apply_job_event(&d.delivery_id, &event, Utc::now())
+        .await
+        .unwrap()
+}
+
+async fn deliveries_are_deduplicated_and_queued_in_order(store: &dyn Store) {
+    let first = delivery("d-1", IntakeEvent::Ping);
+    let second = delivery("d-2", IntakeEvent::Job(job_event(JobStatus::Queued)));
+    assert_eq!(store.record_delivery(&first).await.unwrap(), Recorded::New);
+    assert_eq!(store.record_delivery(&second).await.unwrap(), Recorded::New);
+    assert_eq!(
+        store.record_delivery(&first).await.unwrap(),
+        Recorded::Duplicate
+    );
+
+    let pending = store.pending_deliveries(10).await.unwrap();
+    let ids: Vec<_> = pending.iter().map(|p| p.delivery_id.as_str()).collect();
+    assert_eq!(ids, ["d-1", "d-2"]);
+    assert_eq!(pending[1].intake, second.intake);
+
+    store
+        .finish_delivery(&first.delivery_id, "ping", Utc::now())
+        .await
+        .unwrap();
+    let pending = store.pending_deliveries(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let record = store.delivery(&first.delivery_id).await.unwrap().unwrap();
+    assert_eq!(record.outcome.as_deref(), Some("ping"));
+    assert!(record.processed_at.is_some());
+}
+
+async fn job_states_only_move_forward(store: &dyn Store) {
+    assert_eq!(
+        record_and_apply(store, "j-1", job_event(JobStatus::Queued)).await,
+        Transition::Advance(JobStatus::Queued)
+    );
+    let mut done = job_event(JobStatus::Completed);
+    done.conclusion = Some("success".into());
+    done.completed_at = Some(Utc::now());
+    assert_eq!(
+        record_and_apply(store, "j-2", done).await,
+        Transition::Advance(JobStatus::Completed)
+    );
+    // The in_progress delivery arrives last: stale, but it names the runner.
+    let mut started = job_event(JobStatus::InProgress);
+    started.runner_name = Some("mayfly-vm-1".into());
+    started.runner_id = Some(3);
+    started.started_at = Some(Utc::now() - Duration::seconds(5));
+    assert_eq!(
+        record_and_apply(store, "j-3", started).await,
+        Transition::Stale
+    );
+
+    let job = store.job(JobId(77)).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.conclusion.as_deref(), Some("success"));
+    assert_eq!(job.runner_name.as_deref(), Some("mayfly-vm-1"));
+    assert!(job.started_at.is_some());
+    assert_eq!(job.sender, "alice");
+    assert_eq!(job.labels, ["mayfly-linux-2cpu"]);
+    assert!(store.pending_deliveries(10).await.unwrap().is_empty());
+    assert_eq!(store.jobs().await.unwrap().len(), 1);
+}
+
+async fn installations_track_their_repositories(store: &dyn Store) {
+    let change = InstallationChange {
+        installation_id: InstallationId(9),
+        account: Some("org-a".into()),
+        kind: InstallationChangeKind::Created,
+        repos_added: vec!["org-a/app".parse().unwrap(), "org-a/lib".parse().unwrap()],
+        repos_removed: vec![],
+    };
+    let d = delivery("i-1", IntakeEvent::Installation(change.clone()));
+    store.record_delivery(&d).await.unwrap();
+    store
+        .apply_installation_change(&d.delivery_id, &change, Utc::now())
+        .await
+        .unwrap();
+    let removed = InstallationChange {
+        kind: InstallationChangeKind::RepositoriesChanged,
+        account: None,
+        repos_added: vec![],
+        repos_removed: vec!["org-a/lib".parse().unwrap()],
+        ..change
+    };
+    let d = delivery("i-2", IntakeEvent::Installation(removed.clone()));
+    store.record_delivery(&d).await.unwrap();
+    store
+        .apply_installation_change(&d.delivery_id, &removed, Utc::now())
+        .await
+        .unwrap();
+
+    let all = store.installations().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].account.as_deref(), Some("org-a"));
+    assert_eq!(all[0].state, "active");
+    assert_eq!(all[0].repos, ["org-a/app".parse().unwrap()]);
+}
+
+async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("mayfly.db"))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), test(&store))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_deliveries_are_deduplicated_and_queued_in_order() {
+    with_sqlite(deliveries_are_deduplicated_and_queued_in_order).await;
+}
+
+#[tokio::test]
+async fn sqlite_job_states_only_move_forward() {
+    with_sqlite(job_states_only_move_forward).await;
+}
+
+#[tokio::test]
+async fn sqlite_installations_track_their_repositories() {
+    with_sqlite(installations_track_their_repositories).await;
+}
+
+#[tokio::test]
+async fn sqlite_recorded_deliveries_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mayfly.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .record_delivery(&delivery("keep-me", IntakeEvent::Ping))
+        .await
+        .unwrap();
+    store.close().await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    let pending = store.pending_deliveries(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].delivery_id.as_str(), "keep-me");
+}
+
+#[tokio::test]
+async fn sqlite_a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mayfly.db");
+    std::fs::write(
+        &path,
+        b"this is not a database, it is a text file of some length....",
+    )
+    .unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    let shown = format!("{err}");
+    assert!(shown.contains("mayfly.db"), "{shown}");
+}
