@@ -57,9 +57,34 @@ pub enum InstallationChangeKind {
 
 /// A verified, parsed delivery as it is queued for processing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // almost every delivery is a job event
 pub enum IntakeEvent {
     Job(JobEvent),
     Installation(InstallationChange),
     Ping,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intake_events_round_trip_through_json() {
+        let change = IntakeEvent::Installation(InstallationChange {
+            installation_id: InstallationId(1),
+            account: Some("org".into()),
+            kind: InstallationChangeKind::Created,
+            repos_added: vec!["org/a".parse().unwrap()],
+            repos_removed: vec![],
+        });
+        for event in [change, IntakeEvent::Ping] {
+            let json = serde_json::to_string(&event).unwrap();
+            assert_eq!(
+                serde_json::from_str::<IntakeEvent>(&json).unwrap(),
+                event,
+                "{json}"
+            );
+        }
+    }
 }

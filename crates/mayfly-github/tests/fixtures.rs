@@ -1,4 +1,5 @@
 //! Every real payload in `shared/github/fixtures/` parses into its typed event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::path::PathBuf;
 

@@ -1,1 +1,196 @@
-//! Server.
+//! `mayfly server`, the control plane. Today: verified, durable webhook intake and health
+//! endpoints over TLS; the scheduler, reconciler and API build on the same state.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+mod intake;
+mod log_limit;
+mod processor;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use mayfly_core::Clock;
+use mayfly_github::webhook::{WebhookSecret, WebhookVerifier};
+use mayfly_store::Store;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{read_secret_file, ConfigError, ServerConfig, TlsFiles, WebhookConfig};
+pub use error::ApiError;
+pub use processor::Processor;
+pub use tls::TlsError;
+
+/// What request handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    verifier: WebhookVerifier,
+    max_body_bytes: usize,
+    processor_wakeup: Arc<Notify>,
+    log_limiter: log_limit::LogLimiter,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    tls: bool,
+    shutdown: CancellationToken,
+    http: axum_server::Handle<SocketAddr>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `https://addr/` (or `http://` for an insecure development server).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/", self.local_addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s), stops the processor.
+    pub async fn shutdown(mut self) {
+        self.http.graceful_shutdown(Some(Duration::from_secs(10)));
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the server stops (on its own, or after a shutdown signal elsewhere).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Everything `start` needs besides the configuration.
+#[derive(Debug)]
+pub struct Dependencies {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub webhook_secrets: Vec<WebhookSecret>,
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(intake::receive))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    }
+}
+
+/// Validates the configuration, binds the listener and starts serving and processing.
+pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let tls = match (&config.tls, config.insecure_dev) {
+        (Some(files), _) => Some(tls::server_config(files).await?),
+        (None, _) => None,
+    };
+    if tls.is_none() {
+        tracing::warn!(listen = %config.listen,
+            "--insecure-dev: serving plain HTTP on loopback; never expose this server");
+    }
+    let wakeup = Arc::new(Notify::new());
+    let state = Arc::new(AppState {
+        store: deps.store.clone(),
+        clock: deps.clock.clone(),
+        verifier: WebhookVerifier::new(deps.webhook_secrets),
+        max_body_bytes: config.webhook.max_body_bytes,
+        processor_wakeup: wakeup.clone(),
+        log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
+    });
+    let listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let shutdown = CancellationToken::new();
+    let http = axum_server::Handle::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let app = router(state).into_make_service();
+    let has_tls = tls.is_some();
+    let server_handle = http.clone();
+    tasks.spawn(async move {
+        let served = match tls {
+            Some(tls) => axum_server::from_tcp_rustls(listener, tls)
+                .map(|s| s.handle(server_handle))
+                .map(|s| {
+                    Box::pin(s.serve(app))
+                        as std::pin::Pin<
+                            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+                        >
+                }),
+            None => axum_server::from_tcp(listener)
+                .map(|s| s.handle(server_handle))
+                .map(|s| {
+                    Box::pin(s.serve(app))
+                        as std::pin::Pin<
+                            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+                        >
+                }),
+        };
+        let result = match served {
+            Ok(serving) => serving.await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the HTTP listener stopped");
+        }
+    });
+    let processor = Processor {
+        store: deps.store,
+        clock: deps.clock,
+        wakeup,
+    };
+    tasks.spawn(processor.run(shutdown.clone()));
+    tracing::info!(addr = %local_addr, tls = has_tls, "mayfly server listening");
+    Ok(ServerHandle {
+        local_addr,
+        tls: has_tls,
+        shutdown,
+        http,
+        tasks,
+    })
+}

@@ -1,5 +1,6 @@
 //! The store contract: every `Store` implementation must pass these. Today SQLite; PostgreSQL
 //! joins with the store issue.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use chrono::{Duration, TimeZone, Utc};
 use mayfly_core::{

@@ -1,0 +1,194 @@
+//! `mayfly server` configuration: serde structs with `deny_unknown_fields`, defaults here,
+//! overridden by the TOML file and then `MAYFLY_*` variables (loaded by the binary). Secrets are
+//! never values in the config, only paths to files that only their owner may read.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTPS listener (webhooks, health).
+    pub listen: SocketAddr,
+    /// Where the database and other state live.
+    pub data_dir: PathBuf,
+    /// Certificate and key for the listener. Required unless `insecure_dev` is set.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP. Development only: refused unless `listen` is a loopback address.
+    pub insecure_dev: bool,
+    pub webhook: WebhookConfig,
+}
+
+/// PEM files for a TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Webhook intake settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Files each holding one active webhook secret. Several during a rotation.
+    pub secret_files: Vec<PathBuf>,
+    /// Deliveries larger than this get 413 and are not read past the limit.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("/var/lib/mayfly"),
+            tls: None,
+            insecure_dev: false,
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        // The events mayfly handles are a few kilobytes; GitHub's own cap is 25 MB, which only
+        // events mayfly ignores (large pushes) come near.
+        Self {
+            secret_files: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no TLS certificate is configured: set [tls] cert_file and key_file, or pass --insecure-dev for a loopback-only development server")]
+    NoTls,
+    #[error("--insecure-dev serves plain HTTP and is allowed on loopback addresses only, not {0}")]
+    InsecureNotLoopback(SocketAddr),
+    #[error("no webhook secret is configured: set [webhook] secret_files")]
+    NoWebhookSecret,
+    #[error("webhook.max_body_bytes must be between 1 KiB and 25 MiB")]
+    BodyLimit,
+    #[error("could not read the secret file {path}")]
+    SecretRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the secret file {path} can be read by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    SecretPermissions { path: PathBuf, mode: u32 },
+    #[error("the secret file {path} is empty")]
+    SecretEmpty { path: PathBuf },
+}
+
+impl ServerConfig {
+    /// Checks what can be checked without touching the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.insecure_dev {
+            if !self.listen.ip().is_loopback() {
+                return Err(ConfigError::InsecureNotLoopback(self.listen));
+            }
+        } else if self.tls.is_none() {
+            return Err(ConfigError::NoTls);
+        }
+        if self.webhook.secret_files.is_empty() {
+            return Err(ConfigError::NoWebhookSecret);
+        }
+        if !(1024..=25 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
+            return Err(ConfigError::BodyLimit);
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("mayfly.db")
+    }
+}
+
+/// Reads a secret file, refusing one that group or others can read. One trailing newline (as
+/// `echo secret > file` leaves) is not part of the secret.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let read_err = |source| ConfigError::SecretRead {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::SecretPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = std::fs::read(path).map_err(read_err)?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(ConfigError::SecretEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, content: &[u8], mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = write(dir.path(), "open", b"s3cret\n", 0o644);
+        let err = read_secret_file(&open).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        let private = write(dir.path(), "private", b"s3cret\n", 0o600);
+        assert_eq!(read_secret_file(&private).unwrap(), b"s3cret");
+        let empty = write(dir.path(), "empty", b"\n", 0o600);
+        assert!(matches!(
+            read_secret_file(&empty),
+            Err(ConfigError::SecretEmpty { .. })
+        ));
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_and_tls_otherwise() {
+        let mut config = ServerConfig {
+            webhook: WebhookConfig {
+                secret_files: vec!["/x".into()],
+                ..WebhookConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::NoTls)));
+        config.insecure_dev = true;
+        assert!(config.validate().is_ok());
+        config.listen = "0.0.0.0:8443".parse().unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::InsecureNotLoopback(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<ServerConfig>(r#"{"listen":"127.0.0.1:1","lisen":"x"}"#);
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! The one place where errors become HTTP answers. Each answer carries a stable `code` and a
+//! safe message; 401 says nothing more. Details go to the (rate-limited) log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Everything a handler can refuse a request with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("the request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("the payload is not a valid {0} event")]
+    BadPayload(&'static str),
+    #[error("the store is unavailable; retry later")]
+    Unavailable,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = if status == StatusCode::UNAUTHORIZED {
+            json!({ "code": code })
+        } else {
+            json!({ "code": code, "message": self.to_string() })
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,244 @@
+//! `POST /webhooks/github`. Order matters: size cap (nothing read past it) → signature over the
+//! raw bytes → headers → parse → durable record (deduplicated by `X-GitHub-Delivery`) → 202.
+//! Processing happens later, off the request path, so GitHub's 10 s timeout is never at risk.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mayfly_core::{
+    DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
+    JobId, RepoFullName, RunId,
+};
+use mayfly_github::webhook::{
+    InstallationAction, InstallationRepositoriesAction, RepositoryRef, WebhookEvent,
+    WorkflowJobEvent, SIGNATURE_HEADER,
+};
+use mayfly_store::{NewDelivery, Recorded};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Handles one delivery.
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = state.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        state.warn(
+            "oversized",
+            "webhook refused: declared body exceeds the limit",
+        );
+        return Err(ApiError::TooLarge { limit });
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        state.warn(
+            "oversized",
+            "webhook refused: body exceeds the limit or was cut off",
+        );
+        ApiError::TooLarge { limit }
+    })?;
+
+    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    if let Err(e) = state.verifier.verify(signature, &body) {
+        state.warn("signature", &format!("webhook refused: {e}"));
+        return Err(ApiError::Unauthorized);
+    }
+
+    let event = header_str(&headers, "x-github-event").ok_or_else(|| {
+        state.warn("headers", "webhook refused: no X-GitHub-Event header");
+        ApiError::BadRequest("the X-GitHub-Event header is missing")
+    })?;
+    let delivery_id = header_str(&headers, "x-github-delivery")
+        .and_then(|raw| DeliveryId::parse(raw).ok())
+        .ok_or_else(|| {
+            state.warn(
+                "headers",
+                "webhook refused: missing or malformed X-GitHub-Delivery",
+            );
+            ApiError::BadRequest("the X-GitHub-Delivery header is missing or malformed")
+        })?;
+
+    let parsed = WebhookEvent::parse(event, &body).map_err(|e| {
+        state.warn("payload", &format!("webhook {delivery_id} refused: {e}"));
+        ApiError::BadPayload(parsed_kind(event).unwrap_or("JSON"))
+    })?;
+    let Some((action, intake)) = normalise(&parsed).map_err(|e| {
+        state.warn("payload", &format!("webhook {delivery_id} refused: {e}"));
+        ApiError::BadPayload("workflow_job")
+    })?
+    else {
+        return Ok(answer(StatusCode::ACCEPTED, "ignored", &delivery_id));
+    };
+
+    let recorded = state
+        .store
+        .record_delivery(&NewDelivery {
+            delivery_id: delivery_id.clone(),
+            event: event.to_owned(),
+            action,
+            received_at: state.clock.now(),
+            intake,
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, %delivery_id, "could not record a delivery; answering 503");
+            ApiError::Unavailable
+        })?;
+    Ok(match recorded {
+        Recorded::New => {
+            state.processor_wakeup.notify_one();
+            answer(StatusCode::ACCEPTED, "accepted", &delivery_id)
+        }
+        Recorded::Duplicate => answer(StatusCode::OK, "duplicate", &delivery_id),
+    })
+}
+
+fn answer(status: StatusCode, outcome: &str, delivery: &DeliveryId) -> Response {
+    (
+        status,
+        Json(json!({ "status": outcome, "delivery": delivery.as_str() })),
+    )
+        .into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()
+}
+
+fn parsed_kind(event: &str) -> Option<&'static str> {
+    Some(match event {
+        "workflow_job" => "workflow_job",
+        "ping" => "ping",
+        "installation" => "installation",
+        "installation_repositories" => "installation_repositories",
+        _ => return None,
+    })
+}
+
+/// Why a parsed payload still cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum NormaliseError {
+    #[error("repository full_name `{0}` is not owner/name")]
+    RepoName(String),
+}
+
+/// The action and metadata kept from a handled event; `None` for events mayfly ignores.
+fn normalise(
+    event: &WebhookEvent,
+) -> Result<Option<(Option<String>, IntakeEvent)>, NormaliseError> {
+    Ok(Some(match event {
+        WebhookEvent::WorkflowJob(ev) => {
+            let job = job_event(ev)?;
+            (Some(job.status.as_str().to_owned()), IntakeEvent::Job(job))
+        }
+        WebhookEvent::Ping(_) => (None, IntakeEvent::Ping),
+        WebhookEvent::Installation(ev) => {
+            let (kind, action) = match ev.action {
+                InstallationAction::Created => (InstallationChangeKind::Created, "created"),
+                InstallationAction::Deleted => (InstallationChangeKind::Deleted, "deleted"),
+                InstallationAction::Suspend => (InstallationChangeKind::Suspended, "suspend"),
+                InstallationAction::Unsuspend => (InstallationChangeKind::Unsuspended, "unsuspend"),
+                InstallationAction::NewPermissionsAccepted => (
+                    InstallationChangeKind::PermissionsChanged,
+                    "new_permissions_accepted",
+                ),
+            };
+            let repos = repo_names(ev.repositories.as_deref().unwrap_or_default())?;
+            let change = InstallationChange {
+                installation_id: InstallationId(ev.installation.id),
+                account: ev.installation.account.as_ref().map(|a| a.login.clone()),
+                kind,
+                repos_added: if kind == InstallationChangeKind::Created {
+                    repos
+                } else {
+                    vec![]
+                },
+                repos_removed: vec![],
+            };
+            (Some(action.to_owned()), IntakeEvent::Installation(change))
+        }
+        WebhookEvent::InstallationRepositories(ev) => {
+            let action = match ev.action {
+                InstallationRepositoriesAction::Added => "added",
+                InstallationRepositoriesAction::Removed => "removed",
+            };
+            let change = InstallationChange {
+                installation_id: InstallationId(ev.installation.id),
+                account: ev.installation.account.as_ref().map(|a| a.login.clone()),
+                kind: InstallationChangeKind::RepositoriesChanged,
+                repos_added: repo_names(&ev.repositories_added)?,
+                repos_removed: repo_names(&ev.repositories_removed)?,
+            };
+            (Some(action.to_owned()), IntakeEvent::Installation(change))
+        }
+        WebhookEvent::Unhandled(_) => return Ok(None),
+    }))
+}
+
+fn repo_names(repos: &[RepositoryRef]) -> Result<Vec<RepoFullName>, NormaliseError> {
+    repos
+        .iter()
+        .map(|r| {
+            r.full_name
+                .parse()
+                .map_err(|_| NormaliseError::RepoName(r.full_name.clone()))
+        })
+        .collect()
+}
+
+fn job_event(ev: &WorkflowJobEvent) -> Result<JobEvent, NormaliseError> {
+    let job = &ev.workflow_job;
+    let repo: RepoFullName = ev
+        .repository
+        .full_name
+        .parse()
+        .map_err(|_| NormaliseError::RepoName(ev.repository.full_name.clone()))?;
+    Ok(JobEvent {
+        job_id: JobId(job.id),
+        run_id: RunId(job.run_id),
+        installation_id: ev.installation.map(|i| InstallationId(i.id)),
+        repo,
+        repo_id: ev.repository.id,
+        org: ev.organization.as_ref().map(|o| o.login.clone()),
+        sender: ev.sender.login.clone(),
+        status: ev.status(),
+        conclusion: job.conclusion.clone(),
+        labels: job.labels.clone(),
+        job_name: job.name.clone(),
+        workflow_name: job.workflow_name.clone(),
+        // A queued job has no runner yet, whatever the payload says (CONTRACTS.md §3.5).
+        runner_id: job
+            .runner_id
+            .filter(|_| ev.status() != mayfly_core::JobStatus::Queued),
+        runner_name: job
+            .runner_name
+            .clone()
+            .filter(|_| ev.status() != mayfly_core::JobStatus::Queued),
+        created_at: job.created_at,
+        started_at: job
+            .started_at
+            .filter(|_| ev.status() != mayfly_core::JobStatus::Queued),
+        completed_at: job.completed_at,
+    })
+}
+
+impl AppState {
+    /// A warning an outsider can trigger: rate-limited per kind.
+    pub(crate) fn warn(&self, kind: &'static str, message: &str) {
+        if let Some(suppressed) = self.log_limiter.admit(kind, Instant::now()) {
+            tracing::warn!(kind, suppressed, "{message}");
+        }
+    }
+}
