@@ -1,1 +1,47 @@
-fn main() {}
+//! `mayfly`: one binary, one subcommand per process (DESIGN.md §6). Subcommands decode their
+//! flags and configuration, call into the crates once, and map failures to the exit codes in
+//! [`exit`].
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod exit;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+/// mayfly gives every GitHub Actions job a fresh virtual machine that exists for that job alone
+/// and is destroyed the moment the job ends.
+#[derive(Debug, Parser)]
+#[command(name = "mayfly", version, about, long_about = None, after_help = exit::HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: webhook intake over TLS, backed by the embedded store.
+    Server(cmd::server::ServerArgs),
+    /// Run a GitHub simulator (REST API, App auth, signed webhooks, a job broker) for tests and
+    /// the quickstart. GitHub itself is not needed.
+    Sim(cmd::sim::SimArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return exit::report(&exit::Failure::Runtime(e.into())),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => cmd::server::run(args).await,
+            Command::Sim(args) => cmd::sim::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) => exit::report(&failure),
+    }
+}

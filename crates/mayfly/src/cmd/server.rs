@@ -1,0 +1,118 @@
+//! `mayfly server`: loads the configuration (defaults → TOML file → `MAYFLY_*` environment →
+//! flags), opens the store and runs until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use mayfly_core::SystemClock;
+use mayfly_github::webhook::WebhookSecret;
+use mayfly_server::{read_secret_file, Dependencies, ServerConfig, TlsFiles};
+use mayfly_store::SqliteStore;
+
+use crate::exit::{ConfigContext, Failure, RuntimeContext};
+
+/// Flags of `mayfly server`. Each overrides the same key of the configuration file.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML configuration file (see mayfly.example.toml). Keys can also be set with MAYFLY_*
+    /// variables, nested keys joined by `__` (e.g. MAYFLY_WEBHOOK__MAX_BODY_BYTES=65536).
+    #[arg(long, short, env = "MAYFLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for the HTTPS listener (webhooks, health) [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for the database and other state [default: /var/lib/mayfly].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// PEM certificate chain for the listener; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the listener; needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// File holding a webhook secret (mode 600). Repeat during a rotation: deliveries signed
+    /// with any of them are accepted.
+    #[arg(long = "webhook-secret-file", value_name = "FILE")]
+    webhook_secret_files: Vec<PathBuf>,
+    /// Serve plain HTTP instead of TLS. Development only: allowed on loopback addresses only,
+    /// and logged as a warning.
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+const CONFIG_KEYS: &[&str] = &["listen", "data_dir", "tls", "insecure_dev", "webhook"];
+
+impl ServerArgs {
+    fn load(&self) -> Result<ServerConfig, Failure> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(path) = &self.config {
+            if !path.is_file() {
+                return Err(Failure::Config(anyhow::anyhow!(
+                    "the configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only keys of the server configuration: other MAYFLY_* variables belong to other tools.
+        figment = figment.merge(Env::prefixed("MAYFLY_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            CONFIG_KEYS.iter().any(|top| key == *top || key.starts_with(&format!("{top}__")))
+        }));
+        let mut config: ServerConfig = figment
+            .extract()
+            .context("the server configuration is not valid")
+            .config_err()?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let (Some(cert_file), Some(key_file)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsFiles { cert_file: cert_file.clone(), key_file: key_file.clone() });
+        }
+        if !self.webhook_secret_files.is_empty() {
+            config.webhook.secret_files = self.webhook_secret_files.clone();
+        }
+        config.insecure_dev |= self.insecure_dev;
+        config.validate().config_err()?;
+        Ok(config)
+    }
+}
+
+pub async fn run(args: ServerArgs) -> Result<(), Failure> {
+    let config = args.load()?;
+    let secrets = config
+        .webhook
+        .secret_files
+        .iter()
+        .map(|path| read_secret_file(path).map(WebhookSecret::new))
+        .collect::<Result<Vec<_>, _>>()
+        .config_err()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("could not create the data directory {}", config.data_dir.display()))
+        .config_err()?;
+    let store = SqliteStore::open(&config.database_path()).await.config_err()?;
+    let deps = Dependencies { store: Arc::new(store), clock: Arc::new(SystemClock), webhook_secrets: secrets };
+    let server = mayfly_server::start(&config, deps).await.config_err()?;
+    eprintln!("mayfly server listening on {}", server.base_url());
+    shutdown_signal().await.runtime_err()?;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,122 @@
+//! `mayfly sim`: runs the GitHub simulator as its own process. On first start it creates, in its
+//! data directory, what GitHub would hand a provider: the App's private key and a webhook secret
+//! (both mode 600), which `mayfly server` is then pointed at.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use mayfly_github::webhook::WebhookSecret;
+use mayfly_server::read_secret_file;
+use mayfly_sim::{AppKeyPair, Sim, SimConfig, TlsFiles};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+use url::Url;
+
+use crate::cmd::server::shutdown_signal;
+use crate::exit::{ConfigContext, Failure, RuntimeContext};
+
+/// Flags of `mayfly sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on. Keep it on loopback: the control API under /_sim has no auth.
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory for the App key pair and webhook secret; created with them on first start.
+    #[arg(long, default_value = "mayfly-sim", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Where to deliver signed webhooks, e.g. https://127.0.0.1:8443/webhooks/github.
+    /// Without it, deliveries are logged as failed (and can be redelivered later).
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<Url>,
+    /// Extra root certificate (PEM) to trust when delivering to an https webhook URL.
+    #[arg(long, value_name = "FILE")]
+    webhook_ca_file: Option<PathBuf>,
+    /// PEM certificate chain to serve HTTPS; needs --tls-key. Without both, plain HTTP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key to serve HTTPS; needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The simulated App's id: the `iss` its JWTs must carry.
+    #[arg(long, default_value_t = 1, value_name = "ID")]
+    app_id: u64,
+    /// Lifetime of installation tokens in seconds (GitHub: 3600).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    token_ttl_secs: u64,
+}
+
+/// File names inside the simulator's data directory.
+pub const APP_PRIVATE_KEY: &str = "app-private-key.pem";
+pub const APP_PUBLIC_KEY: &str = "app-public-key.pem";
+pub const WEBHOOK_SECRET: &str = "webhook-secret";
+
+pub async fn run(args: SimArgs) -> Result<(), Failure> {
+    let (public_pem, secret) = ensure_identity(&args.data_dir).config_err()?;
+    let mut config = SimConfig::new(args.listen, public_pem, secret);
+    config.app_id = args.app_id;
+    config.webhook_url = args.webhook_url.clone();
+    config.token_ttl = Duration::from_secs(args.token_ttl_secs);
+    if let Some(ca) = &args.webhook_ca_file {
+        let pem = std::fs::read_to_string(ca)
+            .with_context(|| format!("could not read the webhook CA file {}", ca.display()))
+            .config_err()?;
+        config.webhook_ca_pem = Some(pem);
+    }
+    if let (Some(cert_pem), Some(key_pem)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(TlsFiles { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
+    }
+    let sim = Sim::start(config).await.config_err()?;
+    eprintln!("GitHub simulator listening on {}", sim.base_url());
+    eprintln!("  App id:           {}", args.app_id);
+    eprintln!("  App private key:  {}", args.data_dir.join(APP_PRIVATE_KEY).display());
+    eprintln!("  webhook secret:   {}", args.data_dir.join(WEBHOOK_SECRET).display());
+    match &args.webhook_url {
+        Some(url) => eprintln!("  webhooks go to:   {url}"),
+        None => eprintln!("  webhooks go nowhere (no --webhook-url)"),
+    }
+    eprintln!("  control API:      {}_sim/ (see ARCHITECTURE.md)", sim.base_url());
+    shutdown_signal().await.runtime_err()?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// Loads the App public key and webhook secret from `dir`, creating them on first start.
+pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("could not create the simulator directory {}", dir.display()))?;
+    let private_path = dir.join(APP_PRIVATE_KEY);
+    let public_path = dir.join(APP_PUBLIC_KEY);
+    if !private_path.exists() {
+        let pair = AppKeyPair::generate().context("could not generate the App key pair")?;
+        write_private(&private_path, pair.private_pem.expose_secret().as_bytes())?;
+        std::fs::write(&public_path, &pair.public_pem)
+            .with_context(|| format!("could not write {}", public_path.display()))?;
+    }
+    let public_pem = std::fs::read_to_string(&public_path)
+        .with_context(|| format!("could not read {}", public_path.display()))?;
+    let secret_path = dir.join(WEBHOOK_SECRET);
+    if !secret_path.exists() {
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        write_private(&secret_path, hex::encode(raw).as_bytes())?;
+    }
+    let secret = read_secret_file(&secret_path)?;
+    Ok((public_pem, WebhookSecret::new(secret)))
+}
+
+/// Writes a file only its owner can read, refusing to replace one that exists.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("could not write {}", path.display()))?;
+    file.sync_all().with_context(|| format!("could not write {}", path.display()))
+}
