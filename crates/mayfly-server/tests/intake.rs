@@ -62,7 +62,7 @@ fn fixture(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/github")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/github")
         });
     std::fs::read(dir.join("fixtures").join(name)).unwrap()
 }
@@ -278,7 +278,7 @@ async fn every_fixture_is_accepted_and_processed() {
     let dir = std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/github")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/github")
         });
     for (count, entry) in std::fs::read_dir(dir.join("fixtures")).unwrap().enumerate() {
         let path = entry.unwrap().path();
