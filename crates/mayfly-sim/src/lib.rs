@@ -1,1 +1,36 @@
-//! GitHub simulator.
+//! mayfly-sim: a GitHub simulator held to GitHub's published REST and webhook contract
+//! (`shared/github/CONTRACTS.md`). It serves App auth, installation tokens, JIT runner configs,
+//! runners, jobs and runs, delivers signed webhooks, and brokers jobs to JIT runners.
+//! Invariant: every REST answer has a status and body shape GitHub's OpenAPI description allows.
+#![forbid(unsafe_code)]
+// `json!` of a full repository object (80 keys) needs a deeper macro recursion.
+#![recursion_limit = "256"]
+
+mod auth;
+mod broker;
+mod clock;
+mod config;
+mod control;
+mod events;
+mod faults;
+mod jitconfig;
+mod keys;
+mod payloads;
+mod rest;
+pub mod runner_client;
+mod server;
+mod state;
+mod tls;
+mod webhooks;
+
+pub use config::{SimConfig, TlsFiles};
+pub use control::{
+    ControlError, NewInstallation, NewJob, NewRepo, SimControl, SimInstallation, SimJob, SimRepo,
+};
+pub use faults::{FaultsError, RateLimitKind, RestFault, RestFaultKind};
+pub use jitconfig::{JitConfig, JitConfigError};
+pub use keys::{AppKeyPair, KeysError};
+pub use server::{Exchange, Sim, SimError, SimHandle};
+pub use state::{AccountType, Conclusion, JobStatus};
+pub use tls::TlsError;
+pub use webhooks::{Delivery, DeliveryOutcome, WebhooksError};

@@ -1,0 +1,61 @@
+//! Configuration of one simulator instance. Plain data; `Sim::start` validates it once
+//! (the App public key must parse, TLS files must load) before anything listens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mayfly_github::webhook::WebhookSecret;
+use url::Url;
+
+/// PEM files for serving HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_pem: PathBuf,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key_pem: PathBuf,
+}
+
+/// Everything `Sim::start` needs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to listen on; `127.0.0.1:0` picks a free port.
+    pub listen: SocketAddr,
+    /// `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// The App's numeric id (`iss` of App JWTs, `X-GitHub-Hook-Installation-Target-ID`).
+    pub app_id: u64,
+    /// The App's RSA public key (PKCS#1 or SPKI PEM) that App JWTs are verified against.
+    pub app_public_key_pem: String,
+    /// Where signed webhooks are delivered; `None` logs deliveries as failed.
+    pub webhook_url: Option<Url>,
+    pub webhook_secret: WebhookSecret,
+    /// An extra root certificate to trust when delivering to an `https` webhook URL.
+    pub webhook_ca_pem: Option<String>,
+    /// Lifetime of installation access tokens (GitHub: one hour).
+    pub token_ttl: Duration,
+    /// Keep every REST request/response pair for contract tests.
+    pub record_exchanges: bool,
+}
+
+impl SimConfig {
+    /// A config with GitHub's defaults: App id 1, one-hour tokens, no webhook URL, plain HTTP.
+    pub fn new(
+        listen: SocketAddr,
+        app_public_key_pem: String,
+        webhook_secret: WebhookSecret,
+    ) -> Self {
+        Self {
+            listen,
+            tls: None,
+            app_id: 1,
+            app_public_key_pem,
+            webhook_url: None,
+            webhook_secret,
+            webhook_ca_pem: None,
+            token_ttl: Duration::from_secs(3600),
+            record_exchanges: false,
+        }
+    }
+}

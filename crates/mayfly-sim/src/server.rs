@@ -1,0 +1,243 @@
+//! Starting and stopping a simulator: binds the listener (HTTP or HTTPS), builds the shared
+//! state and the router, starts the webhook worker. `SimHandle` is the in-process face of the
+//! control API; it shuts everything down when asked (or when dropped, the tasks are aborted).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use jsonwebtoken::DecodingKey;
+use url::Url;
+
+use crate::clock::Clock;
+use crate::config::SimConfig;
+use crate::control::SimControl;
+use crate::faults::RestFaults;
+use crate::keys::{self, KeysError};
+use crate::payloads::{AppInfo, Links};
+use crate::state::{Account, AccountType, World};
+use crate::tls::{self, TlsError};
+use crate::webhooks::{self, Webhooks, WebhooksError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the App public key is unusable")]
+    AppKey(#[source] KeysError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed")]
+    Tls(#[source] TlsError),
+    #[error("webhook delivery setup failed")]
+    Webhooks(#[source] WebhooksError),
+    #[error("the base URL could not be formed")]
+    BaseUrl(#[source] url::ParseError),
+}
+
+/// One recorded REST exchange (with `record_exchanges`).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    /// The request path, e.g. `/repos/o/r/actions/runs`.
+    pub path: String,
+    pub query: Option<String>,
+    /// The route template (`/repos/{owner}/{repo}/actions/runs`), which is the OpenAPI path;
+    /// `None` when no route matched.
+    pub route: Option<String>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The App's JWT verification key (Debug does not print it).
+pub(crate) struct AppKey(pub DecodingKey);
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppKey(RS256 public key)")
+    }
+}
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub app: AppInfo,
+    pub app_owner: Account,
+    pub app_key: AppKey,
+    pub links: Links,
+    pub base_url: Url,
+    pub token_ttl: Duration,
+    pub clock: Clock,
+    world: Mutex<World>,
+    pub faults: Mutex<RestFaults>,
+    pub rate: Mutex<crate::rest::RateBook>,
+    pub webhooks: Arc<Webhooks>,
+    pub exchanges: Option<Mutex<Vec<Exchange>>>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Shared {
+    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+        lock(&self.world)
+    }
+}
+
+/// The simulator.
+#[derive(Debug)]
+pub struct Sim;
+
+impl Sim {
+    /// Validates `config`, binds, and serves until `SimHandle::shutdown`.
+    pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
+        let public =
+            keys::parse_public_pem(&config.app_public_key_pem).map_err(SimError::AppKey)?;
+        let app_key = keys::decoding_key(&public).map_err(SimError::AppKey)?;
+        let tls = match &config.tls {
+            Some(files) => Some(tls::rustls_config(files).map_err(SimError::Tls)?),
+            None => None,
+        };
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| SimError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let bind_err = |source| SimError::Bind {
+            addr: config.listen,
+            source,
+        };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base_url =
+            Url::parse(&format!("{scheme}://{local_addr}/")).map_err(SimError::BaseUrl)?;
+
+        let http =
+            webhooks::client(config.webhook_ca_pem.as_deref()).map_err(SimError::Webhooks)?;
+        let (webhooks, worker) = Webhooks::start(
+            config.webhook_url.clone(),
+            config.webhook_secret.clone(),
+            config.app_id,
+            http,
+        );
+        let shared = Arc::new(Shared {
+            app: AppInfo::new(config.app_id),
+            app_owner: Account {
+                id: 9_000_000,
+                login: "mayfly-app-owner".into(),
+                kind: AccountType::User,
+            },
+            app_key: AppKey(app_key),
+            links: Links::new(&base_url),
+            base_url: base_url.clone(),
+            token_ttl: config.token_ttl,
+            clock: Clock::default(),
+            world: Mutex::new(World::default()),
+            faults: Mutex::new(RestFaults::default()),
+            rate: Mutex::new(crate::rest::RateBook::default()),
+            webhooks,
+            exchanges: config.record_exchanges.then(|| Mutex::new(Vec::new())),
+        });
+        let app: Router = crate::rest::router(Arc::clone(&shared))
+            .merge(crate::broker::router(Arc::clone(&shared)))
+            .merge(crate::control::router(Arc::clone(&shared)));
+
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp(listener)
+            .map_err(bind_err)?
+            .handle(handle.clone());
+        let service = app.into_make_service();
+        let serve = match tls {
+            Some(tls) => tokio::spawn(async move {
+                if let Err(err) = server
+                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                    .serve(service)
+                    .await
+                {
+                    tracing::error!(error = %err, "simulator server stopped");
+                }
+            }),
+            None => tokio::spawn(async move {
+                if let Err(err) = server.serve(service).await {
+                    tracing::error!(error = %err, "simulator server stopped");
+                }
+            }),
+        };
+        tracing::info!(%base_url, "GitHub simulator listening");
+        Ok(SimHandle {
+            control: SimControl {
+                shared: Arc::clone(&shared),
+            },
+            shared,
+            local_addr,
+            server: handle,
+            tasks: vec![serve, worker],
+        })
+    }
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimHandle {
+    pub(crate) shared: Arc<Shared>,
+    control: SimControl,
+    local_addr: SocketAddr,
+    server: axum_server::Handle<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http(s)://127.0.0.1:port/`: use it as the GitHub API base URL.
+    pub fn base_url(&self) -> Url {
+        self.shared.base_url.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving (open connections get a second to finish) and stops webhook delivery.
+    pub async fn shutdown(mut self) {
+        self.server.graceful_shutdown(Some(Duration::from_secs(1)));
+        let mut tasks = std::mem::take(&mut self.tasks);
+        if let Some(serve) = tasks.first_mut() {
+            // The server task ends once the graceful shutdown is done.
+            let _ = tokio::time::timeout(Duration::from_secs(2), serve).await;
+        }
+        for task in &tasks {
+            task.abort();
+        }
+    }
+
+    /// The control operations as a cloneable value (for tasks that outlive a borrow).
+    pub fn control(&self) -> SimControl {
+        SimControl {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl std::ops::Deref for SimHandle {
+    type Target = SimControl;
+    fn deref(&self) -> &SimControl {
+        &self.control
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.server.shutdown();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

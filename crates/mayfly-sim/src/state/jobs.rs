@@ -1,0 +1,325 @@
+//! Workflow runs and their jobs: creation, the approval gate, a runner acquiring and completing
+//! its one job, cancellation. Jobs only move forward; waiting → queued is the one loop back.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use super::{bump, Account, RunnerScope, StateError, World, DEFAULT_GROUP_ID};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Waiting,
+    Queued,
+    InProgress,
+    Completed,
+}
+
+impl JobStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conclusion {
+    Success,
+    Failure,
+    Cancelled,
+}
+
+impl Conclusion {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AssignedRunner {
+    pub id: u64,
+    pub name: String,
+    pub group_id: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub id: u64,
+    pub run_id: u64,
+    pub repo_id: u64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub status: JobStatus,
+    pub conclusion: Option<Conclusion>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub runner: Option<AssignedRunner>,
+    pub script: String,
+    pub env: BTreeMap<String, String>,
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    pub id: u64,
+    pub repo_id: u64,
+    pub run_number: u64,
+    pub workflow_id: u64,
+    pub workflow_name: String,
+    pub head_sha: String,
+    pub head_branch: String,
+    pub actor: Account,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub run_started_at: DateTime<Utc>,
+}
+
+impl World {
+    pub(crate) fn create_job(
+        &mut self,
+        new: NewJobSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Job, StateError> {
+        let repo = self
+            .repos
+            .get(&new.repo_id)
+            .ok_or(StateError::NotFound)?
+            .clone();
+        if new.labels.is_empty() {
+            return Err(StateError::Invalid("a job needs at least one label".into()));
+        }
+        let run_number = self.runs.values().filter(|r| r.repo_id == repo.id).count() as u64 + 1;
+        let run = Run {
+            id: bump(&mut self.next_run),
+            repo_id: repo.id,
+            run_number,
+            workflow_id: 160_000_000 + repo.id % 1_000_000,
+            workflow_name: new.workflow_name,
+            head_sha: hex::encode(rand::thread_rng().gen::<[u8; 20]>()),
+            head_branch: "main".into(),
+            actor: new.sender,
+            created_at: now,
+            updated_at: now,
+            run_started_at: now,
+        };
+        let job = Job {
+            id: bump(&mut self.next_job),
+            run_id: run.id,
+            repo_id: repo.id,
+            name: new.name,
+            labels: new.labels,
+            status: if new.waiting {
+                JobStatus::Waiting
+            } else {
+                JobStatus::Queued
+            },
+            conclusion: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            runner: None,
+            script: new.script,
+            env: new.env,
+            output: None,
+        };
+        self.runs.insert(run.id, run);
+        self.jobs.insert(job.id, job.clone());
+        Ok(job)
+    }
+
+    /// waiting → queued (an approval was given).
+    pub(crate) fn approve_job(
+        &mut self,
+        job_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Job, StateError> {
+        let job = self.jobs.get_mut(&job_id).ok_or(StateError::NotFound)?;
+        if job.status != JobStatus::Waiting {
+            return Err(StateError::Conflict(format!(
+                "job {job_id} is {}",
+                job.status.as_str()
+            )));
+        }
+        job.status = JobStatus::Queued;
+        let job = job.clone();
+        self.touch_run(job.run_id, now);
+        Ok(job)
+    }
+
+    /// Cancels a job that has not completed; a runner running it is freed and removed.
+    pub(crate) fn cancel_job(
+        &mut self,
+        job_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Job, StateError> {
+        let job = self.jobs.get(&job_id).ok_or(StateError::NotFound)?;
+        if job.status == JobStatus::Completed {
+            return Err(StateError::Conflict(format!(
+                "job {job_id} has already completed"
+            )));
+        }
+        let runner = job.runner.as_ref().map(|r| r.id);
+        self.finish_job(job_id, Conclusion::Cancelled, None, now, runner)
+    }
+
+    /// The oldest queued job this runner may take: same repository (or any repository of the
+    /// organisation for an org runner) and every job label among the runner's labels.
+    pub(crate) fn acquire(
+        &mut self,
+        runner_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Job>, StateError> {
+        let runner = self.runners.get(&runner_id).ok_or(StateError::NotFound)?;
+        if runner.job_id.is_some() {
+            return Err(StateError::Conflict(
+                "this runner has already taken its one job".into(),
+            ));
+        }
+        let runner_labels: BTreeSet<String> = runner
+            .labels
+            .iter()
+            .map(|l| l.name.to_ascii_lowercase())
+            .collect();
+        let scope = runner.scope;
+        let candidate = self.jobs.values().find(|job| {
+            job.status == JobStatus::Queued
+                && match scope {
+                    RunnerScope::Repo(repo_id) => job.repo_id == repo_id,
+                    RunnerScope::Org(inst) => self
+                        .repos
+                        .get(&job.repo_id)
+                        .is_some_and(|r| r.installation_id == inst),
+                }
+                && job
+                    .labels
+                    .iter()
+                    .all(|l| runner_labels.contains(&l.to_ascii_lowercase()))
+        });
+        let Some(job_id) = candidate.map(|j| j.id) else {
+            return Ok(None);
+        };
+        let Some(runner) = self.runners.get_mut(&runner_id) else {
+            return Err(StateError::NotFound);
+        };
+        runner.job_id = Some(job_id);
+        runner.online = true;
+        runner.busy = true;
+        let assigned = AssignedRunner {
+            id: runner.id,
+            name: runner.name.clone(),
+            group_id: DEFAULT_GROUP_ID,
+        };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Err(StateError::NotFound);
+        };
+        job.status = JobStatus::InProgress;
+        job.started_at = Some(now);
+        job.runner = Some(assigned);
+        let job = job.clone();
+        self.touch_run(job.run_id, now);
+        Ok(Some(job))
+    }
+
+    /// The runner reports its job done; GitHub then removes the JIT runner.
+    pub(crate) fn complete(
+        &mut self,
+        runner_id: u64,
+        job_id: u64,
+        conclusion: Conclusion,
+        output: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Job, StateError> {
+        let runner = self.runners.get(&runner_id).ok_or(StateError::NotFound)?;
+        if runner.job_id != Some(job_id) {
+            return Err(StateError::NotFound);
+        }
+        self.finish_job(job_id, conclusion, output, now, Some(runner_id))
+    }
+
+    fn finish_job(
+        &mut self,
+        job_id: u64,
+        conclusion: Conclusion,
+        output: Option<String>,
+        now: DateTime<Utc>,
+        runner: Option<u64>,
+    ) -> Result<Job, StateError> {
+        let job = self.jobs.get_mut(&job_id).ok_or(StateError::NotFound)?;
+        job.status = JobStatus::Completed;
+        job.conclusion = Some(conclusion);
+        job.completed_at = Some(now);
+        if job.started_at.is_none() {
+            job.started_at = Some(now);
+        }
+        job.output = output;
+        let job = job.clone();
+        if let Some(runner) = runner {
+            self.forget_runner(runner);
+        }
+        self.touch_run(job.run_id, now);
+        Ok(job)
+    }
+
+    fn touch_run(&mut self, run_id: u64, now: DateTime<Utc>) {
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            run.updated_at = now;
+        }
+    }
+
+    pub(crate) fn jobs_of_run(&self, run_id: u64) -> Vec<&Job> {
+        self.jobs.values().filter(|j| j.run_id == run_id).collect()
+    }
+
+    /// A run's status and conclusion, derived from its jobs as GitHub reports them.
+    pub(crate) fn run_status(&self, run_id: u64) -> (&'static str, Option<&'static str>) {
+        let jobs = self.jobs_of_run(run_id);
+        if jobs.iter().any(|j| j.status == JobStatus::InProgress) {
+            return ("in_progress", None);
+        }
+        if jobs.iter().any(|j| j.status == JobStatus::Waiting) {
+            return ("waiting", None);
+        }
+        if jobs.iter().any(|j| j.status == JobStatus::Queued) {
+            return ("queued", None);
+        }
+        let conclusion = if jobs
+            .iter()
+            .any(|j| j.conclusion == Some(Conclusion::Failure))
+        {
+            Conclusion::Failure
+        } else if jobs
+            .iter()
+            .any(|j| j.conclusion == Some(Conclusion::Cancelled))
+        {
+            Conclusion::Cancelled
+        } else {
+            Conclusion::Success
+        };
+        ("completed", Some(conclusion.as_str()))
+    }
+}
+
+/// Input of `World::create_job`, resolved to ids by the caller.
+#[derive(Debug, Clone)]
+pub(crate) struct NewJobSpec {
+    pub repo_id: u64,
+    pub name: String,
+    pub workflow_name: String,
+    pub labels: Vec<String>,
+    pub script: String,
+    pub env: BTreeMap<String, String>,
+    pub sender: Account,
+    pub waiting: bool,
+}
