@@ -93,7 +93,7 @@ pub async fn receive(
         })
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, %delivery_id, "could not record a delivery; answering 503");
+            tracing::error!(error = %crate::error::chain(&e), %delivery_id, "could not record a delivery; answering 503");
             ApiError::Unavailable
         })?;
     Ok(match recorded {

@@ -29,7 +29,7 @@ impl Processor {
             let pause = match self.drain().await {
                 Ok(()) => POLL,
                 Err(e) => {
-                    tracing::error!(error = %e, "processing deliveries failed; will retry");
+                    tracing::error!(error = %crate::error::chain(&e), "processing deliveries failed; will retry");
                     ERROR_BACKOFF
                 }
             };

@@ -61,6 +61,15 @@ impl SqliteStore {
         })
     }
 
+    /// A write transaction that takes SQLite's write lock up front. A deferred `BEGIN` that
+    /// reads before writing fails (busy snapshot) when another connection commits in between.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .op("begin write")
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -183,7 +192,7 @@ impl Store for SqliteStore {
         e: &JobEvent,
         now: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        let mut tx = self.pool.begin().await.op("begin")?;
+        let mut tx = self.begin_write().await?;
         let current: Option<String> =
             sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = ?")
                 .bind(e.job_id.0)
@@ -277,7 +286,7 @@ impl Store for SqliteStore {
         c: &InstallationChange,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.op("begin")?;
+        let mut tx = self.begin_write().await?;
         let state = match c.kind {
             InstallationChangeKind::Deleted => Some("deleted"),
             InstallationChangeKind::Suspended => Some("suspended"),

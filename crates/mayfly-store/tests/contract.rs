@@ -144,6 +144,27 @@ async fn installations_track_their_repositories(store: &dyn Store) {
     assert_eq!(all[0].repos, ["org-a/app".parse().unwrap()]);
 }
 
+/// Intake records while the processor applies: neither may fail on the other's write.
+async fn concurrent_recording_and_applying(store: &dyn Store) {
+    let writes = (0..40).map(|i| async move {
+        let mut event = job_event(if i % 2 == 0 {
+            JobStatus::Queued
+        } else {
+            JobStatus::InProgress
+        });
+        event.job_id = JobId(1000 + i / 2);
+        let d = delivery(&format!("c-{i}"), IntakeEvent::Job(event.clone()));
+        store.record_delivery(&d).await.unwrap();
+        store
+            .apply_job_event(&d.delivery_id, &event, Utc::now())
+            .await
+            .unwrap();
+    });
+    futures::future::join_all(writes).await;
+    assert_eq!(store.jobs().await.unwrap().len(), 20);
+    assert!(store.pending_deliveries(100).await.unwrap().is_empty());
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("mayfly.db"))
@@ -198,4 +219,9 @@ async fn sqlite_a_file_that_is_not_a_database_is_a_clear_error() {
     let err = SqliteStore::open(&path).await.unwrap_err();
     let shown = format!("{err}");
     assert!(shown.contains("mayfly.db"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_recording_and_applying() {
+    with_sqlite(concurrent_recording_and_applying).await;
 }
