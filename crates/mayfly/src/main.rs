@@ -25,11 +25,17 @@ enum Command {
     /// Run a GitHub simulator (REST API, App auth, signed webhooks, a job broker) for tests and
     /// the quickstart. GitHub itself is not needed.
     Sim(cmd::sim::SimArgs),
+    /// Run the whole loop on this machine with GitHub simulated: simulator, server (TLS, local
+    /// CA), two organisations, N jobs, and a table of what happened to each.
+    Quickstart(cmd::quickstart::QuickstartArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    logging::init(match cli.command {
+        Command::Quickstart(_) => "warn",
+        _ => "info",
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return exit::report(&exit::Failure::Runtime(e.into())),
@@ -38,6 +44,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
+            Command::Quickstart(args) => cmd::quickstart::run(args).await,
         }
     });
     match result {

@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod local_ca;
+pub mod quickstart;
 pub mod server;
 pub mod sim;

@@ -62,7 +62,9 @@ impl ServerArgs {
         // Only keys of the server configuration: other MAYFLY_* variables belong to other tools.
         figment = figment.merge(Env::prefixed("MAYFLY_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
-            CONFIG_KEYS.iter().any(|top| key == *top || key.starts_with(&format!("{top}__")))
+            CONFIG_KEYS
+                .iter()
+                .any(|top| key == *top || key.starts_with(&format!("{top}__")))
         }));
         let mut config: ServerConfig = figment
             .extract()
@@ -75,7 +77,10 @@ impl ServerArgs {
             config.data_dir = dir.clone();
         }
         if let (Some(cert_file), Some(key_file)) = (&self.tls_cert, &self.tls_key) {
-            config.tls = Some(TlsFiles { cert_file: cert_file.clone(), key_file: key_file.clone() });
+            config.tls = Some(TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            });
         }
         if !self.webhook_secret_files.is_empty() {
             config.webhook.secret_files = self.webhook_secret_files.clone();
@@ -96,10 +101,21 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .collect::<Result<Vec<_>, _>>()
         .config_err()?;
     std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("could not create the data directory {}", config.data_dir.display()))
+        .with_context(|| {
+            format!(
+                "could not create the data directory {}",
+                config.data_dir.display()
+            )
+        })
         .config_err()?;
-    let store = SqliteStore::open(&config.database_path()).await.config_err()?;
-    let deps = Dependencies { store: Arc::new(store), clock: Arc::new(SystemClock), webhook_secrets: secrets };
+    let store = SqliteStore::open(&config.database_path())
+        .await
+        .config_err()?;
+    let deps = Dependencies {
+        store: Arc::new(store),
+        clock: Arc::new(SystemClock),
+        webhook_secrets: secrets,
+    };
     let server = mayfly_server::start(&config, deps).await.config_err()?;
     eprintln!("mayfly server listening on {}", server.base_url());
     shutdown_signal().await.runtime_err()?;

@@ -68,18 +68,30 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
         config.webhook_ca_pem = Some(pem);
     }
     if let (Some(cert_pem), Some(key_pem)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(TlsFiles { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
+        config.tls = Some(TlsFiles {
+            cert_pem: cert_pem.clone(),
+            key_pem: key_pem.clone(),
+        });
     }
     let sim = Sim::start(config).await.config_err()?;
     eprintln!("GitHub simulator listening on {}", sim.base_url());
     eprintln!("  App id:           {}", args.app_id);
-    eprintln!("  App private key:  {}", args.data_dir.join(APP_PRIVATE_KEY).display());
-    eprintln!("  webhook secret:   {}", args.data_dir.join(WEBHOOK_SECRET).display());
+    eprintln!(
+        "  App private key:  {}",
+        args.data_dir.join(APP_PRIVATE_KEY).display()
+    );
+    eprintln!(
+        "  webhook secret:   {}",
+        args.data_dir.join(WEBHOOK_SECRET).display()
+    );
     match &args.webhook_url {
         Some(url) => eprintln!("  webhooks go to:   {url}"),
         None => eprintln!("  webhooks go nowhere (no --webhook-url)"),
     }
-    eprintln!("  control API:      {}_sim/ (see ARCHITECTURE.md)", sim.base_url());
+    eprintln!(
+        "  control API:      {}_sim/ (see ARCHITECTURE.md)",
+        sim.base_url()
+    );
     shutdown_signal().await.runtime_err()?;
     sim.shutdown().await;
     Ok(())
@@ -110,13 +122,15 @@ pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
 }
 
 /// Writes a file only its owner can read, refusing to replace one that exists.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("could not write {}", path.display()))?;
-    file.sync_all().with_context(|| format!("could not write {}", path.display()))
+    file.write_all(bytes)
+        .with_context(|| format!("could not write {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("could not write {}", path.display()))
 }

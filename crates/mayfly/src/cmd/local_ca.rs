@@ -1,0 +1,67 @@
+//! A development CA for the quickstart, kept in its data directory: a CA certificate and a
+//! server certificate for `localhost`/`127.0.0.1` signed by it. Keys are written mode 600.
+//! Production servers use certificates from files instead.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+/// Paths of the CA and server certificate files.
+#[derive(Debug, Clone)]
+pub struct LocalCa {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl LocalCa {
+    /// Loads the CA from `dir`, creating it (and the server certificate) on first use.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Self> {
+        let ca = Self {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        };
+        if ca.ca_cert.exists() && ca.server_cert.exists() && ca.server_key.exists() {
+            return Ok(ca);
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+
+        let ca_key = KeyPair::generate().context("could not generate the CA key")?;
+        let mut ca_params = CertificateParams::new(Vec::new()).context("CA parameters")?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mayfly quickstart CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .context("could not sign the CA certificate")?;
+
+        let server_key = KeyPair::generate().context("could not generate the server key")?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .context("server certificate parameters")?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mayfly quickstart server");
+        let server_cert = params
+            .signed_by(&server_key, &ca_cert, &ca_key)
+            .context("could not sign the server certificate")?;
+
+        super::sim::write_private(&ca.server_key, server_key.serialize_pem().as_bytes())?;
+        std::fs::write(&ca.server_cert, server_cert.pem())
+            .with_context(|| format!("could not write {}", ca.server_cert.display()))?;
+        std::fs::write(&ca.ca_cert, ca_cert.pem())
+            .with_context(|| format!("could not write {}", ca.ca_cert.display()))?;
+        // The CA key is not kept: the quickstart needs one server certificate, made here.
+        Ok(ca)
+    }
+
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        std::fs::read_to_string(&self.ca_cert)
+            .with_context(|| format!("could not read {}", self.ca_cert.display()))
+    }
+}

@@ -1,0 +1,128 @@
+//! What a user sees of the command line: help that explains every flag, the example
+//! configuration that the server actually accepts, clear errors for bad configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::process::Command;
+
+fn mayfly(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(args)
+        .env_remove("MAYFLY_CONFIG")
+        .output()
+        .expect("mayfly runs")
+}
+
+/// Every `--flag` line of a help text is followed by an explanation.
+fn assert_every_flag_explained(help: &str, flags: &[&str]) {
+    for flag in flags {
+        let line_index = help
+            .lines()
+            .position(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")))
+            .unwrap_or_else(|| panic!("{flag} is missing from the help:\n{help}"));
+        let explained = help.lines().skip(line_index).take(3).any(|l| {
+            let text = l.trim();
+            text.len() > flag.len() + 12 && !text.starts_with("--")
+                || text
+                    .split_once("  ")
+                    .is_some_and(|(_, rest)| rest.trim().len() > 10)
+        });
+        assert!(explained, "{flag} has no explanation:\n{help}");
+    }
+}
+
+#[test]
+fn server_help_explains_every_flag() {
+    let out = mayfly(&["server", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert_every_flag_explained(
+        &help,
+        &[
+            "--config",
+            "--listen",
+            "--data-dir",
+            "--tls-cert",
+            "--tls-key",
+            "--webhook-secret-file",
+            "--insecure-dev",
+        ],
+    );
+}
+
+#[test]
+fn sim_help_explains_every_flag() {
+    let out = mayfly(&["sim", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert_every_flag_explained(
+        &help,
+        &[
+            "--listen",
+            "--data-dir",
+            "--webhook-url",
+            "--webhook-ca-file",
+            "--tls-cert",
+            "--tls-key",
+            "--app-id",
+            "--token-ttl-secs",
+        ],
+    );
+}
+
+#[test]
+fn the_example_configuration_is_accepted() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../mayfly.example.toml");
+    let config: mayfly_server::ServerConfig = figment::Figment::new()
+        .merge(figment::providers::Toml::file(example))
+        .extract()
+        .unwrap();
+    assert_eq!(config.listen, mayfly_server::ServerConfig::default().listen);
+    assert_eq!(config.webhook.max_body_bytes, 1024 * 1024);
+}
+
+#[test]
+fn bad_configuration_exits_3_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mayfly.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisen = 1\n").unwrap();
+    let out = mayfly(&["server", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+
+    let out = mayfly(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS") && stderr.contains("--insecure-dev"),
+        "{stderr}"
+    );
+
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = mayfly(&[
+        "server",
+        "--insecure-dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "the secret leaked: {stderr}");
+
+    let out = mayfly(&["server", "--config", "/nonexistent/mayfly.toml"]);
+    assert_eq!(out.status.code(), Some(3));
+}
