@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use figment::providers::Format;
+
 fn mayfly(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mayfly"))
         .args(args)

@@ -296,8 +296,8 @@ async fn print_table(
 ) -> Result<(), Failure> {
     println!();
     println!(
-        "{:<22} {:>11} {:<22} {:>10} {:>10} {:>10}  {}",
-        "org/repo", "job", "runner", "→recorded", "→running", "→done", "conclusion"
+        "{:<22} {:>11} {:<22} {:>10} {:>10} {:>10}  conclusion",
+        "org/repo", "job", "runner", "→recorded", "→running", "→done"
     );
     let mut failed = 0;
     for (id, (_, t)) in timelines {
