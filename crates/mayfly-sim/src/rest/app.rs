@@ -56,7 +56,18 @@ async fn list_installations(
         .world()
         .installations
         .values()
-        .map(|i| payloads::installation(&shared.links, &shared.app, i, false))
+        .map(|i| {
+            let mut item = payloads::installation(&shared.links, &shared.app, i, false);
+            // The spec types this list's `account` as allOf[<simple-user>, <enterprise>] (not
+            // anyOf as on the single-installation endpoints), so the account also carries the
+            // enterprise keys to satisfy both.
+            let created = payloads::ts(i.created_at);
+            item["account"]["name"] = json!(i.account.login);
+            item["account"]["slug"] = json!(i.account.login.to_ascii_lowercase());
+            item["account"]["created_at"] = json!(created);
+            item["account"]["updated_at"] = json!(created);
+            item
+        })
         .collect();
     let (page, link) =
         Paging::from_query(&query).apply(items, &shared.links, "app/installations", &query);

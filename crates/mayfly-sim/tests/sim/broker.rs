@@ -1,0 +1,198 @@
+//! The job broker: a JIT runner authenticates with its config's key, takes exactly one job whose
+//! labels it covers, completes it, and is gone.
+
+use axum::http::StatusCode;
+use mayfly_sim::runner_client::{RunnerClient, RunnerClientError};
+use mayfly_sim::{Conclusion, JobStatus, NewJob};
+use reqwest::Method;
+
+use super::support::{bounded, Receiver, TestSim};
+
+fn job(repo: &str, labels: &[&str]) -> NewJob {
+    NewJob {
+        repository: repo.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        script: Some("echo hi".into()),
+        ..NewJob::default()
+    }
+}
+
+#[tokio::test]
+async fn a_runner_takes_one_matching_job_completes_it_and_is_spent() {
+    bounded(async {
+        let mut hooks = Receiver::start().await;
+        let url = hooks.url.clone();
+        let t = TestSim::start_with(move |c| c.webhook_url = Some(url)).await;
+        let (_, repo, token) = t.org_with_repo().await;
+        let created = t
+            .sim
+            .create_job(job(&repo, &["self-hosted", "mayfly-2cpu"]))
+            .unwrap();
+        let queued = hooks.next_of("workflow_job.queued").await.json();
+        assert_eq!(queued["workflow_job"]["id"], created.id);
+
+        let (runner_id, encoded) = t
+            .jit(
+                &token,
+                &repo,
+                "vm-1",
+                &["self-hosted", "mayfly-2cpu", "X64", "Linux"],
+            )
+            .await;
+        let mut runner = RunnerClient::from_encoded_jit_config(&encoded, None).unwrap();
+        assert_eq!(runner.runner_id(), runner_id);
+        let acquired = runner.acquire().await.unwrap().expect("a job");
+        assert_eq!(acquired.job_id, created.id);
+        assert_eq!(acquired.repository, repo);
+        assert_eq!(acquired.script, "echo hi");
+
+        let started = hooks.next_of("workflow_job.in_progress").await.json();
+        assert_eq!(started["workflow_job"]["runner_name"], "vm-1");
+        assert_eq!(started["workflow_job"]["runner_id"], runner_id);
+        let (_, _, rest_job) = t
+            .get(
+                &format!("/repos/{repo}/actions/jobs/{}", created.id),
+                &token,
+            )
+            .await;
+        assert_eq!(rest_job["status"], "in_progress");
+        assert_eq!(rest_job["runner_name"], "vm-1");
+        let (_, _, rest_runner) = t
+            .get(
+                &format!("/repos/{repo}/actions/runners/{runner_id}"),
+                &token,
+            )
+            .await;
+        assert_eq!(rest_runner["status"], "online");
+        assert_eq!(rest_runner["busy"], true);
+        // A busy runner cannot be deleted (422), and cannot take a second job.
+        let (status, _, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/repos/{repo}/actions/runners/{runner_id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        t.sim.create_job(job(&repo, &["self-hosted"])).unwrap();
+        assert!(matches!(
+            runner.acquire().await,
+            Err(RunnerClientError::AlreadyAssigned)
+        ));
+
+        runner
+            .complete(acquired.job_id, Conclusion::Failure, "boom")
+            .await
+            .unwrap();
+        let done = hooks.next_of("workflow_job.completed").await.json();
+        assert_eq!(done["workflow_job"]["conclusion"], "failure");
+        assert_eq!(done["workflow_job"]["runner_name"], "vm-1");
+        let sim_job = t.sim.job(created.id).unwrap();
+        assert_eq!(sim_job.status, JobStatus::Completed);
+        assert_eq!(sim_job.output.as_deref(), Some("boom"));
+
+        // GitHub removed the runner; its credential is spent.
+        assert_eq!(
+            t.get(
+                &format!("/repos/{repo}/actions/runners/{runner_id}"),
+                &token
+            )
+            .await
+            .0,
+            StatusCode::NOT_FOUND
+        );
+        assert!(matches!(
+            runner.acquire().await,
+            Err(RunnerClientError::Unauthorized)
+        ));
+        assert!(matches!(
+            runner.authenticate().await,
+            Err(RunnerClientError::Unauthorized)
+        ));
+        let mut fresh = RunnerClient::from_encoded_jit_config(&encoded, None).unwrap();
+        assert!(matches!(
+            fresh.acquire().await,
+            Err(RunnerClientError::Unauthorized)
+        ));
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_runner_whose_labels_do_not_cover_the_job_gets_nothing() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let (inst, repo, token) = t.org_with_repo().await;
+        let other_repo = t.repo(inst.id, "web");
+        let created = t
+            .sim
+            .create_job(job(&repo, &["self-hosted", "gpu"]))
+            .unwrap();
+        t.sim
+            .create_job(job(&other_repo, &["self-hosted"]))
+            .unwrap();
+        let (_, encoded) = t.jit(&token, &repo, "vm-1", &["self-hosted", "X64"]).await;
+        let mut runner = RunnerClient::from_encoded_jit_config(&encoded, None).unwrap();
+        // Not gpu, and the other repository's job is not this repo runner's.
+        assert!(runner.acquire().await.unwrap().is_none());
+        assert_eq!(t.sim.job(created.id).unwrap().status, JobStatus::Queued);
+        // Labels match case-insensitively, as on GitHub; a later job can be picked up by polling.
+        let later = t
+            .sim
+            .create_job(job(&repo, &["SELF-HOSTED", "x64"]))
+            .unwrap();
+        let acquired = runner.acquire().await.unwrap().unwrap();
+        assert_eq!(acquired.job_id, later.id);
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_org_runner_takes_a_job_of_any_repository_of_its_org() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let (inst, _, token) = t.org_with_repo().await;
+        let web = t.repo(inst.id, "web");
+        let created = t.sim.create_job(job(&web, &["self-hosted"])).unwrap();
+        let (status, _, body) = t
+            .post(
+                "/orgs/acme/actions/runners/generate-jitconfig",
+                &token,
+                serde_json::json!({ "name": "org-vm", "runner_group_id": 1, "labels": ["self-hosted"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let mut runner = RunnerClient::from_encoded_jit_config(body["encoded_jit_config"].as_str().unwrap(), None).unwrap();
+        assert_eq!(runner.acquire().await.unwrap().unwrap().job_id, created.id);
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_runner_cannot_authenticate() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let (_, repo, token) = t.org_with_repo().await;
+        let (runner_id, encoded) = t.jit(&token, &repo, "vm-1", &["self-hosted"]).await;
+        let (status, _, _) = t
+            .call(
+                Method::DELETE,
+                &format!("/repos/{repo}/actions/runners/{runner_id}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let mut runner = RunnerClient::from_encoded_jit_config(&encoded, None).unwrap();
+        assert!(matches!(
+            runner.authenticate().await,
+            Err(RunnerClientError::Unauthorized)
+        ));
+        t.check_contract();
+    })
+    .await;
+}
