@@ -118,9 +118,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str)
 /// Validates the configuration, binds the listener and starts serving and processing.
 pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHandle, ServerError> {
     config.validate()?;
-    let tls = match (&config.tls, config.insecure_dev) {
-        (Some(files), _) => Some(tls::server_config(files).await?),
-        (None, _) => None,
+    // `validate` guarantees TLS files unless --insecure-dev was given.
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(files).await?),
+        None => None,
     };
     if tls.is_none() {
         tracing::warn!(listen = %config.listen,
@@ -149,36 +150,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let shutdown = CancellationToken::new();
     let http = axum_server::Handle::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let app = router(state).into_make_service();
     let has_tls = tls.is_some();
-    let server_handle = http.clone();
-    tasks.spawn(async move {
-        let served = match tls {
-            Some(tls) => axum_server::from_tcp_rustls(listener, tls)
-                .map(|s| s.handle(server_handle))
-                .map(|s| {
-                    Box::pin(s.serve(app))
-                        as std::pin::Pin<
-                            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
-                        >
-                }),
-            None => axum_server::from_tcp(listener)
-                .map(|s| s.handle(server_handle))
-                .map(|s| {
-                    Box::pin(s.serve(app))
-                        as std::pin::Pin<
-                            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
-                        >
-                }),
-        };
-        let result = match served {
-            Ok(serving) => serving.await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the HTTP listener stopped");
-        }
-    });
+    tasks.spawn(serve(listener, tls, router(state), http.clone()));
     let processor = Processor {
         store: deps.store,
         clock: deps.clock,
@@ -193,4 +166,27 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         http,
         tasks,
     })
+}
+
+/// Serves `app` on `listener` until the handle shuts it down; logs why if it stops otherwise.
+async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    app: Router,
+    handle: axum_server::Handle<SocketAddr>,
+) {
+    let app = app.into_make_service();
+    let result = match tls {
+        Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
+            Ok(server) => server.handle(handle).serve(app).await,
+            Err(e) => Err(e),
+        },
+        None => match axum_server::from_tcp(listener) {
+            Ok(server) => server.handle(handle).serve(app).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the HTTP listener stopped");
+    }
 }
