@@ -7,6 +7,7 @@ mod support;
 
 mod auth;
 mod broker;
+mod control;
 mod faults;
 mod jit;
 mod tls;
