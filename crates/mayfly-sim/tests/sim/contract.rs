@@ -1,4 +1,4 @@
-//! Contract checks against GitHub's published descriptions in `shared/github/schemas`: REST
+//! Contract checks against GitHub's published descriptions in `contracts/github/schemas`: REST
 //! responses against the OpenAPI 3.0 subset (converted to JSON Schema), webhook bodies and
 //! headers against the webhooks subset (JSON Schema 2020-12).
 
@@ -12,10 +12,10 @@ use serde_json::{json, Map, Value};
 
 fn contract_dir() -> PathBuf {
     match std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR") {
-        Some(dir) => PathBuf::from(dir),
+        Some(dir) => PathBuf::from(dir).join("schemas"),
         None => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/github/schemas"
+            "/../../contracts/github/schemas"
         )),
     }
 }
