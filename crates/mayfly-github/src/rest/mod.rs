@@ -4,6 +4,7 @@
 mod client;
 mod error;
 mod retry;
+mod transport;
 mod types;
 
 pub use client::{GitHubClient, GitHubClientConfig, JitRunner, QueuedJob};
