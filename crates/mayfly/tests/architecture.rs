@@ -15,6 +15,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         BTreeSet::from(["mayfly-core", "mayfly-github", "mayfly-store"]),
     );
     rules.insert("mayfly-sim", BTreeSet::from(["mayfly-github"]));
+    rules.insert("mayfly-vm", BTreeSet::from(["mayfly-core"]));
     rules.insert(
         "mayfly",
         BTreeSet::from([

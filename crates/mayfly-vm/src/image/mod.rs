@@ -1,0 +1,1 @@
+//! Guest images. (Being written: see ARCHITECTURE.md.)

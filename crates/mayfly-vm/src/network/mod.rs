@@ -1,0 +1,1 @@
+//! Per-VM network isolation. (Being written: see ARCHITECTURE.md.)
