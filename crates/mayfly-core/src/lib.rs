@@ -13,3 +13,6 @@ pub use clock::{Clock, SystemClock};
 pub mod event;
 
 pub use event::{InstallationChange, InstallationChangeKind, IntakeEvent, JobEvent};
+pub mod vm;
+
+pub use vm::{DestroyStep, DestructionRecord, VmId};
