@@ -16,6 +16,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     );
     rules.insert("mayfly-sim", BTreeSet::from(["mayfly-github"]));
     rules.insert("mayfly-vm", BTreeSet::from(["mayfly-core"]));
+    rules.insert("mayfly-guest", BTreeSet::new());
     rules.insert(
         "mayfly",
         BTreeSet::from([
