@@ -8,5 +8,10 @@
 //!   after a crash of the owning process.
 #![forbid(unsafe_code)]
 
+pub mod accel;
+pub mod channel;
 pub mod image;
 pub mod network;
+
+pub use accel::{Accel, AccelProbe};
+pub use channel::{GuestChannel, GuestConfig, GuestEvent};
