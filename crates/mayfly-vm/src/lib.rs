@@ -10,8 +10,12 @@
 
 pub mod accel;
 pub mod channel;
+pub mod driver;
 pub mod image;
 pub mod network;
+pub mod qemu;
 
 pub use accel::{Accel, AccelProbe};
 pub use channel::{GuestChannel, GuestConfig, GuestEvent};
+pub use driver::{GuestExit, VmDriver, VmError, VmInfo, VmSpec};
+pub use qemu::{NetworkMode, QemuConfig, QemuDriver, SetupError};

@@ -1,0 +1,82 @@
+//! The `VmDriver` trait: how the agent makes, runs and destroys one VM per job. QEMU implements
+//! it today ([`crate::qemu::QemuDriver`]); Virtualization.framework and Firecracker are further
+//! drivers. Lifecycle: `create` → `start` → `wait_ready` → `hand_over` → `wait_exit` → `destroy`.
+//! `destroy` is always allowed and always leaves nothing, whatever state the VM is in.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mayfly_core::{DestructionRecord, VmId};
+
+use crate::channel::GuestConfig;
+
+/// What a VM is made from.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The image's digest in the driver's image store.
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// A VM the driver knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmInfo {
+    pub id: VmId,
+    pub image: String,
+    /// Whether its QEMU process is alive.
+    pub running: bool,
+}
+
+/// How the guest's runner ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The runner exited with this code (-1: killed by a signal) and the guest powered off.
+    Exited { code: i32 },
+    /// The guest reported an error.
+    GuestError(String),
+    /// The VM stopped without saying how the runner ended.
+    Vanished,
+}
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no VM {0} is known to this driver")]
+    Unknown(VmId),
+    #[error("VM {vm}: {what}")]
+    Failed { vm: VmId, what: String },
+    #[error("VM {vm} did not report ready within {timeout:?}{tail}")]
+    BootTimeout {
+        vm: VmId,
+        timeout: Duration,
+        tail: String,
+    },
+    #[error("VM {vm} did not finish within {timeout:?}")]
+    RunTimeout { vm: VmId, timeout: Duration },
+    #[error("VM {0} is not in a state that allows this")]
+    WrongState(VmId),
+    #[error(transparent)]
+    Setup(#[from] crate::qemu::SetupError),
+}
+
+/// Makes, runs and destroys VMs.
+#[async_trait]
+pub trait VmDriver: Send + Sync + std::fmt::Debug {
+    /// Prepares a VM (overlay disk, network, state directory) without starting it.
+    async fn create(&self, spec: &VmSpec) -> Result<VmId, VmError>;
+    /// Starts the VM's process.
+    async fn start(&self, vm: &VmId) -> Result<(), VmError>;
+    /// Waits until the guest reports ready; returns its kernel version.
+    async fn wait_ready(&self, vm: &VmId, timeout: Duration) -> Result<String, VmError>;
+    /// Hands the runner config to the guest, once.
+    async fn hand_over(&self, vm: &VmId, config: GuestConfig) -> Result<(), VmError>;
+    /// Waits until the runner ends and the guest powers off.
+    async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError>;
+    /// Stops the VM (gracefully, then by force) and removes everything it had.
+    async fn destroy(&self, vm: &VmId, reason: &str) -> DestructionRecord;
+    /// The VMs this driver owns.
+    async fn list(&self) -> Vec<VmInfo>;
+    /// Destroys VMs left behind by a crashed owner.
+    async fn reap(&self) -> Vec<DestructionRecord>;
+}

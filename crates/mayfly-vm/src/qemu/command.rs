@@ -1,0 +1,86 @@
+//! QEMU's command line for one VM. Nothing secret goes here: argv is readable by every local
+//! user. The config channel and the console are unix sockets/pipes; there is no TCP monitor,
+//! QMP, VNC or gdb socket a guest could reach.
+
+use std::path::Path;
+
+use crate::accel::Accel;
+use crate::image::Image;
+
+/// Everything that shapes the command line.
+#[derive(Debug)]
+pub struct QemuLaunch<'a> {
+    pub name: &'a str,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub image: &'a Image,
+    pub overlay: &'a Path,
+    pub channel_socket: &'a Path,
+    pub pidfile: &'a Path,
+    /// `-netdev …`/`-device …` of the VM's network; empty for a VM without a NIC.
+    pub network_args: Vec<String>,
+}
+
+impl QemuLaunch<'_> {
+    /// The arguments after the binary.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["-name".into(), self.name.into()];
+        args.extend(self.accel.qemu_args().iter().map(|s| (*s).to_owned()));
+        args.extend(
+            [
+                "-machine",
+                "q35",
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                &self.vcpus.to_string(),
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-no-reboot",
+                "-serial",
+                "stdio",
+                // Seccomp: QEMU may not spawn processes, raise privileges or use obsolete calls.
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
+        args.push("-kernel".into());
+        args.push(self.image.kernel.display().to_string());
+        args.push("-initrd".into());
+        args.push(self.image.initrd.display().to_string());
+        args.push("-append".into());
+        args.push("console=ttyS0 panic=-1 quiet".into());
+        // The base disk is attached read-only: the guest keeps all writes in RAM, so no job byte
+        // reaches the host's disk through it.
+        args.push("-drive".into());
+        args.push(format!(
+            "file={},if=virtio,format=qcow2,readonly=on",
+            self.overlay.display()
+        ));
+        args.extend([
+            "-device".to_owned(),
+            "virtio-serial-pci".to_owned(),
+            "-chardev".to_owned(),
+            format!(
+                "socket,id=cfg,path={},server=on,wait=off",
+                self.channel_socket.display()
+            ),
+            "-device".to_owned(),
+            format!(
+                "virtserialport,chardev=cfg,name={}",
+                crate::channel::PORT_NAME
+            ),
+            "-pidfile".to_owned(),
+            self.pidfile.display().to_string(),
+        ]);
+        args.extend(self.network_args.iter().cloned());
+        args
+    }
+}

@@ -1,0 +1,520 @@
+//! `QemuDriver`: one QEMU process per VM, started inside the VM's network namespace, booting the
+//! image's kernel and initramfs with a read-only copy-on-write overlay of its base disk. The
+//! runner config goes over the virtio-serial channel only; the console stays in memory.
+//!
+//! State on disk, per VM, under `<state_root>/vms/<vm-id>/` (mode 700: the config socket must be
+//! reachable by root only): `vm.json` (the record a reaper needs), `overlay.qcow2`, `cfg.sock`,
+//! `qemu.pid`; and `<state_root>/net/<vm-id>/` (mode 711) for passt, which runs as `nobody`.
+//! `destroy` removes all of it.
+
+mod command;
+mod console;
+mod record;
+mod teardown;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mayfly_core::{DestructionRecord, VmId};
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+pub use console::ConsoleTail;
+pub use record::{ProcessId, VmRecord};
+
+use crate::accel::Accel;
+use crate::channel::{ChannelError, GuestChannel, GuestConfig, GuestEvent};
+use crate::driver::{GuestExit, VmDriver, VmError, VmInfo, VmSpec};
+use crate::image::{Image, ImageStore};
+use crate::network::{NetworkSpec, VmNetwork};
+use command::QemuLaunch;
+
+/// Whether VMs get a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// A namespace per VM with nftables isolation (production).
+    Isolated,
+    /// No network device at all.
+    Disabled,
+}
+
+/// How the driver is set up.
+#[derive(Debug)]
+pub struct QemuConfig {
+    /// Where per-VM state directories live (`<state_root>/vms/<id>`).
+    pub state_root: PathBuf,
+    pub images: ImageStore,
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub accel: Accel,
+    pub network: NetworkMode,
+    /// How long QEMU gets to stop after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl QemuConfig {
+    pub fn new(state_root: PathBuf, images: ImageStore, accel: Accel) -> Self {
+        Self {
+            state_root,
+            images,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            qemu_img: PathBuf::from("qemu-img"),
+            accel,
+            network: NetworkMode::Isolated,
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A VM could not be set up; the message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0} was not found or does not run: install QEMU with `apt-get install qemu-system-x86 qemu-utils` (`mayfly doctor` lists what is missing)")]
+    MissingBinary(String),
+    #[error("the image {digest} is not usable: {reason}")]
+    Image { digest: String, reason: String },
+    #[error("could not prepare {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not create the copy-on-write overlay: {0}")]
+    Overlay(String),
+    #[error("could not set up the VM's network: {0}")]
+    Network(String),
+    #[error("could not start QEMU")]
+    Spawn(#[source] std::io::Error),
+    #[error("this process has no /proc entry; is /proc mounted?")]
+    NoProc,
+}
+
+struct Entry {
+    dir: PathBuf,
+    record: VmRecord,
+    image: Image,
+    spec: VmSpec,
+    network: Option<VmNetwork>,
+    child: Option<tokio::process::Child>,
+    channel: Option<GuestChannel>,
+    console: ConsoleTail,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("dir", &self.dir)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The QEMU driver.
+#[derive(Debug)]
+pub struct QemuDriver {
+    config: QemuConfig,
+    owner: ProcessId,
+    vms: Mutex<HashMap<VmId, Arc<Mutex<Entry>>>>,
+    /// Images whose digest this driver has checked (hashing a whole image per VM is too slow).
+    verified_images: Mutex<HashMap<String, Image>>,
+}
+
+impl QemuDriver {
+    pub fn new(config: QemuConfig) -> Result<Self, SetupError> {
+        let owner = ProcessId::current().ok_or(SetupError::NoProc)?;
+        for (dir, mode) in [
+            (config.state_root.clone(), 0o711),
+            (config.state_root.join("vms"), 0o700),
+            (config.state_root.join("net"), 0o711),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|source| SetupError::StateDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            config,
+            owner,
+            vms: Mutex::new(HashMap::new()),
+            verified_images: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.config.state_root.join("vms")
+    }
+
+    /// The console tail of a VM (in memory only), for diagnostics.
+    pub async fn console(&self, vm: &VmId) -> Option<ConsoleTail> {
+        let entry = self.vms.lock().await.get(vm).cloned()?;
+        let console = entry.lock().await.console.clone();
+        Some(console)
+    }
+
+    async fn entry(&self, vm: &VmId) -> Result<Arc<Mutex<Entry>>, VmError> {
+        self.vms
+            .lock()
+            .await
+            .get(vm)
+            .cloned()
+            .ok_or_else(|| VmError::Unknown(vm.clone()))
+    }
+
+    /// The image, checked against its digest the first time this driver uses it.
+    async fn image(&self, digest: &str) -> Result<Image, SetupError> {
+        let mut verified = self.verified_images.lock().await;
+        if let Some(image) = verified.get(digest) {
+            return Ok(image.clone());
+        }
+        let image = self
+            .config
+            .images
+            .get(digest)
+            .map_err(|e| SetupError::Image {
+                digest: digest.to_owned(),
+                reason: e.to_string(),
+            })?;
+        verified.insert(digest.to_owned(), image.clone());
+        Ok(image)
+    }
+
+    async fn prepare(&self, id: &VmId, spec: &VmSpec, dir: &Path) -> Result<Entry, SetupError> {
+        let image = self.image(&spec.image).await?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| SetupError::StateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let record = VmRecord {
+            id: id.clone(),
+            image: spec.image.clone(),
+            owner: self.owner,
+            qemu: None,
+            network: None,
+            created_at: Utc::now(),
+        };
+        record.save(dir).map_err(|source| SetupError::StateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut entry = Entry {
+            dir: dir.to_owned(),
+            record,
+            image,
+            spec: spec.clone(),
+            network: None,
+            child: None,
+            channel: None,
+            console: ConsoleTail::default(),
+        };
+        self.make_overlay(&entry.image, &dir.join("overlay.qcow2"))
+            .await?;
+        if self.config.network == NetworkMode::Isolated {
+            let net_dir = net_dir(&self.config.state_root, id);
+            std::fs::DirBuilder::new()
+                .mode(0o711)
+                .create(&net_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(&net_dir, std::fs::Permissions::from_mode(0o711))
+                })
+                .map_err(|source| SetupError::StateDir {
+                    path: net_dir.clone(),
+                    source,
+                })?;
+            let index = rand::random::<u32>() % 15_000 + 1;
+            let network = VmNetwork::create(&NetworkSpec {
+                index,
+                runtime_dir: net_dir,
+            })
+            .await
+            .map_err(|e| SetupError::Network(e.to_string()))?;
+            entry.record.network = Some(network.record());
+            entry.network = Some(network);
+            entry
+                .record
+                .save(dir)
+                .map_err(|source| SetupError::StateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(entry)
+    }
+
+    /// A qcow2 overlay backed by the image's base disk: O(1), whatever the base's size.
+    async fn make_overlay(&self, image: &Image, overlay: &Path) -> Result<(), SetupError> {
+        let output = Command::new(&self.config.qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&image.rootfs)
+            .arg(overlay)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|_| SetupError::MissingBinary(self.config.qemu_img.display().to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(SetupError::Overlay(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+
+    fn spawn(&self, entry: &mut Entry) -> Result<(), SetupError> {
+        let dir = entry.dir.clone();
+        let overlay = dir.join("overlay.qcow2");
+        let socket = dir.join("cfg.sock");
+        let pidfile = dir.join("qemu.pid");
+        let name = entry.record.id.to_string();
+        let launch = QemuLaunch {
+            name: &name,
+            accel: self.config.accel,
+            vcpus: entry.spec.vcpus,
+            memory_mib: entry.spec.memory_mib,
+            image: &entry.image,
+            overlay: &overlay,
+            channel_socket: &socket,
+            pidfile: &pidfile,
+            network_args: entry
+                .network
+                .as_ref()
+                .map(VmNetwork::qemu_args)
+                .unwrap_or_default(),
+        };
+        let mut command = match &entry.network {
+            Some(network) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", network.netns()])
+                    .arg(&self.config.qemu);
+                c
+            }
+            None => Command::new(&self.config.qemu),
+        };
+        command
+            .args(launch.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                SetupError::MissingBinary(self.config.qemu.display().to_string())
+            }
+            _ => SetupError::Spawn(e),
+        })?;
+        if let Some(stdout) = child.stdout.take() {
+            entry.console.follow(stdout);
+        }
+        if let Some(stderr) = child.stderr.take() {
+            entry.console.follow(stderr);
+        }
+        entry.record.qemu = child.id().and_then(ProcessId::of);
+        entry.child = Some(child);
+        entry
+            .record
+            .save(&dir)
+            .map_err(|source| SetupError::StateDir { path: dir, source })
+    }
+}
+
+#[async_trait]
+impl VmDriver for QemuDriver {
+    async fn create(&self, spec: &VmSpec) -> Result<VmId, VmError> {
+        let id = VmId::from_random(rand::random());
+        let dir = self.vms_dir().join(id.as_str());
+        match self.prepare(&id, spec, &dir).await {
+            Ok(entry) => {
+                self.vms
+                    .lock()
+                    .await
+                    .insert(id.clone(), Arc::new(Mutex::new(entry)));
+                Ok(id)
+            }
+            Err(e) => {
+                // Nothing leaks when a start fails halfway.
+                let net = net_dir(&self.config.state_root, &id);
+                teardown::from_disk(&dir, &net, &id, "creation failed", self.config.stop_grace)
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn start(&self, vm: &VmId) -> Result<(), VmError> {
+        let entry = self.entry(vm).await?;
+        let mut entry = entry.lock().await;
+        if entry.child.is_some() {
+            return Err(VmError::WrongState(vm.clone()));
+        }
+        self.spawn(&mut entry)?;
+        let socket = entry.dir.join("cfg.sock");
+        match GuestChannel::connect(&socket, Duration::from_secs(15)).await {
+            Ok(channel) => {
+                entry.channel = Some(channel);
+                Ok(())
+            }
+            Err(e) => Err(VmError::Failed {
+                vm: vm.clone(),
+                what: format!("{e}; QEMU said: {}", entry.console.last(600).trim()),
+            }),
+        }
+    }
+
+    async fn wait_ready(&self, vm: &VmId, timeout: Duration) -> Result<String, VmError> {
+        let entry = self.entry(vm).await?;
+        let outcome = {
+            let mut guard = entry.lock().await;
+            let Some(channel) = guard.channel.as_mut() else {
+                return Err(VmError::WrongState(vm.clone()));
+            };
+            tokio::time::timeout(timeout, async {
+                loop {
+                    match channel.next_event().await {
+                        Ok(GuestEvent::Ready { kernel }) => return Ok(kernel),
+                        Ok(GuestEvent::Error { message }) => return Err(message),
+                        Ok(_) | Err(ChannelError::Garbled) => continue,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            })
+            .await
+        };
+        match outcome {
+            Ok(Ok(kernel)) => Ok(kernel),
+            Ok(Err(what)) => {
+                let tail = self.console_tail(&entry).await;
+                self.destroy(vm, "guest failed to boot").await;
+                Err(VmError::Failed {
+                    vm: vm.clone(),
+                    what: format!("{what}{tail}"),
+                })
+            }
+            Err(_) => {
+                let tail = self.console_tail(&entry).await;
+                self.destroy(vm, "boot timeout").await;
+                Err(VmError::BootTimeout {
+                    vm: vm.clone(),
+                    timeout,
+                    tail,
+                })
+            }
+        }
+    }
+
+    async fn hand_over(&self, vm: &VmId, config: GuestConfig) -> Result<(), VmError> {
+        let entry = self.entry(vm).await?;
+        let mut entry = entry.lock().await;
+        let Some(channel) = entry.channel.as_mut() else {
+            return Err(VmError::WrongState(vm.clone()));
+        };
+        channel
+            .send_config(&config)
+            .await
+            .map_err(|e| VmError::Failed {
+                vm: vm.clone(),
+                what: e.to_string(),
+            })
+        // `config` is dropped here: the JIT config's memory is zeroized.
+    }
+
+    async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError> {
+        let entry = self.entry(vm).await?;
+        let mut entry = entry.lock().await;
+        let result = tokio::time::timeout(timeout, async {
+            let mut exit = GuestExit::Vanished;
+            if let Some(channel) = entry.channel.as_mut() {
+                loop {
+                    match channel.next_event().await {
+                        Ok(GuestEvent::Exited { code }) => {
+                            exit = GuestExit::Exited { code };
+                            break;
+                        }
+                        Ok(GuestEvent::Error { message }) => {
+                            exit = GuestExit::GuestError(message);
+                            break;
+                        }
+                        Ok(_) | Err(ChannelError::Garbled) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+            // The guest powers off after reporting; QEMU then exits by itself.
+            if let Some(child) = entry.child.as_mut() {
+                let _ = child.wait().await;
+            }
+            exit
+        })
+        .await;
+        result.map_err(|_| VmError::RunTimeout {
+            vm: vm.clone(),
+            timeout,
+        })
+    }
+
+    async fn destroy(&self, vm: &VmId, reason: &str) -> DestructionRecord {
+        let entry = self.vms.lock().await.remove(vm);
+        match entry {
+            Some(entry) => {
+                let mut entry = entry.lock().await;
+                let net = net_dir(&self.config.state_root, vm);
+                teardown::entry(&mut entry, &net, reason, self.config.stop_grace).await
+            }
+            None => {
+                let dir = self.vms_dir().join(vm.as_str());
+                let net = net_dir(&self.config.state_root, vm);
+                teardown::from_disk(&dir, &net, vm, reason, self.config.stop_grace).await
+            }
+        }
+    }
+
+    async fn list(&self) -> Vec<VmInfo> {
+        let vms = self.vms.lock().await;
+        let mut out = Vec::with_capacity(vms.len());
+        for (id, entry) in vms.iter() {
+            let entry = entry.lock().await;
+            out.push(VmInfo {
+                id: id.clone(),
+                image: entry.spec.image.clone(),
+                running: entry.record.qemu.is_some_and(|p| p.alive()),
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    async fn reap(&self) -> Vec<DestructionRecord> {
+        let ours: HashSet<VmId> = self.vms.lock().await.keys().cloned().collect();
+        teardown::reap(&self.config.state_root, &ours, self.config.stop_grace).await
+    }
+}
+
+/// passt's runtime directory for a VM (outside the root-only VM directory).
+pub(crate) fn net_dir(state_root: &Path, vm: &VmId) -> PathBuf {
+    state_root.join("net").join(vm.as_str())
+}
+
+impl QemuDriver {
+    async fn console_tail(&self, entry: &Arc<Mutex<Entry>>) -> String {
+        let tail = entry.lock().await.console.last(1500);
+        if tail.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; the console ended with:\n{tail}")
+        }
+    }
+}

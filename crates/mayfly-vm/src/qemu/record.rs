@@ -1,0 +1,106 @@
+//! What a VM leaves on disk while it lives, so that a reaper can find and destroy it after its
+//! owner crashed: `vm.json` in the VM's state directory names the owner process (pid and start
+//! time, so a reused pid is not mistaken for the owner), the QEMU pid and the network.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use mayfly_core::VmId;
+use serde::{Deserialize, Serialize};
+
+use crate::network::NetworkRecord;
+
+/// File name of the record inside a VM's state directory.
+pub const RECORD_FILE: &str = "vm.json";
+
+/// A process identified beyond its pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start: u64,
+}
+
+impl ProcessId {
+    /// The calling process.
+    pub fn current() -> Option<Self> {
+        let pid = std::process::id();
+        Some(Self {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    /// A process by pid, if it exists.
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(Self {
+            pid,
+            start: start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process (not a later one with the same pid) is alive.
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// `/proc/<pid>/stat` field 22. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted after its last `)`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After the name: field 3 is the first; field 22 is the 20th.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The persisted record of one VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: VmId,
+    pub image: String,
+    pub owner: ProcessId,
+    pub qemu: Option<ProcessId>,
+    pub network: Option<NetworkRecord>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl VmRecord {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(RECORD_FILE)
+    }
+
+    /// Writes the record atomically (temp file + rename).
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(".vm.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, Self::path(dir))
+    }
+
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(Self::path(dir))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_process_is_alive_and_a_reused_pid_is_not() {
+        let me = ProcessId::current().unwrap();
+        assert!(me.alive());
+        let impostor = ProcessId {
+            pid: me.pid,
+            start: me.start + 1,
+        };
+        assert!(!impostor.alive());
+        assert!(!ProcessId {
+            pid: u32::MAX - 1,
+            start: 0
+        }
+        .alive());
+    }
+}
