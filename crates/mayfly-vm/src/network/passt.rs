@@ -156,8 +156,8 @@ pub(crate) async fn stop(pid: u32, socket: Option<&Path>) -> Result<(), String> 
     let Some(cmdline) = exec::cmdline(pid) else {
         return Ok(());
     };
-    let is_ours = cmdline.contains("passt")
-        && socket.is_none_or(|s| cmdline.contains(&*s.to_string_lossy()));
+    let is_ours =
+        cmdline.contains("passt") && socket.is_none_or(|s| cmdline.contains(&*s.to_string_lossy()));
     if !is_ours {
         return Ok(());
     }
