@@ -24,11 +24,17 @@ const UDHCPC_SCRIPT_PATH: &str = "/run/mayfly/udhcpc.sh";
 
 /// Runs `busybox <args>`; output goes to the console.
 pub fn busybox(args: &[&str]) -> Result<(), SystemError> {
+    // Stdio::null opens /dev/null, which exists only once the image or devtmpfs provides it.
+    let stdin = if Path::new("/dev/null").exists() {
+        Stdio::null()
+    } else {
+        Stdio::inherit()
+    };
     let status = Command::new(BUSYBOX)
         .args(args)
         .env_clear()
         .env("PATH", PATH)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .status()
         .map_err(|e| SystemError::Spawn(args.join(" "), e))?;
     if status.success() {
@@ -196,14 +202,18 @@ pub fn kernel_release() -> Result<String, SystemError> {
         .map_err(|e| SystemError::Io(path.into(), e))
 }
 
-/// Powers the VM off at once. Never returns: if PID 1 exited the kernel would panic.
+/// Powers the VM off at once. Does not return normally: when poweroff itself cannot run, PID 1
+/// exits on purpose — the kernel panics, and with `panic=-1` and QEMU's `-no-reboot` the VM ends
+/// (without them the host's timeout destroys it).
 pub fn power_off() -> ! {
-    loop {
+    for _ in 0..3 {
         if let Err(e) = busybox(&["poweroff", "-f"]) {
             crate::log(&format!("poweroff failed: {e}"));
         }
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(2));
     }
+    crate::log("cannot power off: ending PID 1 so the kernel panics and the VM stops");
+    std::process::exit(1)
 }
 
 #[derive(Debug)]

@@ -28,6 +28,9 @@ enum Command {
     /// Run the whole loop on this machine with GitHub simulated: simulator, server (TLS, local
     /// CA), two organisations, N jobs, and a table of what happened to each.
     Quickstart(cmd::quickstart::QuickstartArgs),
+    /// Build and list guest images (kernel, initramfs with mayfly-guest, runner disk).
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Quickstart(args) => cmd::quickstart::run(args).await,
+            Command::Image(command) => cmd::image::run(command).await,
         }
     });
     match result {

@@ -17,6 +17,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     rules.insert("mayfly-sim", BTreeSet::from(["mayfly-github"]));
     rules.insert("mayfly-vm", BTreeSet::from(["mayfly-core"]));
     rules.insert("mayfly-guest", BTreeSet::new());
+    rules.insert("mayfly-test-runner", BTreeSet::from(["mayfly-sim"]));
     rules.insert(
         "mayfly",
         BTreeSet::from([
@@ -25,6 +26,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "mayfly-store",
             "mayfly-server",
             "mayfly-sim",
+            "mayfly-vm",
         ]),
     );
     rules

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod image;
 pub mod local_ca;
 pub mod quickstart;
 pub mod server;
