@@ -58,22 +58,22 @@ pub enum BuildStep {
 }
 
 impl BuildStep {
-    /// Number of distinct steps, for a progress bar.
-    pub const COUNT: u64 = 10;
+    /// Number of positions, for a progress bar.
+    pub const COUNT: u64 = 9;
 
-    /// 1-based position of this step.
+    /// 1-based position of this step; never decreases during a build (fetching and unpacking
+    /// each package share one).
     pub fn position(&self) -> u64 {
         match self {
             Self::Checking => 1,
             Self::Resolving => 2,
-            Self::Fetching { .. } => 3,
-            Self::Unpacking { .. } => 4,
-            Self::Modules { .. } => 5,
-            Self::Initramfs => 6,
-            Self::RootFs => 7,
-            Self::Qcow2 => 8,
-            Self::Digest => 9,
-            Self::Done { .. } => 10,
+            Self::Fetching { .. } | Self::Unpacking { .. } => 3,
+            Self::Modules { .. } => 4,
+            Self::Initramfs => 5,
+            Self::RootFs => 6,
+            Self::Qcow2 => 7,
+            Self::Digest => 8,
+            Self::Done { .. } => 9,
         }
     }
 }
