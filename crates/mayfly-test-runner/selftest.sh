@@ -31,4 +31,10 @@ else
 fi
 say "home-fs=$(awk '$2 == "/home" { print $3 }' /proc/mounts)"
 say "work-fs=$(awk '$2 == "/opt/runner/_work" { print $3 }' /proc/mounts)"
+# The network, when the VM has one (the boot test runs without).
+if [ -e /sys/class/net/eth0 ]; then
+    say "eth0=$(ip -4 -o addr show dev eth0 | awk '{ print $4 }') route=$(ip route show default | head -n1 | awk '{ print $3 }') dns=$(awk '/^nameserver/ { print $2 }' /etc/resolv.conf | tr '\n' ' ')"
+else
+    say "eth0=none"
+fi
 say "done"
