@@ -4,8 +4,9 @@
 //! then converted to qcow2 (checked byte-stable with QEMU 7.2's `qemu-img convert`).
 //!
 //! `mkfs.ext4 -d` copies each source file's atime and ctime, which no build can hold still (the
-//! copy sets ctime, mkfs's own reads move atime under relatime), so afterwards `debugfs` sets both
-//! to the fixed time on every inode it populated.
+//! copy sets ctime, mkfs's own reads move atime under relatime), and the builder's uid/gid; so
+//! afterwards `debugfs` sets both times to the fixed time and the owner to root on every inode
+//! it populated. The digest then depends only on the runner directory's names, modes, contents.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -159,7 +160,8 @@ fn debugfs_quote(path: &str) -> Result<String, BuildError> {
     Ok(format!("\"{path}\""))
 }
 
-/// Sets atime and ctime of `/`, `/lost+found` and everything staged to the fixed time.
+/// Sets atime and ctime of `/`, `/lost+found` and everything staged to the fixed time, and the
+/// owner to root.
 fn fix_inode_times(stage: &Path, raw: &Path, work: &Path) -> Result<(), BuildError> {
     let mut paths = vec!["/".to_string(), "/lost+found".to_string()];
     for (rel, _) in walk(stage)? {
@@ -170,6 +172,10 @@ fn fix_inode_times(stage: &Path, raw: &Path, work: &Path) -> Result<(), BuildErr
         let quoted = debugfs_quote(&path)?;
         for field in ["atime", "ctime"] {
             commands.push_str(&format!("set_inode_field {quoted} {field} @{FIXED_TIME}\n"));
+        }
+        // Owned by root whoever builds: mkfs copies the staged files' owner (the builder).
+        for field in ["uid", "gid"] {
+            commands.push_str(&format!("set_inode_field {quoted} {field} 0\n"));
         }
     }
     let file = work.join("debugfs.cmds");
