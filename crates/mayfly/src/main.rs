@@ -31,6 +31,12 @@ enum Command {
     /// Build and list guest images (kernel, initramfs with mayfly-guest, runner disk).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Single VMs: boot one from an image, or reap VMs left by a crashed owner.
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCommand),
+    /// Check that this host can run mayfly's VMs (QEMU, KVM or TCG, networking tools, root)
+    /// and say how to fix what is missing.
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +55,8 @@ fn main() -> std::process::ExitCode {
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Quickstart(args) => cmd::quickstart::run(args).await,
             Command::Image(command) => cmd::image::run(command).await,
+            Command::Vm(command) => cmd::vm::run(command).await,
+            Command::Doctor(args) => cmd::doctor::run(args).await,
         }
     });
     match result {

@@ -164,6 +164,14 @@ impl QemuDriver {
         Some(console)
     }
 
+    /// The guest's address inside its network namespace (tests use it to show VMs cannot reach
+    /// each other), or `None` for a VM without a network.
+    pub async fn guest_addr(&self, vm: &VmId) -> Option<std::net::Ipv4Addr> {
+        let entry = self.vms.lock().await.get(vm).cloned()?;
+        let entry = entry.lock().await;
+        entry.network.as_ref().map(VmNetwork::guest_addr)
+    }
+
     async fn entry(&self, vm: &VmId) -> Result<Arc<Mutex<Entry>>, VmError> {
         self.vms
             .lock()

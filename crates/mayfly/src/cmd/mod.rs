@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod doctor;
 pub mod image;
 pub mod local_ca;
 pub mod quickstart;
 pub mod server;
 pub mod sim;
+pub mod vm;

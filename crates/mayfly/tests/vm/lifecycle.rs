@@ -1,0 +1,98 @@
+//! One job, one VM: boot → config over the channel → the runner claims and runs the job (writes
+//! a marker, reports `uname -r`) → poweroff → destroy → nothing left. And a guest that never
+//! reports ready is destroyed at the boot timeout.
+
+use std::time::Duration;
+
+use mayfly_vm::{GuestConfig, GuestExit, NetworkMode, VmDriver, VmError, VmSpec};
+
+use super::support::{
+    driver, files_containing, netns_exists, processes_mentioning, state_root, test_image,
+    SimProcess,
+};
+
+const LABELS: [&str; 2] = ["self-hosted", "mayfly-linux-2cpu"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_in_its_own_vm_and_nothing_is_left() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let sim = SimProcess::start().await;
+        let (installation, repo) = sim.tenant("org-lifecycle").await;
+        let marker = format!("mayfly-marker-{}", std::process::id());
+        let script = format!(
+            "echo {marker} > $HOME/marker && cat $HOME/marker && echo kernel=$(uname -r) && echo uid=$(sudo id -u)"
+        );
+        let job = sim.job(&repo, &LABELS, &script).await;
+
+        let root = state_root();
+        let driver = driver(root.path(), NetworkMode::Isolated);
+        let (_, image) = test_image();
+        let vm = driver.create(&VmSpec { image, vcpus: 1, memory_mib: 512 }).await.unwrap();
+        let vm_dir = root.path().join("vms").join(vm.as_str());
+        assert!(vm_dir.join("overlay.qcow2").exists());
+        driver.start(&vm).await.unwrap();
+        let kernel = driver.wait_ready(&vm, Duration::from_secs(120)).await.unwrap();
+        assert!(kernel.starts_with("6.1."), "{kernel}");
+
+        let jit = sim.jit(installation, &repo, "mayfly-lifecycle", &LABELS).await;
+        driver.hand_over(&vm, GuestConfig { jitconfig: jit, run: "/opt/runner/run.sh".into() }).await.unwrap();
+        let exit = driver.wait_exit(&vm, Duration::from_secs(180)).await.unwrap();
+        assert_eq!(exit, GuestExit::Exited { code: 0 });
+
+        let record = driver.destroy(&vm, "job finished").await;
+        assert!(record.complete(), "{record:#?}");
+        assert!(record.steps.iter().any(|s| s.what.contains("overlay removed")), "{record:#?}");
+
+        let done = sim.job_state(job.id).await;
+        assert_eq!(done.conclusion, Some(mayfly_sim::Conclusion::Success), "{done:?}");
+        let output = done.output.unwrap_or_default();
+        assert!(output.contains(&marker), "{output}");
+        assert!(output.contains(&format!("kernel={kernel}")), "{output}");
+        assert!(output.contains("uid=0"), "sudo gives root: {output}");
+        assert_eq!(done.runner_name.as_deref(), Some("mayfly-lifecycle"));
+
+        assert!(processes_mentioning(vm.as_str()).is_empty(), "a QEMU process survived");
+        assert!(!vm_dir.exists(), "the VM's state directory survived");
+        let hits = files_containing(root.path(), marker.as_bytes());
+        assert!(hits.is_empty(), "the marker is on the host: {hits:?}");
+        let leftover_netns = record.steps.iter().any(|s| s.what.contains("network") && s.error.is_some());
+        assert!(!leftover_netns, "{record:#?}");
+        sim.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_never_reports_ready_is_destroyed_at_the_boot_timeout() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let root = state_root();
+        let driver = driver(root.path(), NetworkMode::Disabled);
+        let (_, image) = test_image();
+        let vm = driver
+            .create(&VmSpec {
+                image,
+                vcpus: 1,
+                memory_mib: 256,
+            })
+            .await
+            .unwrap();
+        driver.start(&vm).await.unwrap();
+        // No guest boots in half a second under emulation: from the host's side it never
+        // reports ready.
+        let err = driver
+            .wait_ready(&vm, Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VmError::BootTimeout { .. }), "{err}");
+        assert!(
+            processes_mentioning(vm.as_str()).is_empty(),
+            "QEMU survived the boot timeout"
+        );
+        assert!(!root.path().join("vms").join(vm.as_str()).exists());
+        assert!(driver.list().await.is_empty());
+        let _ = netns_exists;
+    })
+    .await
+    .expect("test timed out");
+}
