@@ -128,6 +128,11 @@ pub struct QemuDriver {
 impl QemuDriver {
     pub fn new(config: QemuConfig) -> Result<Self, SetupError> {
         let owner = ProcessId::current().ok_or(SetupError::NoProc)?;
+        for binary in [&config.qemu, &config.qemu_img] {
+            if !on_path(binary) {
+                return Err(SetupError::MissingBinary(binary.display().to_string()));
+            }
+        }
         for (dir, mode) in [
             (config.state_root.clone(), 0o711),
             (config.state_root.join("vms"), 0o700),
@@ -371,15 +376,30 @@ impl VmDriver for QemuDriver {
         }
         self.spawn(&mut entry)?;
         let socket = entry.dir.join("cfg.sock");
-        match GuestChannel::connect(&socket, Duration::from_secs(15)).await {
-            Ok(channel) => {
-                entry.channel = Some(channel);
-                Ok(())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match GuestChannel::connect(&socket, Duration::from_millis(100)).await {
+                Ok(channel) => {
+                    entry.channel = Some(channel);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // QEMU that exited (bad arguments, missing files) will never open it.
+                    let exited = entry
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                    if exited || tokio::time::Instant::now() >= deadline {
+                        // Let the pipes deliver QEMU's last words.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let said = entry.console.last(600);
+                        return Err(VmError::Failed {
+                            vm: vm.clone(),
+                            what: format!("QEMU did not start: {e}; it said: {}", said.trim()),
+                        });
+                    }
+                }
             }
-            Err(e) => Err(VmError::Failed {
-                vm: vm.clone(),
-                what: format!("{e}; QEMU said: {}", entry.console.last(600).trim()),
-            }),
         }
     }
 
@@ -509,6 +529,19 @@ impl VmDriver for QemuDriver {
         let ours: HashSet<VmId> = self.vms.lock().await.keys().cloned().collect();
         teardown::reap(&self.config.state_root, &ours, self.config.stop_grace).await
     }
+}
+
+/// Whether `program` names an executable file, directly or on `PATH`.
+fn on_path(program: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.components().count() > 1 {
+        return executable(program);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
 }
 
 /// passt's runtime directory for a VM (outside the root-only VM directory).

@@ -96,3 +96,74 @@ async fn a_guest_that_never_reports_ready_is_destroyed_at_the_boot_timeout() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_qemu_is_a_clear_error_and_nothing_leaks() {
+    let (store, _) = test_image();
+    for (qemu, qemu_img) in [
+        ("/nonexistent/qemu-system-x86_64", "qemu-img"),
+        ("qemu-system-x86_64", "/nonexistent/qemu-img"),
+        ("no-such-qemu-on-path", "qemu-img"),
+    ] {
+        let root = state_root();
+        let mut config = mayfly_vm::QemuConfig::new(
+            root.path().to_owned(),
+            mayfly_vm::image::ImageStore::new(store.clone()),
+            super::support::accel(),
+        );
+        config.qemu = qemu.into();
+        config.qemu_img = qemu_img.into();
+        let err = mayfly_vm::QemuDriver::new(config).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("apt-get install qemu-system-x86 qemu-utils"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_halfway_leaks_nothing() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (store, image) = test_image();
+        let root = state_root();
+        // A "QEMU" that exits at once: start fails fast with what it said, and destroy
+        // removes the overlay, the network and the directories create made.
+        let fake = root.path().join("fake-qemu");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'qemu: cannot start: simulated failure' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut config = mayfly_vm::QemuConfig::new(
+            root.path().to_owned(),
+            mayfly_vm::image::ImageStore::new(store),
+            super::support::accel(),
+        );
+        config.qemu = fake;
+        let driver = mayfly_vm::QemuDriver::new(config).unwrap();
+        let vm = driver
+            .create(&VmSpec {
+                image,
+                vcpus: 1,
+                memory_mib: 256,
+            })
+            .await
+            .unwrap();
+        assert!(
+            driver.guest_addr(&vm).await.is_some(),
+            "the network was made"
+        );
+        let err = driver.start(&vm).await.unwrap_err();
+        assert!(err.to_string().contains("simulated failure"), "{err}");
+        let record = driver.destroy(&vm, "start failed").await;
+        assert!(record.complete(), "{record:#?}");
+        assert!(!root.path().join("vms").join(vm.as_str()).exists());
+        assert!(!root.path().join("net").join(vm.as_str()).exists());
+        assert!(processes_mentioning(vm.as_str()).is_empty());
+    })
+    .await
+    .expect("test timed out");
+}
