@@ -86,7 +86,17 @@ pub(crate) async fn ensure_host_rules() -> Result<(), NetworkError> {
             source,
         })?;
     let subnets = host_subnets().await?;
-    exec::run_with_stdin("nft", &["-f", "-"], Some(&host_ruleset(&subnets))).await?;
+    let resolvers = host_resolvers(
+        &tokio::fs::read_to_string("/etc/resolv.conf")
+            .await
+            .unwrap_or_default(),
+    );
+    exec::run_with_stdin(
+        "nft",
+        &["-f", "-"],
+        Some(&host_ruleset(&subnets, &resolvers)),
+    )
+    .await?;
     Ok(())
 }
 
@@ -131,8 +141,29 @@ async fn host_subnets() -> Result<Vec<String>, NetworkError> {
     Ok(nets)
 }
 
+/// The host's IPv4 DNS resolvers (from resolv.conf). passt hands them to guests, so guests may
+/// reach them on port 53 and nothing else, even when they sit in a private range. A loopback
+/// resolver (a local stub) is not reachable from a VM and is left out.
+pub(crate) fn host_resolvers(resolv_conf: &str) -> Vec<String> {
+    let mut out: Vec<String> = resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|addr| addr.trim().parse::<std::net::Ipv4Addr>().ok())
+        .filter(|addr| !addr.is_loopback() && !addr.is_unspecified())
+        .map(|addr| addr.to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The whole host table, as one atomic `nft -f` script that replaces any previous version.
-pub(crate) fn host_ruleset(host_subnets: &[String]) -> String {
+pub(crate) fn host_ruleset(host_subnets: &[String], resolvers: &[String]) -> String {
+    let resolver_set = if resolvers.is_empty() {
+        String::new()
+    } else {
+        format!("elements = {{ {} }}", resolvers.join(", "))
+    };
     let blocked = BLOCKED_V4.join(", ");
     let host_set = if host_subnets.is_empty() {
         String::new()
@@ -151,6 +182,10 @@ table inet {HOST_TABLE} {{
     type ipv4_addr; flags interval; auto-merge
     {host_set}
   }}
+  set resolvers_v4 {{
+    type ipv4_addr
+    {resolver_set}
+  }}
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname "{VETH_PREFIX}*" counter drop comment "no host service on any address for VMs"
@@ -161,6 +196,7 @@ table inet {HOST_TABLE} {{
     iifname "{VETH_PREFIX}*" fib saddr . iif oif missing counter drop comment "anti-spoofing"
     iifname "{VETH_PREFIX}*" ip saddr != {VM_SUPERNET} counter drop
     iifname "{VETH_PREFIX}*" fib daddr type local counter drop comment "host addresses"
+    iifname "{VETH_PREFIX}*" ip daddr @resolvers_v4 meta l4proto {{ tcp, udp }} th dport 53 counter accept comment "DNS to the host's resolvers only"
     iifname "{VETH_PREFIX}*" ip daddr @blocked_v4 counter drop comment "other VMs, private, metadata"
     iifname "{VETH_PREFIX}*" ip daddr @host_subnets_v4 counter drop comment "host's own subnets"
     iifname "{VETH_PREFIX}*" fib daddr type {{ broadcast, multicast, anycast }} counter drop
@@ -204,12 +240,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resolvers_come_from_resolv_conf_without_loopback_stubs() {
+        let conf = "# comment\nnameserver 10.255.255.53\nnameserver 127.0.0.53\nnameserver ::1\nsearch x\nnameserver 1.1.1.1\n";
+        assert_eq!(host_resolvers(conf), ["1.1.1.1", "10.255.255.53"]);
+        assert!(host_resolvers("").is_empty());
+    }
+
+    #[test]
     fn host_ruleset_replaces_only_its_own_table() {
-        let rules = host_ruleset(&["192.0.2.0/24".to_owned()]);
+        let rules = host_ruleset(&["192.0.2.0/24".to_owned()], &["10.255.255.53".to_owned()]);
+        assert!(rules.contains("elements = { 10.255.255.53 }"), "{rules}");
         assert!(rules.starts_with("add table inet mayfly\ndelete table inet mayfly\n"));
         assert!(!rules.contains("flush ruleset"));
         assert!(rules.contains("elements = { 192.0.2.0/24 }"));
-        let empty = host_ruleset(&[]);
+        let empty = host_ruleset(&[], &[]);
         assert!(!empty.contains("elements = {  }"));
     }
 }

@@ -20,7 +20,8 @@ async fn a_job_runs_in_its_own_vm_and_nothing_is_left() {
         let (installation, repo) = sim.tenant("org-lifecycle").await;
         let marker = format!("mayfly-marker-{}", std::process::id());
         let script = format!(
-            "echo {marker} > $HOME/marker && cat $HOME/marker && echo kernel=$(uname -r) && echo uid=$(sudo id -u)"
+            "echo {marker} > $HOME/marker && cat $HOME/marker && echo kernel=$(uname -r) && echo uid=$(sudo id -u)
+nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep -q Address; then echo dns-ok; else echo dns-failed; cat /tmp/dns; fi"
         );
         let job = sim.job(&repo, &LABELS, &script).await;
 
@@ -49,6 +50,12 @@ async fn a_job_runs_in_its_own_vm_and_nothing_is_left() {
         assert!(output.contains(&marker), "{output}");
         assert!(output.contains(&format!("kernel={kernel}")), "{output}");
         assert!(output.contains("uid=0"), "sudo gives root: {output}");
+        // Names resolve in the guest (through the host's resolver, port 53 only) whenever
+        // they resolve on the host.
+        use std::net::ToSocketAddrs;
+        if ("deb.debian.org", 443).to_socket_addrs().is_ok() {
+            assert!(output.contains("dns-ok"), "the guest cannot resolve names: {output}");
+        }
         assert_eq!(done.runner_name.as_deref(), Some("mayfly-lifecycle"));
 
         assert!(processes_mentioning(vm.as_str()).is_empty(), "a QEMU process survived");
