@@ -16,3 +16,6 @@ pub use event::{InstallationChange, InstallationChangeKind, IntakeEvent, JobEven
 pub mod vm;
 
 pub use vm::{DestroyStep, DestructionRecord, VmId};
+pub mod profile;
+
+pub use profile::{match_profile, place, HostSlots, Profile};
