@@ -12,10 +12,16 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     rules.insert("mayfly-store", BTreeSet::from(["mayfly-core"]));
     rules.insert(
         "mayfly-server",
-        BTreeSet::from(["mayfly-core", "mayfly-github", "mayfly-store"]),
+        BTreeSet::from([
+            "mayfly-core",
+            "mayfly-github",
+            "mayfly-store",
+            "mayfly-proto",
+        ]),
     );
     rules.insert("mayfly-sim", BTreeSet::from(["mayfly-github"]));
     rules.insert("mayfly-vm", BTreeSet::from(["mayfly-core"]));
+    rules.insert("mayfly-proto", BTreeSet::from(["mayfly-core"]));
     rules.insert("mayfly-guest", BTreeSet::new());
     rules.insert("mayfly-test-runner", BTreeSet::from(["mayfly-sim"]));
     rules.insert(
@@ -27,6 +33,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "mayfly-server",
             "mayfly-sim",
             "mayfly-vm",
+            "mayfly-proto",
         ]),
     );
     rules
