@@ -8,7 +8,8 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use model::{
-    DeliveryRecord, InstallationRecord, JobRecord, NewDelivery, PendingDelivery, Recorded,
+    DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
+    Recorded, VmRow,
 };
 pub use sqlite::SqliteStore;
 
@@ -53,6 +54,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
     async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
     async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError>;
+
+    /// Records the scheduler's decision about a job.
+    async fn set_job_dispatch(&self, job: JobId, dispatch: &JobDispatch) -> Result<(), StoreError>;
+
+    /// Adds a VM row (a placement).
+    async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError>;
+
+    /// Replaces a VM row (by `start_id`).
+    async fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError>;
+
+    /// VM rows, oldest first; only those not destroyed when `live_only`.
+    async fn vms(&self, live_only: bool) -> Result<Vec<VmRow>, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -64,6 +64,53 @@ pub struct JobRecord {
     /// When mayfly first heard of the job (the first delivery that reached it).
     pub first_seen_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What the scheduler decided.
+    pub dispatch: JobDispatch,
+}
+
+/// The scheduler's decision about a job.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct JobDispatch {
+    pub profile: Option<String>,
+    /// `new`, `ignored`, `placed` or `failed`.
+    pub disposition: String,
+    pub failure: Option<String>,
+    pub attempts: u32,
+    /// The VM whose runner actually ran the job.
+    pub vm_start_id: Option<String>,
+}
+
+/// One VM mayfly asked an agent for, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct VmRow {
+    /// The server's id for the placement (sent in `StartVm`).
+    pub start_id: String,
+    /// The agent's VM id, once it exists.
+    pub vm_id: Option<String>,
+    pub host: String,
+    pub profile: String,
+    pub installation_id: i64,
+    pub repo: String,
+    pub runner_name: String,
+    pub runner_id: Option<i64>,
+    /// The job it was started for.
+    pub for_job_id: i64,
+    /// The job its runner actually ran (GitHub may hand it another queued job with the same
+    /// labels).
+    pub ran_job_id: Option<i64>,
+    /// `requested`, `started`, `booted`, `exited`, `destroyed` or `failed`.
+    pub state: String,
+    pub requested_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub booted_at: Option<DateTime<Utc>>,
+    pub exited_at: Option<DateTime<Utc>>,
+    pub destroyed_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub destroy_requested: bool,
+    pub runner_deleted: bool,
+    /// The destruction record (JSON of `mayfly_core::DestructionRecord`).
+    pub destruction: Option<String>,
+    pub failure: Option<String>,
 }
 
 /// An installation (tenant) and the repositories it covers.

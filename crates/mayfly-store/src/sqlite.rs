@@ -17,8 +17,8 @@ use sqlx::{Row, SqlitePool};
 
 use crate::error::QueryContext;
 use crate::{
-    DeliveryRecord, InstallationRecord, JobRecord, NewDelivery, PendingDelivery, Recorded, Store,
-    StoreError,
+    DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
+    Recorded, Store, StoreError, VmRow,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -120,6 +120,17 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> 
         completed_at: row.try_get("completed_at").op("read job")?,
         first_seen_at: row.try_get("first_seen_at").op("read job")?,
         updated_at: row.try_get("updated_at").op("read job")?,
+        dispatch: JobDispatch {
+            profile: row.try_get("profile").op("read job")?,
+            disposition: get_str("disposition")?,
+            failure: row.try_get("failure").op("read job")?,
+            attempts: u32::try_from(row.try_get::<i64, _>("attempts").op("read job")?).map_err(
+                |_| StoreError::Corrupt {
+                    what: "job attempts",
+                },
+            )?,
+            vm_start_id: row.try_get("vm_start_id").op("read job")?,
+        },
     })
 }
 
@@ -417,6 +428,64 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn set_job_dispatch(&self, job: JobId, d: &JobDispatch) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET profile = ?, disposition = ?, failure = ?, attempts = ?, vm_start_id = ?
+             WHERE job_id = ?",
+        )
+        .bind(&d.profile)
+        .bind(&d.disposition)
+        .bind(&d.failure)
+        .bind(i64::from(d.attempts))
+        .bind(&d.vm_start_id)
+        .bind(job.0)
+        .execute(&self.pool)
+        .await
+        .op("set job dispatch")?;
+        Ok(())
+    }
+
+    async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
+        bind_vm(sqlx::query(
+            "INSERT INTO vms (vm_id, host, profile, installation_id, repo, runner_name, runner_id,
+               for_job_id, ran_job_id, state, requested_at, started_at, booted_at, exited_at,
+               destroyed_at, exit_code, destroy_requested, runner_deleted, destruction, failure,
+               start_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ), vm)
+        .execute(&self.pool)
+        .await
+        .op("insert vm")?;
+        Ok(())
+    }
+
+    async fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
+        bind_vm(sqlx::query(
+            "UPDATE vms SET vm_id = ?, host = ?, profile = ?, installation_id = ?, repo = ?,
+               runner_name = ?, runner_id = ?, for_job_id = ?, ran_job_id = ?, state = ?,
+               requested_at = ?, started_at = ?, booted_at = ?, exited_at = ?, destroyed_at = ?,
+               exit_code = ?, destroy_requested = ?, runner_deleted = ?, destruction = ?, failure = ?
+             WHERE start_id = ?",
+        ), vm)
+        .execute(&self.pool)
+        .await
+        .op("update vm")?;
+        Ok(())
+    }
+
+    async fn vms(&self, live_only: bool) -> Result<Vec<VmRow>, StoreError> {
+        let sql = if live_only {
+            "SELECT * FROM vms WHERE state NOT IN ('destroyed') ORDER BY requested_at, start_id"
+        } else {
+            "SELECT * FROM vms ORDER BY requested_at, start_id"
+        };
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .op("list vms")?;
+        rows.iter().map(vm_from_row).collect()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -424,4 +493,59 @@ impl Store for SqliteStore {
             .op("ping")?;
         Ok(())
     }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds every column of a VM row in the order both VM statements use (start_id last).
+fn bind_vm<'q>(query: SqliteQuery<'q>, vm: &'q VmRow) -> SqliteQuery<'q> {
+    query
+        .bind(&vm.vm_id)
+        .bind(&vm.host)
+        .bind(&vm.profile)
+        .bind(vm.installation_id)
+        .bind(&vm.repo)
+        .bind(&vm.runner_name)
+        .bind(vm.runner_id)
+        .bind(vm.for_job_id)
+        .bind(vm.ran_job_id)
+        .bind(&vm.state)
+        .bind(vm.requested_at)
+        .bind(vm.started_at)
+        .bind(vm.booted_at)
+        .bind(vm.exited_at)
+        .bind(vm.destroyed_at)
+        .bind(vm.exit_code)
+        .bind(vm.destroy_requested)
+        .bind(vm.runner_deleted)
+        .bind(&vm.destruction)
+        .bind(&vm.failure)
+        .bind(&vm.start_id)
+}
+
+fn vm_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<VmRow, StoreError> {
+    let op = "read vm";
+    Ok(VmRow {
+        start_id: row.try_get("start_id").op(op)?,
+        vm_id: row.try_get("vm_id").op(op)?,
+        host: row.try_get("host").op(op)?,
+        profile: row.try_get("profile").op(op)?,
+        installation_id: row.try_get("installation_id").op(op)?,
+        repo: row.try_get("repo").op(op)?,
+        runner_name: row.try_get("runner_name").op(op)?,
+        runner_id: row.try_get("runner_id").op(op)?,
+        for_job_id: row.try_get("for_job_id").op(op)?,
+        ran_job_id: row.try_get("ran_job_id").op(op)?,
+        state: row.try_get("state").op(op)?,
+        requested_at: row.try_get("requested_at").op(op)?,
+        started_at: row.try_get("started_at").op(op)?,
+        booted_at: row.try_get("booted_at").op(op)?,
+        exited_at: row.try_get("exited_at").op(op)?,
+        destroyed_at: row.try_get("destroyed_at").op(op)?,
+        exit_code: row.try_get("exit_code").op(op)?,
+        destroy_requested: row.try_get("destroy_requested").op(op)?,
+        runner_deleted: row.try_get("runner_deleted").op(op)?,
+        destruction: row.try_get("destruction").op(op)?,
+        failure: row.try_get("failure").op(op)?,
+    })
 }

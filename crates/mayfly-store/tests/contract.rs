@@ -165,6 +165,60 @@ async fn concurrent_recording_and_applying(store: &dyn Store) {
     assert!(store.pending_deliveries(100).await.unwrap().is_empty());
 }
 
+/// The scheduler's decisions and VM rows round-trip; live VMs are those not destroyed.
+async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
+    record_and_apply(store, "v-1", job_event(JobStatus::Queued)).await;
+    let dispatch = mayfly_store::JobDispatch {
+        profile: Some("mayfly-linux-2cpu".into()),
+        disposition: "placed".into(),
+        failure: None,
+        attempts: 1,
+        vm_start_id: None,
+    };
+    store.set_job_dispatch(JobId(77), &dispatch).await.unwrap();
+    assert_eq!(
+        store.job(JobId(77)).await.unwrap().unwrap().dispatch,
+        dispatch
+    );
+
+    let mut vm = mayfly_store::VmRow {
+        start_id: "start-1".into(),
+        vm_id: None,
+        host: "host-a".into(),
+        profile: "mayfly-linux-2cpu".into(),
+        installation_id: 9,
+        repo: "org-a/app".into(),
+        runner_name: "mayfly-start-1".into(),
+        runner_id: Some(5),
+        for_job_id: 77,
+        ran_job_id: None,
+        state: "requested".into(),
+        requested_at: Utc::now(),
+        started_at: None,
+        booted_at: None,
+        exited_at: None,
+        destroyed_at: None,
+        exit_code: None,
+        destroy_requested: false,
+        runner_deleted: false,
+        destruction: None,
+        failure: None,
+    };
+    store.insert_vm(&vm).await.unwrap();
+    assert!(
+        store.insert_vm(&vm).await.is_err(),
+        "a start id is used once"
+    );
+    assert_eq!(store.vms(true).await.unwrap(), [vm.clone()]);
+    vm.state = "destroyed".into();
+    vm.vm_id = Some("vm-0000000000000001".into());
+    vm.destroyed_at = Some(Utc::now());
+    vm.destruction = Some("{}".into());
+    store.update_vm(&vm).await.unwrap();
+    assert!(store.vms(true).await.unwrap().is_empty());
+    assert_eq!(store.vms(false).await.unwrap(), [vm]);
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("mayfly.db"))
@@ -224,4 +278,9 @@ async fn sqlite_a_file_that_is_not_a_database_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_concurrent_recording_and_applying() {
     with_sqlite(concurrent_recording_and_applying).await;
+}
+
+#[tokio::test]
+async fn sqlite_dispatch_and_vm_rows_round_trip() {
+    with_sqlite(dispatch_and_vm_rows_round_trip).await;
 }
