@@ -22,6 +22,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     rules.insert("mayfly-sim", BTreeSet::from(["mayfly-github"]));
     rules.insert("mayfly-vm", BTreeSet::from(["mayfly-core"]));
     rules.insert("mayfly-proto", BTreeSet::from(["mayfly-core"]));
+    rules.insert(
+        "mayfly-agent",
+        BTreeSet::from(["mayfly-core", "mayfly-vm", "mayfly-proto"]),
+    );
     rules.insert("mayfly-guest", BTreeSet::new());
     rules.insert("mayfly-test-runner", BTreeSet::from(["mayfly-sim"]));
     rules.insert(
@@ -34,6 +38,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "mayfly-sim",
             "mayfly-vm",
             "mayfly-proto",
+            "mayfly-agent",
         ]),
     );
     rules

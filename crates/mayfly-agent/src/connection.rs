@@ -1,0 +1,268 @@
+//! The agent's side of the `Session` stream: dial the server, say `Hello` (identity, protocol
+//! version, capacity, the VMs in the journal), wait for `Welcome`, then send queued VM events in
+//! order and a heartbeat with the free slots, while forwarding the server's `StartVm` and
+//! `DestroyVm` to the agent. A broken stream is dialled again after a bounded exponential
+//! backoff; VMs keep running meanwhile and their events wait in the outbox.
+//!
+//! The JIT config leaves the `StartVm` message for a `SecretString` as soon as it arrives.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mayfly_proto::v1::agent_service_client::AgentServiceClient;
+use mayfly_proto::v1::{AgentMessage, Capacity, DestroyVm, Heartbeat, Hello, StartVm, VmState};
+use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
+use secrecy::SecretString;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::backoff::Backoff;
+use crate::journal::Journal;
+use crate::outbox::Outbox;
+use crate::vm::VmTable;
+use crate::AgentError;
+
+/// What the server asked for.
+#[derive(Debug)]
+pub enum ServerCommand {
+    /// Start a VM. `start.jitconfig` is empty: the secret is in `jitconfig`.
+    Start {
+        start: StartVm,
+        jitconfig: SecretString,
+    },
+    Destroy(DestroyVm),
+}
+
+/// How the connection behaves.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub agent_id: String,
+    pub endpoint: Endpoint,
+    pub capacity: Capacity,
+    pub heartbeat: Duration,
+    pub backoff: Backoff,
+    /// How long the server has to answer `Hello` with `Welcome`.
+    pub welcome_timeout: Duration,
+}
+
+/// What the connection shares with the agent.
+#[derive(Debug, Clone)]
+pub struct ConnectionShared {
+    pub journal: Arc<Mutex<Journal>>,
+    pub outbox: Arc<Outbox>,
+    pub table: Arc<VmTable>,
+}
+
+/// Why one session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("could not connect to the server")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("the server refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("the server did not answer Hello with Welcome within {0:?}")]
+    NoWelcome(Duration),
+    #[error("the server answered Hello with something other than Welcome")]
+    NotWelcome,
+    #[error("the stream broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("the server speaks protocol version {theirs}, this agent {ours}")]
+    Version { ours: u32, theirs: u32 },
+}
+
+/// Keeps a session with the server until `stop` is cancelled and every queued event has gone
+/// out (the caller bounds how long that may take). Returns an error only for what reconnecting
+/// cannot fix (a protocol version mismatch).
+pub async fn maintain(
+    mut config: ConnectionConfig,
+    shared: ConnectionShared,
+    commands: mpsc::Sender<ServerCommand>,
+    stop: CancellationToken,
+) -> Result<(), AgentError> {
+    loop {
+        if stop.is_cancelled() && shared.outbox.is_empty() {
+            return Ok(());
+        }
+        let result = session(&mut config, &shared, &commands, &stop).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Version { ours, theirs }) => {
+                return Err(AgentError::ProtocolMismatch { ours, theirs })
+            }
+            Err(e) => {
+                let wait = config.backoff.next_wait();
+                tracing::warn!(
+                    server = %config.endpoint.uri(), error = %e, retry_in = ?wait,
+                    "no session with the server; VMs keep running and their events are queued"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled(), if shared.outbox.is_empty() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// One session: returns `Ok` when it ended because the agent stops.
+async fn session(
+    config: &mut ConnectionConfig,
+    shared: &ConnectionShared,
+    commands: &mpsc::Sender<ServerCommand>,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let channel = config
+        .endpoint
+        .connect()
+        .await
+        .map_err(SessionError::Connect)?;
+    let mut client = AgentServiceClient::new(channel);
+    let (welcomed, welcome) = oneshot::channel();
+    let requests = request_stream(
+        hello(config, shared),
+        welcome,
+        shared.clone(),
+        config.heartbeat,
+        stop.clone(),
+    );
+    let mut inbound = client
+        .session(requests)
+        .await
+        .map_err(SessionError::Refused)?
+        .into_inner();
+    let first = tokio::time::timeout(config.welcome_timeout, inbound.message())
+        .await
+        .map_err(|_| SessionError::NoWelcome(config.welcome_timeout))?;
+    match first {
+        Ok(Some(message)) => match message.body {
+            Some(ServerBody::Welcome(welcome)) if welcome.protocol_version == PROTOCOL_VERSION => {}
+            Some(ServerBody::Welcome(welcome)) => {
+                return Err(SessionError::Version {
+                    ours: PROTOCOL_VERSION,
+                    theirs: welcome.protocol_version,
+                })
+            }
+            _ => return Err(SessionError::NotWelcome),
+        },
+        Ok(None) => return Err(SessionError::Closed),
+        Err(status) => return Err(SessionError::Broken(status)),
+    }
+    let _ = welcomed.send(());
+    config.backoff.reset();
+    tracing::info!(server = %config.endpoint.uri(), agent = config.agent_id, "session with the server open");
+    loop {
+        match inbound.message().await {
+            Ok(Some(message)) => forward(message.body, commands).await,
+            // Our request stream ends only when the agent stops; the server then closes too.
+            Ok(None) if stop.is_cancelled() && shared.outbox.is_empty() => return Ok(()),
+            Ok(None) => return Err(SessionError::Closed),
+            Err(status) => return Err(SessionError::Broken(status)),
+        }
+    }
+}
+
+async fn forward(body: Option<ServerBody>, commands: &mpsc::Sender<ServerCommand>) {
+    let command = match body {
+        Some(ServerBody::StartVm(mut start)) => {
+            let jitconfig = SecretString::from(std::mem::take(&mut start.jitconfig));
+            tracing::info!(
+                start_id = start.start_id,
+                image = start.image,
+                "server: start a VM"
+            );
+            ServerCommand::Start { start, jitconfig }
+        }
+        Some(ServerBody::DestroyVm(destroy)) => {
+            tracing::info!(
+                vm = destroy.vm_id,
+                start_id = destroy.start_id,
+                reason = destroy.reason,
+                "server: destroy a VM"
+            );
+            ServerCommand::Destroy(destroy)
+        }
+        Some(ServerBody::Welcome(_)) | None => return,
+    };
+    // The agent's loop ends only at shutdown; a command that arrives then is moot.
+    let _ = commands.send(command).await;
+}
+
+fn hello(config: &ConnectionConfig, shared: &ConnectionShared) -> AgentMessage {
+    let vms = shared
+        .journal
+        .lock()
+        .map(|journal| {
+            journal
+                .vms()
+                .iter()
+                .map(|(vm, entry)| VmState {
+                    vm_id: vm.to_string(),
+                    start_id: entry.start_id.clone(),
+                    phase: entry.phase.as_str().to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    AgentMessage {
+        body: Some(AgentBody::Hello(Hello {
+            agent_id: config.agent_id.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            capacity: Some(config.capacity.clone()),
+            vms,
+        })),
+    }
+}
+
+/// What the agent sends in one session: `Hello`, then (once welcomed) queued events in order
+/// and heartbeats, until the agent stops and nothing is left to send.
+fn request_stream(
+    hello: AgentMessage,
+    welcome: oneshot::Receiver<()>,
+    shared: ConnectionShared,
+    heartbeat: Duration,
+    stop: CancellationToken,
+) -> impl futures::Stream<Item = AgentMessage> + Send + 'static {
+    struct Pump {
+        hello: Option<AgentMessage>,
+        welcome: Option<oneshot::Receiver<()>>,
+        shared: ConnectionShared,
+        ticker: tokio::time::Interval,
+        stop: CancellationToken,
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pump = Pump {
+        hello: Some(hello),
+        welcome: Some(welcome),
+        shared,
+        ticker,
+        stop,
+    };
+    futures::stream::unfold(pump, |mut pump| async move {
+        if let Some(hello) = pump.hello.take() {
+            return Some((hello, pump));
+        }
+        if let Some(welcome) = pump.welcome.take() {
+            // Events go out only to a server that welcomed us; dropped means the session ended.
+            welcome.await.ok()?;
+        }
+        let outbox = pump.shared.outbox.clone();
+        let message = tokio::select! {
+            biased;
+            event = outbox.pop() => AgentBody::VmEvent(event),
+            _ = pump.ticker.tick() => AgentBody::Heartbeat(Heartbeat {
+                free_slots: pump.shared.table.free_slots(),
+            }),
+            () = pump.stop.cancelled(), if outbox.is_empty() => return None,
+        };
+        Some((
+            AgentMessage {
+                body: Some(message),
+            },
+            pump,
+        ))
+    })
+}

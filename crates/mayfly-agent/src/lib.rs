@@ -1,0 +1,338 @@
+//! The mayfly agent: one per host. It dials the server, reports its capacity, makes one VM per
+//! `StartVm` and destroys it when the job ends, when the server says so, at the max runtime or
+//! when the agent stops, and reports every step as a `VmEvent`. The server decides; the agent
+//! executes. A small journal lets a restarted agent find what the previous one left.
+//!
+//! Invariants: every VM this agent creates is destroyed, and reported `DESTROYED`, exactly once;
+//! the JIT config is in memory only (never logged, never in the journal).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+mod connection;
+pub mod journal;
+mod outbox;
+mod vm;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mayfly_core::VmId;
+use mayfly_proto::v1::{Capacity, DestroyVm, StartVm};
+use mayfly_vm::{VmDriver, VmSpec};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+pub use backoff::Backoff;
+pub use journal::{Journal, JournalError};
+
+use connection::{ConnectionConfig, ConnectionShared, ServerCommand};
+use outbox::Outbox;
+use vm::{StartRequest, VmContext, VmTable};
+
+/// How the agent runs. [`AgentConfig::new`] fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This host's stable id.
+    pub agent_id: String,
+    /// The server's gRPC address, e.g. `http://127.0.0.1:7443` (mTLS comes with a later issue).
+    pub server_url: String,
+    /// How many VMs may run at once.
+    pub slots: u32,
+    /// What the host offers (reported in `Hello`).
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Digests of the images this host has.
+    pub images: Vec<String>,
+    pub driver: Arc<dyn VmDriver>,
+    /// The journal file (its directory must exist).
+    pub journal_path: PathBuf,
+    /// The runner's entry point in the guest when `StartVm.run` is empty.
+    pub run: String,
+    /// Used when `StartVm.boot_timeout_secs` is 0.
+    pub default_boot_timeout: Duration,
+    /// Used when `StartVm.max_runtime_secs` is 0.
+    pub default_max_runtime: Duration,
+    pub heartbeat: Duration,
+    /// First and longest wait between attempts to reach the server.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// How long stopping may take to deliver the last events to the server.
+    pub shutdown_flush: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(
+        agent_id: impl Into<String>,
+        server_url: impl Into<String>,
+        driver: Arc<dyn VmDriver>,
+        journal_path: PathBuf,
+    ) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            server_url: server_url.into(),
+            slots: 1,
+            vcpus: 1,
+            memory_mib: 1024,
+            images: Vec::new(),
+            driver,
+            journal_path,
+            run: String::from("/opt/runner/run.sh"),
+            default_boot_timeout: Duration::from_secs(120),
+            default_max_runtime: Duration::from_secs(6 * 3600),
+            heartbeat: Duration::from_secs(10),
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+            shutdown_flush: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the server URL `{url}` cannot be used: give one like http://127.0.0.1:7443")]
+    ServerUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("`slots` is 0: an agent needs at least one slot to run VMs")]
+    NoSlots,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "the server speaks protocol version {theirs} and this agent {ours}: run the same mayfly \
+         version on the server and its agents"
+    )]
+    ProtocolMismatch { ours: u32, theirs: u32 },
+}
+
+/// Runs the agent until `shutdown` is cancelled: then every VM is destroyed and reported, and
+/// `run` returns. Dropping the future aborts every VM task (their VMs are then the next agent's
+/// to clean up from the journal, as after a crash).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if config.slots == 0 {
+        return Err(AgentError::NoSlots);
+    }
+    let endpoint = Endpoint::from_shared(config.server_url.clone())
+        .map_err(|source| AgentError::ServerUrl {
+            url: config.server_url.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let journal = Journal::load(&config.journal_path)?;
+    let outbox = Arc::new(Outbox::default());
+    let journal = Arc::new(Mutex::new(journal));
+    recover(&config, &journal, &outbox).await?;
+
+    let table = Arc::new(VmTable::new(config.slots));
+    let ctx = Arc::new(VmContext {
+        driver: config.driver.clone(),
+        journal: journal.clone(),
+        outbox: outbox.clone(),
+        table: table.clone(),
+    });
+    let (commands_tx, mut commands) = mpsc::channel(64);
+    let connection_stop = CancellationToken::new();
+    // JoinSets abort their tasks when dropped: dropping `run` leaves nothing running.
+    let mut connection = JoinSet::new();
+    connection.spawn(connection::maintain(
+        ConnectionConfig {
+            agent_id: config.agent_id.clone(),
+            endpoint,
+            capacity: Capacity {
+                slots: config.slots,
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                images: config.images.clone(),
+            },
+            heartbeat: config.heartbeat,
+            backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
+            welcome_timeout: Duration::from_secs(30),
+        },
+        ConnectionShared {
+            journal,
+            outbox: outbox.clone(),
+            table: table.clone(),
+        },
+        commands_tx,
+        connection_stop.clone(),
+    ));
+    let mut vms = JoinSet::new();
+
+    let mut outcome = Ok(());
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            command = commands.recv() => match command {
+                Some(ServerCommand::Start { start, jitconfig }) => {
+                    start_vm(&config, &ctx, &mut vms, start, jitconfig);
+                }
+                Some(ServerCommand::Destroy(destroy)) => destroy_vm(&table, &destroy),
+                None => break,
+            },
+            Some(ended) = connection.join_next() => {
+                outcome = ended.unwrap_or(Ok(()));
+                break;
+            }
+            Some(ended) = vms.join_next() => {
+                if let Err(e) = ended {
+                    tracing::error!(error = %e, "a VM task ended abnormally");
+                }
+            }
+        }
+    }
+
+    tracing::info!(
+        vms = vms.len(),
+        "agent stopping: destroying every VM and reporting it"
+    );
+    table.stop_all("agent shutting down");
+    while let Some(ended) = vms.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a VM task ended abnormally");
+        }
+    }
+    connection_stop.cancel();
+    if !connection.is_empty() {
+        match tokio::time::timeout(config.shutdown_flush, connection.join_next()).await {
+            Ok(Some(Ok(Err(e)))) if outcome.is_ok() => outcome = Err(e),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "the server could not be told about every destroyed VM before stopping"
+            ),
+        }
+    }
+    outcome
+}
+
+/// At start: VMs a crashed agent left are reaped by the driver; VMs the journal names but no
+/// driver runs any more are destroyed (whatever is left of them) and reported `DESTROYED` once
+/// the server welcomes us.
+async fn recover(
+    config: &AgentConfig,
+    journal: &Arc<Mutex<journal::Journal>>,
+    outbox: &Outbox,
+) -> Result<(), AgentError> {
+    let reaped = config.driver.reap().await;
+    let live: HashSet<VmId> = config
+        .driver
+        .list()
+        .await
+        .into_iter()
+        .map(|info| info.id)
+        .collect();
+    let entries: Vec<_> = journal
+        .lock()
+        .map(|j| {
+            j.vms()
+                .iter()
+                .map(|(vm, e)| (vm.clone(), e.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for record in &reaped {
+        let start_id = entries
+            .iter()
+            .find(|(vm, _)| vm == &record.vm)
+            .map(|(_, e)| e.start_id.clone())
+            .unwrap_or_default();
+        tracing::warn!(vm = %record.vm, start_id, "reaped a VM left by a crashed agent");
+        outbox.push(outbox::destroyed(&start_id, record));
+    }
+    for (vm, entry) in entries {
+        if !reaped.iter().any(|r| r.vm == vm) && !live.contains(&vm) {
+            // This agent cannot take over a VM it did not start: its guest channel is gone.
+            let record = config
+                .driver
+                .destroy(
+                    &vm,
+                    "agent restarted: the previous agent's VM cannot be resumed",
+                )
+                .await;
+            tracing::warn!(
+                vm = %vm, start_id = entry.start_id, phase = %entry.phase,
+                "destroyed a VM the previous agent left running"
+            );
+            outbox.push(outbox::destroyed(&entry.start_id, &record));
+        }
+        if !live.contains(&vm) {
+            let mut journal = journal.lock().map_err(|_| {
+                AgentError::Journal(JournalError::Garbled {
+                    path: config.journal_path.clone(),
+                    why: String::from("the journal lock was poisoned"),
+                })
+            })?;
+            journal.remove(&vm)?;
+        }
+    }
+    Ok(())
+}
+
+fn start_vm(
+    config: &AgentConfig,
+    ctx: &Arc<VmContext>,
+    vms: &mut JoinSet<()>,
+    start: StartVm,
+    jitconfig: SecretString,
+) {
+    let Some(handle) = ctx.table.claim(&start.start_id) else {
+        tracing::warn!(start_id = start.start_id, "refused StartVm: no free slot");
+        ctx.outbox
+            .push(outbox::failed(None, &start.start_id, "no free slot"));
+        return;
+    };
+    let secs = |s: u32, default: Duration| {
+        if s == 0 {
+            default
+        } else {
+            Duration::from_secs(u64::from(s))
+        }
+    };
+    let request = StartRequest {
+        start_id: start.start_id,
+        spec: VmSpec {
+            image: start.image,
+            vcpus: start.vcpus.max(1),
+            memory_mib: if start.memory_mib == 0 {
+                512
+            } else {
+                start.memory_mib
+            },
+        },
+        jitconfig,
+        run: if start.run.is_empty() {
+            config.run.clone()
+        } else {
+            start.run
+        },
+        boot_timeout: secs(start.boot_timeout_secs, config.default_boot_timeout),
+        max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
+    };
+    vms.spawn(vm::run_vm(ctx.clone(), handle, request));
+}
+
+fn destroy_vm(table: &VmTable, destroy: &DestroyVm) {
+    let reason = if destroy.reason.is_empty() {
+        "the server asked"
+    } else {
+        destroy.reason.as_str()
+    };
+    match table.find(&destroy.vm_id, &destroy.start_id) {
+        Some(handle) => handle.stop(reason),
+        None => tracing::warn!(
+            vm = destroy.vm_id,
+            start_id = destroy.start_id,
+            "DestroyVm for a VM this agent does not run (already destroyed and reported)"
+        ),
+    }
+}

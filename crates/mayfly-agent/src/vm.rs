@@ -1,0 +1,299 @@
+//! One VM's life on the agent, as a task: create → start (STARTED) → wait for the guest →
+//! hand the runner its config (BOOTED) → wait for the runner to exit (RUNNER_EXITED) → destroy
+//! (DESTROYED). Any failure reports FAILED with the reason, then destroys. A `DestroyVm`, the
+//! agent's shutdown or the max runtime stops the waiting at once; the task itself then destroys
+//! the VM, so every VM is destroyed, and reported DESTROYED, exactly once.
+//!
+//! The JIT config is a `SecretString` from the moment it leaves the protocol message; it goes to
+//! the driver once and is never logged or journaled.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mayfly_core::VmId;
+use mayfly_proto::{EventKind, VmPhase};
+use mayfly_vm::{GuestConfig, GuestExit, VmDriver, VmError, VmSpec};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::Journal;
+use crate::outbox::{self, Outbox};
+
+/// What the VM task needs to start a VM (decoded from `StartVm`).
+#[derive(Debug)]
+pub struct StartRequest {
+    pub start_id: String,
+    pub spec: VmSpec,
+    pub jitconfig: SecretString,
+    pub run: String,
+    pub boot_timeout: Duration,
+    pub max_runtime: Duration,
+}
+
+/// A running VM task, as the rest of the agent sees it.
+#[derive(Debug, Default)]
+pub struct VmHandle {
+    vm: Mutex<Option<VmId>>,
+    stop: CancellationToken,
+    stop_reason: Mutex<Option<String>>,
+}
+
+impl VmHandle {
+    pub fn vm(&self) -> Option<VmId> {
+        self.vm.lock().ok().and_then(|v| v.clone())
+    }
+
+    /// Asks the task to destroy its VM now, for `reason`; the first reason given wins.
+    pub fn stop(&self, reason: &str) {
+        if let Ok(mut slot) = self.stop_reason.lock() {
+            slot.get_or_insert_with(|| reason.to_owned());
+        }
+        self.stop.cancel();
+    }
+
+    fn stop_reason(&self) -> String {
+        self.stop_reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| String::from("stopped by the agent"))
+    }
+}
+
+/// The agent's VM tasks by start id, and the slots they fill.
+#[derive(Debug)]
+pub struct VmTable {
+    slots: u32,
+    handles: Mutex<HashMap<String, Arc<VmHandle>>>,
+}
+
+impl VmTable {
+    pub fn new(slots: u32) -> Self {
+        Self {
+            slots,
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn free_slots(&self) -> u32 {
+        let used = self.handles.lock().map(|h| h.len()).unwrap_or(0);
+        self.slots
+            .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX))
+    }
+
+    /// Takes a slot for `start_id`; `None` when every slot is taken or the id is already used.
+    pub fn claim(&self, start_id: &str) -> Option<Arc<VmHandle>> {
+        let mut handles = self.handles.lock().ok()?;
+        if handles.contains_key(start_id) || handles.len() >= self.slots as usize {
+            return None;
+        }
+        let handle = Arc::new(VmHandle::default());
+        handles.insert(start_id.to_owned(), handle.clone());
+        Some(handle)
+    }
+
+    fn release(&self, start_id: &str) {
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.remove(start_id);
+        }
+    }
+
+    /// The task that runs `vm`, or the one for `start_id` (a VM not yet created has no id).
+    pub fn find(&self, vm: &str, start_id: &str) -> Option<Arc<VmHandle>> {
+        let handles = self.handles.lock().ok()?;
+        handles
+            .values()
+            .find(|h| !vm.is_empty() && h.vm().is_some_and(|v| v.as_str() == vm))
+            .or_else(|| handles.get(start_id).filter(|_| !start_id.is_empty()))
+            .cloned()
+    }
+
+    /// Stops every task (shutdown).
+    pub fn stop_all(&self, reason: &str) {
+        if let Ok(handles) = self.handles.lock() {
+            for handle in handles.values() {
+                handle.stop(reason);
+            }
+        }
+    }
+}
+
+/// What the VM tasks share with the agent.
+#[derive(Debug)]
+pub struct VmContext {
+    pub driver: Arc<dyn VmDriver>,
+    pub journal: Arc<Mutex<Journal>>,
+    pub outbox: Arc<Outbox>,
+    pub table: Arc<VmTable>,
+}
+
+impl VmContext {
+    fn journal_set(&self, vm: &VmId, start_id: &str, phase: VmPhase) {
+        let result = match self.journal.lock() {
+            Ok(mut journal) => journal.set(vm, start_id, phase),
+            Err(_) => return,
+        };
+        if let Err(e) = result {
+            tracing::error!(vm = %vm, start_id, error = %e, "could not record the VM's phase in the journal");
+        }
+    }
+
+    fn journal_remove(&self, vm: &VmId) {
+        let result = match self.journal.lock() {
+            Ok(mut journal) => journal.remove(vm),
+            Err(_) => return,
+        };
+        if let Err(e) = result {
+            tracing::error!(vm = %vm, error = %e, "could not remove the destroyed VM from the journal");
+        }
+    }
+}
+
+/// How a VM's life ended, before its destruction.
+enum Ending {
+    /// Destroy for this reason; nothing more to report.
+    Destroy(String),
+    /// Report FAILED with this detail, then destroy for the reason.
+    Failed { detail: String, reason: String },
+}
+
+/// Runs `future` unless the handle is stopped first (`None` then). Dropping the driver's future
+/// releases the VM so that `destroy` can proceed.
+async fn unless_stopped<F: Future>(handle: &VmHandle, future: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = handle.stop.cancelled() => None,
+        out = future => Some(out),
+    }
+}
+
+/// The whole life of one VM. Returns when it is destroyed and reported.
+pub async fn run_vm(ctx: Arc<VmContext>, handle: Arc<VmHandle>, request: StartRequest) {
+    let start_id = request.start_id.clone();
+    // Creation is never cut short: a half-made VM is the driver's to clean up, and it does so
+    // only when `create` runs to its end. A stop that came meanwhile is honoured right after.
+    let vm = match ctx.driver.create(&request.spec).await {
+        Err(e) => {
+            tracing::warn!(start_id, error = %e, "could not create the VM");
+            ctx.outbox.push(outbox::failed(
+                None,
+                &start_id,
+                &format!("could not create the VM: {e}"),
+            ));
+            ctx.table.release(&start_id);
+            return;
+        }
+        Ok(vm) => vm,
+    };
+    if let Ok(mut slot) = handle.vm.lock() {
+        *slot = Some(vm.clone());
+    }
+    ctx.journal_set(&vm, &start_id, VmPhase::Created);
+    tracing::info!(vm = %vm, start_id, phase = "created", "VM created");
+
+    let ending = live(&ctx, &handle, &vm, request).await;
+    let reason = match ending {
+        Ending::Destroy(reason) => reason,
+        Ending::Failed { detail, reason } => {
+            tracing::warn!(vm = %vm, start_id, detail, "VM failed");
+            ctx.outbox
+                .push(outbox::failed(Some(&vm), &start_id, &detail));
+            reason
+        }
+    };
+    let record = ctx.driver.destroy(&vm, &reason).await;
+    tracing::info!(
+        vm = %vm, start_id, phase = "destroyed", reason, complete = record.complete(),
+        "VM destroyed"
+    );
+    ctx.outbox.push(outbox::destroyed(&start_id, &record));
+    ctx.journal_remove(&vm);
+    ctx.table.release(&start_id);
+}
+
+/// From a created VM to the moment it must be destroyed.
+async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartRequest) -> Ending {
+    let start_id = request.start_id.as_str();
+    let stopped = || Ending::Destroy(handle.stop_reason());
+    if handle.stop.is_cancelled() {
+        return stopped();
+    }
+    match unless_stopped(handle, ctx.driver.start(vm)).await {
+        None => return stopped(),
+        Some(Err(e)) => return failed(format!("QEMU did not start: {e}"), "start failed"),
+        Some(Ok(())) => {}
+    }
+    ctx.outbox
+        .push(outbox::event(Some(vm), start_id, EventKind::Started));
+    tracing::info!(vm = %vm, start_id, phase = "started", "VM started");
+
+    let kernel = match unless_stopped(handle, ctx.driver.wait_ready(vm, request.boot_timeout)).await
+    {
+        None => return stopped(),
+        Some(Err(e @ VmError::BootTimeout { .. })) => return failed(e.to_string(), "boot timeout"),
+        Some(Err(e)) => return failed(format!("the guest did not boot: {e}"), "boot failed"),
+        Some(Ok(kernel)) => kernel,
+    };
+    let config = GuestConfig {
+        jitconfig: request.jitconfig,
+        run: request.run,
+    };
+    match unless_stopped(handle, ctx.driver.hand_over(vm, config)).await {
+        None => return stopped(),
+        Some(Err(e)) => {
+            return failed(
+                format!("could not hand the runner config to the guest: {e}"),
+                "hand-over failed",
+            )
+        }
+        Some(Ok(())) => {}
+    }
+    ctx.journal_set(vm, start_id, VmPhase::Booted);
+    ctx.outbox.push(mayfly_proto::v1::VmEvent {
+        detail: kernel.clone(),
+        ..outbox::event(Some(vm), start_id, EventKind::Booted)
+    });
+    tracing::info!(vm = %vm, start_id, phase = "booted", kernel, "guest booted; runner config handed over");
+
+    // The driver does not say when the runner starts (it reads `started` inside wait_exit), so
+    // RUNNER_STARTED is not sent; RUNNER_EXITED follows the exit.
+    let exit = match unless_stopped(handle, ctx.driver.wait_exit(vm, request.max_runtime)).await {
+        None => return stopped(),
+        Some(exit) => exit,
+    };
+    ctx.journal_set(vm, start_id, VmPhase::Exited);
+    match exit {
+        Ok(GuestExit::Exited { code }) => {
+            ctx.outbox.push(mayfly_proto::v1::VmEvent {
+                exit_code: code,
+                ..outbox::event(Some(vm), start_id, EventKind::RunnerExited)
+            });
+            tracing::info!(vm = %vm, start_id, phase = "exited", code, "runner exited");
+            Ending::Destroy(String::from("job finished"))
+        }
+        Ok(GuestExit::GuestError(message)) => {
+            failed(format!("the guest reported: {message}"), "guest error")
+        }
+        Ok(GuestExit::Vanished) => failed(
+            String::from("the VM stopped without saying how the runner ended"),
+            "VM vanished",
+        ),
+        Err(VmError::RunTimeout { timeout, .. }) => failed(
+            format!(
+                "the runner had not exited after the max runtime of {}s",
+                timeout.as_secs()
+            ),
+            "max runtime",
+        ),
+        Err(e) => failed(format!("waiting for the runner failed: {e}"), "run failed"),
+    }
+}
+
+fn failed(detail: String, reason: &str) -> Ending {
+    Ending::Failed {
+        detail,
+        reason: reason.to_owned(),
+    }
+}
