@@ -21,6 +21,28 @@ pub struct ServerConfig {
     /// Serve plain HTTP. Development only: refused unless `listen` is a loopback address.
     pub insecure_dev: bool,
     pub webhook: WebhookConfig,
+    /// Address agents dial (gRPC). Plain TCP on loopback only until agents get mTLS.
+    pub agent_listen: SocketAddr,
+    /// The GitHub App; without it the server only records deliveries and schedules nothing.
+    pub github: Option<GitHubConfig>,
+    /// Hardware profiles: a job whose `runs-on` names one gets a VM of that kind.
+    pub profiles: Vec<mayfly_core::Profile>,
+    /// The runner's entry point inside the guest.
+    pub runner_entry: String,
+}
+
+/// The GitHub App mayfly acts as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubConfig {
+    /// `https://api.github.com/`, a GHES API URL, or the simulator's.
+    pub api_url: String,
+    pub app_id: u64,
+    /// The App's private key (PEM, mode 600).
+    pub private_key_file: PathBuf,
+    /// An extra root certificate (PEM) to trust for the API, e.g. the simulator's CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// PEM files for a TLS listener.
@@ -49,6 +71,10 @@ impl Default for ServerConfig {
             tls: None,
             insecure_dev: false,
             webhook: WebhookConfig::default(),
+            agent_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            github: None,
+            profiles: Vec::new(),
+            runner_entry: "/opt/runner/run.sh".to_owned(),
         }
     }
 }
@@ -75,6 +101,12 @@ pub enum ConfigError {
     NoWebhookSecret,
     #[error("webhook.max_body_bytes must be between 1 KiB and 25 MiB")]
     BodyLimit,
+    #[error(
+        "agent_listen is plain TCP until agents get mTLS: it must be a loopback address, not {0}"
+    )]
+    AgentNotLoopback(SocketAddr),
+    #[error("profile `{0}` is defined twice")]
+    DuplicateProfile(String),
     #[error("could not read the secret file {path}")]
     SecretRead {
         path: PathBuf,
@@ -102,6 +134,17 @@ impl ServerConfig {
         }
         if !(1024..=25 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return Err(ConfigError::BodyLimit);
+        }
+        if !self.agent_listen.ip().is_loopback() {
+            return Err(ConfigError::AgentNotLoopback(self.agent_listen));
+        }
+        for (i, p) in self.profiles.iter().enumerate() {
+            if self.profiles[..i]
+                .iter()
+                .any(|q| q.name.eq_ignore_ascii_case(&p.name))
+            {
+                return Err(ConfigError::DuplicateProfile(p.name.clone()));
+            }
         }
         Ok(())
     }

@@ -2,11 +2,13 @@
 //! endpoints over TLS; the scheduler, reconciler and API build on the same state.
 #![forbid(unsafe_code)]
 
+mod agents;
 pub mod config;
 mod error;
 mod intake;
 mod log_limit;
 mod processor;
+mod scheduler;
 mod tls;
 
 use std::net::SocketAddr;
@@ -23,7 +25,9 @@ use mayfly_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{read_secret_file, ConfigError, ServerConfig, TlsFiles, WebhookConfig};
+pub use config::{
+    read_secret_file, ConfigError, GitHubConfig, ServerConfig, TlsFiles, WebhookConfig,
+};
 pub use error::ApiError;
 pub use processor::Processor;
 pub use tls::TlsError;
@@ -46,6 +50,12 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("could not listen for agents on {addr}")]
+    AgentBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -58,6 +68,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    agent_addr: Option<SocketAddr>,
     tls: bool,
     shutdown: CancellationToken,
     http: axum_server::Handle<SocketAddr>,
@@ -67,6 +78,11 @@ pub struct ServerHandle {
 impl ServerHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where agents dial (`None` when no GitHub App is configured, so nothing is scheduled).
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent_addr
     }
 
     /// `https://addr/` (or `http://` for an insecure development server).
@@ -94,6 +110,8 @@ pub struct Dependencies {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub webhook_secrets: Vec<WebhookSecret>,
+    /// The GitHub client; `None` runs intake only (no scheduling).
+    pub github: Option<Arc<mayfly_github::GitHubClient>>,
 }
 
 /// The HTTP routes.
@@ -152,15 +170,63 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let mut tasks = tokio::task::JoinSet::new();
     let has_tls = tls.is_some();
     tasks.spawn(serve(listener, tls, router(state), http.clone()));
+    let schedule = Arc::new(Notify::new());
     let processor = Processor {
-        store: deps.store,
-        clock: deps.clock,
+        store: deps.store.clone(),
+        clock: deps.clock.clone(),
         wakeup,
+        scheduler: schedule.clone(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
+    let agent_addr = match deps.github {
+        Some(github) => {
+            let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+            let hub = Arc::new(agents::AgentHub::new(events_tx));
+            let listener = tokio::net::TcpListener::bind(config.agent_listen)
+                .await
+                .map_err(|source| ServerError::AgentBind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ServerError::AgentBind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            let service = mayfly_proto::v1::agent_service_server::AgentServiceServer::new(
+                agents::AgentServiceImpl { hub: hub.clone() },
+            );
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the agent listener stopped");
+                }
+            });
+            let scheduler = scheduler::Scheduler {
+                store: deps.store,
+                clock: deps.clock,
+                github,
+                hub,
+                profiles: config.profiles.clone(),
+                run: config.runner_entry.clone(),
+                wake: schedule,
+            };
+            tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
+            tracing::info!(%addr, "listening for agents");
+            Some(addr)
+        }
+        None => None,
+    };
     tracing::info!(addr = %local_addr, tls = has_tls, "mayfly server listening");
     Ok(ServerHandle {
         local_addr,
+        agent_addr,
         tls: has_tls,
         shutdown,
         http,

@@ -20,6 +20,8 @@ pub struct Processor {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub wakeup: Arc<Notify>,
+    /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
+    pub scheduler: Arc<Notify>,
 }
 
 impl Processor {
@@ -51,6 +53,7 @@ impl Processor {
             for delivery in batch {
                 self.apply(&delivery).await?;
             }
+            self.scheduler.notify_one();
         }
     }
 

@@ -46,6 +46,7 @@ async fn harness() -> Harness {
             WebhookSecret::new(b"an-old-secret".to_vec()),
             WebhookSecret::new(SECRET.to_vec()),
         ],
+        github: None,
     };
     let server = mayfly_server::start(&config, deps).await.unwrap();
     let url = format!("{}webhooks/github", server.base_url());

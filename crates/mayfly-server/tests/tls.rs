@@ -42,6 +42,7 @@ async fn serves_tls_and_refuses_plaintext() {
         store,
         clock: Arc::new(SystemClock),
         webhook_secrets: vec![WebhookSecret::new(b"s".to_vec())],
+        github: None,
     };
     let server = mayfly_server::start(&config, deps).await.unwrap();
     assert!(server.base_url().starts_with("https://"));

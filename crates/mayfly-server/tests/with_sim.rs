@@ -56,6 +56,7 @@ async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refuse
         store: store.clone(),
         clock: Arc::new(SystemClock),
         webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
+        github: None,
     };
     let server = mayfly_server::start(&config, deps).await.unwrap();
     let webhook_url: url::Url = format!("{}webhooks/github", server.base_url())

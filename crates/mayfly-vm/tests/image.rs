@@ -16,8 +16,12 @@ use mayfly_vm::image::{
 
 fn inputs() -> BuildInputs {
     let root = workspace();
+    // Binaries live in CARGO_TARGET_DIR when it is set; the runner dir and caches in ./target.
+    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let inputs = BuildInputs {
-        guest_binary: root.join("target/x86_64-unknown-linux-gnu/release/mayfly-guest"),
+        guest_binary: bin_dir.join("x86_64-unknown-linux-gnu/release/mayfly-guest"),
         runner_dir: root.join("target/mayfly-test-runner-dir"),
         package_cache_dir: root.join("target/mayfly-deb-cache"),
     };

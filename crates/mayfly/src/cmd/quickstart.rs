@@ -102,6 +102,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
             store: store.clone(),
             clock: Arc::new(SystemClock),
             webhook_secrets: vec![webhook_secret.clone()],
+            github: None,
         },
     )
     .await

@@ -45,7 +45,17 @@ pub struct ServerArgs {
     insecure_dev: bool,
 }
 
-const CONFIG_KEYS: &[&str] = &["listen", "data_dir", "tls", "insecure_dev", "webhook"];
+const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "tls",
+    "insecure_dev",
+    "webhook",
+    "agent_listen",
+    "github",
+    "profiles",
+    "runner_entry",
+];
 
 impl ServerArgs {
     fn load(&self) -> Result<ServerConfig, Failure> {
@@ -111,10 +121,20 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     let store = SqliteStore::open(&config.database_path())
         .await
         .config_err()?;
+    let github = match &config.github {
+        Some(github) => Some(Arc::new(github_client(github).config_err()?)),
+        None => {
+            tracing::warn!(
+                "no [github] App configured: deliveries are recorded, nothing is scheduled"
+            );
+            None
+        }
+    };
     let deps = Dependencies {
         store: Arc::new(store),
         clock: Arc::new(SystemClock),
         webhook_secrets: secrets,
+        github,
     };
     let server = mayfly_server::start(&config, deps).await.config_err()?;
     eprintln!("mayfly server listening on {}", server.base_url());
@@ -122,6 +142,26 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// The GitHub App client from its configuration (reads the private key file, mode 600).
+pub fn github_client(
+    config: &mayfly_server::GitHubConfig,
+) -> anyhow::Result<mayfly_github::GitHubClient> {
+    let api_url = url::Url::parse(&config.api_url)
+        .with_context(|| format!("github.api_url `{}` is not a URL", config.api_url))?;
+    let key = read_secret_file(&config.private_key_file)?;
+    let key = String::from_utf8(key).context("the App private key is not text (PEM)")?;
+    let credentials = mayfly_github::AppCredentials::new(
+        config.app_id,
+        mayfly_github::AppPrivateKeyPem::new(key),
+    )?;
+    let mut client_config = mayfly_github::GitHubClientConfig::new(api_url, credentials);
+    if let Some(ca) = &config.ca_file {
+        client_config.extra_root_pem =
+            Some(std::fs::read(ca).with_context(|| format!("could not read {}", ca.display()))?);
+    }
+    Ok(mayfly_github::GitHubClient::new(client_config)?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,0 +1,197 @@
+//! The agent side of the control plane: agents dial in and hold one `Session` stream each
+//! (gRPC). The hub knows who is connected, what they can run, and sends them commands; their VM
+//! events go to the scheduler. A reconnecting agent replaces its previous session.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mayfly_core::HostSlots;
+use mayfly_proto::v1::agent_service_server::AgentService;
+use mayfly_proto::v1::{AgentMessage, ServerMessage, VmEvent, VmState, Welcome};
+use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// An event from an agent, with the agent's id.
+#[derive(Debug)]
+pub enum HubEvent {
+    Vm {
+        agent: String,
+        event: VmEvent,
+    },
+    /// An agent (re)connected and reported the VMs it still has.
+    Connected {
+        agent: String,
+        vms: Vec<VmState>,
+    },
+}
+
+#[derive(Debug)]
+struct Conn {
+    session: u64,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    slots: u32,
+    images: Vec<String>,
+}
+
+/// Why a command could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("agent {0} is not connected")]
+    NotConnected(String),
+}
+
+/// Connected agents.
+#[derive(Debug)]
+pub struct AgentHub {
+    conns: Mutex<HashMap<String, Conn>>,
+    events: mpsc::UnboundedSender<HubEvent>,
+    next_session: AtomicU64,
+}
+
+impl AgentHub {
+    pub fn new(events: mpsc::UnboundedSender<HubEvent>) -> Self {
+        Self {
+            conns: Mutex::new(HashMap::new()),
+            events,
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Connected agents with their slot count (free slots are the scheduler's business).
+    pub fn hosts(&self) -> Vec<HostSlots> {
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let mut hosts: Vec<HostSlots> = conns
+            .iter()
+            .map(|(id, c)| HostSlots {
+                host: id.clone(),
+                free_slots: c.slots,
+                images: c.images.clone(),
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        hosts
+    }
+
+    /// Sends a command to an agent.
+    pub async fn send(&self, agent: &str, body: ServerBody) -> Result<(), HubError> {
+        let tx = {
+            let conns = self
+                .conns
+                .lock()
+                .map_err(|_| HubError::NotConnected(agent.to_owned()))?;
+            conns.get(agent).map(|c| c.tx.clone())
+        };
+        let tx = tx.ok_or_else(|| HubError::NotConnected(agent.to_owned()))?;
+        tx.send(Ok(ServerMessage { body: Some(body) }))
+            .await
+            .map_err(|_| HubError::NotConnected(agent.to_owned()))
+    }
+
+    fn register(&self, agent: &str, conn: Conn) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(agent.to_owned(), conn);
+        }
+    }
+
+    fn unregister(&self, agent: &str, session: u64) {
+        if let Ok(mut conns) = self.conns.lock() {
+            if conns.get(agent).is_some_and(|c| c.session == session) {
+                conns.remove(agent);
+            }
+        }
+    }
+}
+
+/// The gRPC service agents talk to.
+#[derive(Debug, Clone)]
+pub struct AgentServiceImpl {
+    pub hub: Arc<AgentHub>,
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentServiceImpl {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let mut incoming = request.into_inner();
+        let first = incoming
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the session ended before Hello"))??;
+        let Some(AgentBody::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            )));
+        }
+        if hello.agent_id.is_empty() || hello.agent_id.len() > 100 {
+            return Err(Status::invalid_argument(
+                "agent_id must be 1 to 100 characters",
+            ));
+        }
+        let agent = hello.agent_id.clone();
+        let capacity = hello.capacity.unwrap_or_default();
+        let (tx, rx) = mpsc::channel(64);
+        let session = self.hub.next_session.fetch_add(1, Ordering::Relaxed);
+        tx.send(Ok(ServerMessage {
+            body: Some(ServerBody::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::unavailable("session closed"))?;
+        self.hub.register(
+            &agent,
+            Conn {
+                session,
+                tx,
+                slots: capacity.slots,
+                images: capacity.images,
+            },
+        );
+        tracing::info!(%agent, slots = capacity.slots, vms = hello.vms.len(), "agent connected");
+        let _ = self.hub.events.send(HubEvent::Connected {
+            agent: agent.clone(),
+            vms: hello.vms,
+        });
+
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            while let Some(message) = incoming.next().await {
+                match message.map(|m| m.body) {
+                    Ok(Some(AgentBody::VmEvent(event))) => {
+                        let _ = hub.events.send(HubEvent::Vm {
+                            agent: agent.clone(),
+                            event,
+                        });
+                    }
+                    Ok(Some(AgentBody::Heartbeat(_)))
+                    | Ok(Some(AgentBody::Hello(_)))
+                    | Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%agent, error = %e, "agent session broke");
+                        break;
+                    }
+                }
+            }
+            hub.unregister(&agent, session);
+            tracing::info!(%agent, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

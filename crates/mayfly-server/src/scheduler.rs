@@ -1,0 +1,429 @@
+//! The scheduler: turns queued jobs into VMs and VMs back into nothing. One pass at a time
+//! (woken by new deliveries and agent events, and every second): match → place → provision a
+//! repository-scoped JIT config → `StartVm`; bind each VM to the job its runner actually ran;
+//! destroy VMs whose job completed, was cancelled before pickup, or that sat idle; delete
+//! runners that never took a job. The JIT config is in memory only: GitHub → here → agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mayfly_core::{
+    match_profile, place, Clock, InstallationId, JobId, JobStatus, Profile, RepoFullName,
+};
+use mayfly_github::{GitHubClient, JitConfigRequest};
+use mayfly_proto::v1::{DestroyVm, StartVm, VmEvent};
+use mayfly_proto::{EventKind, ServerBody};
+use mayfly_store::{JobDispatch, JobRecord, Store, StoreError, VmRow};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentHub, HubEvent};
+
+/// Attempts to provision a job before it is failed with a reason.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// The scheduler's fixed inputs.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub github: Arc<GitHubClient>,
+    pub hub: Arc<AgentHub>,
+    pub profiles: Vec<Profile>,
+    /// The runner's entry point in the guest.
+    pub run: String,
+    pub wake: Arc<Notify>,
+}
+
+impl Scheduler {
+    /// Runs until cancelled.
+    pub async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<HubEvent>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::error!(error = %crate::error::chain(&e), "scheduling pass failed; will retry");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                event = events.recv() => match event {
+                    Some(event) => {
+                        if let Err(e) = self.on_event(event).await {
+                            tracing::error!(error = %crate::error::chain(&e), "applying an agent event failed");
+                        }
+                    }
+                    None => return,
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One scheduling pass over the store.
+    pub async fn pass(&self) -> Result<(), StoreError> {
+        let jobs = self.store.jobs().await?;
+        let mut vms = self.store.vms(false).await?;
+        for job in &jobs {
+            self.bind(job, &mut vms).await?;
+        }
+        for job in jobs.iter().filter(|j| j.dispatch.disposition == "new") {
+            self.dispatch(job, &mut vms).await?;
+        }
+        self.cleanup(&jobs, &mut vms).await
+    }
+
+    /// Records which VM's runner ran `job` (GitHub does not bind a job to the runner it was
+    /// started for).
+    async fn bind(&self, job: &JobRecord, vms: &mut [VmRow]) -> Result<(), StoreError> {
+        let Some(runner) = job.runner_name.as_deref() else {
+            return Ok(());
+        };
+        if job.dispatch.vm_start_id.is_some() {
+            return Ok(());
+        }
+        let Some(vm) = vms.iter_mut().find(|v| v.runner_name == runner) else {
+            return Ok(());
+        };
+        vm.ran_job_id = Some(job.job_id.0);
+        self.store.update_vm(vm).await?;
+        let dispatch = JobDispatch {
+            vm_start_id: Some(vm.start_id.clone()),
+            ..job.dispatch.clone()
+        };
+        self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+        tracing::info!(job = %job.job_id, vm = %vm.start_id, "job runs on VM");
+        Ok(())
+    }
+
+    async fn dispatch(&self, job: &JobRecord, vms: &mut Vec<VmRow>) -> Result<(), StoreError> {
+        let mut dispatch = job.dispatch.clone();
+        if job.status != JobStatus::Queued {
+            if job.status == JobStatus::Completed {
+                dispatch.disposition = "skipped".into();
+                self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+            }
+            return Ok(());
+        }
+        let Some(profile) = match_profile(&self.profiles, &job.labels) else {
+            dispatch.disposition = "ignored".into();
+            tracing::info!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
+            return self.store.set_job_dispatch(job.job_id, &dispatch).await;
+        };
+        dispatch.profile = Some(profile.name.clone());
+        let Some(installation) = job.installation_id else {
+            return self
+                .fail(job, dispatch, "the delivery carried no App installation")
+                .await;
+        };
+        let mut hosts = self.hub.hosts();
+        for host in &mut hosts {
+            let busy = vms
+                .iter()
+                .filter(|v| v.host == host.host && v.state != "destroyed" && v.state != "failed")
+                .count();
+            host.free_slots = host
+                .free_slots
+                .saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
+        }
+        let Some(host) = place(profile, &hosts).map(|h| h.host.clone()) else {
+            // No capacity now: stays `new`, placed when a slot frees up.
+            return Ok(());
+        };
+        let start_id = uuid_like();
+        let runner_name = format!("mayfly-{}", &start_id[..12]);
+        let request = JitConfigRequest::new(runner_name.clone(), profile.runner_labels());
+        let jit = match self
+            .github
+            .generate_repo_jitconfig(installation, &job.repo, &request)
+            .await
+        {
+            Ok(jit) => jit,
+            Err(e) => {
+                dispatch.attempts += 1;
+                return self
+                    .retry(job, dispatch, &format!("could not get a JIT config: {e}"))
+                    .await;
+            }
+        };
+        let vm = VmRow {
+            start_id: start_id.clone(),
+            vm_id: None,
+            host: host.clone(),
+            profile: profile.name.clone(),
+            installation_id: installation.0,
+            repo: job.repo.to_string(),
+            runner_name,
+            runner_id: Some(jit.runner.id),
+            for_job_id: job.job_id.0,
+            ran_job_id: None,
+            state: "requested".into(),
+            requested_at: self.clock.now(),
+            started_at: None,
+            booted_at: None,
+            exited_at: None,
+            destroyed_at: None,
+            exit_code: None,
+            destroy_requested: false,
+            runner_deleted: false,
+            destruction: None,
+            failure: None,
+        };
+        self.store.insert_vm(&vm).await?;
+        dispatch.disposition = "placed".into();
+        dispatch.attempts += 1;
+        self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+        let start = StartVm {
+            start_id: start_id.clone(),
+            image: profile.image.clone(),
+            vcpus: profile.vcpus,
+            memory_mib: profile.memory_mib,
+            jitconfig: jit.config.expose().to_owned(),
+            run: self.run.clone(),
+            boot_timeout_secs: profile.boot_timeout_secs,
+            max_runtime_secs: profile.max_runtime_secs,
+        };
+        tracing::info!(job = %job.job_id, vm = %start_id, %host, profile = %profile.name, "starting a VM");
+        if let Err(e) = self.hub.send(&host, ServerBody::StartVm(start)).await {
+            let mut failed = vm.clone();
+            failed.state = "failed".into();
+            failed.failure = Some(e.to_string());
+            self.store.update_vm(&failed).await?;
+            vms.push(failed);
+            return self.retry(job, dispatch, &e.to_string()).await;
+        }
+        vms.push(vm);
+        Ok(())
+    }
+
+    /// A transient failure: try again on a later pass, until the attempts run out.
+    async fn retry(
+        &self,
+        job: &JobRecord,
+        mut dispatch: JobDispatch,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        if dispatch.attempts >= MAX_ATTEMPTS {
+            return self.fail(job, dispatch, why).await;
+        }
+        tracing::warn!(job = %job.job_id, attempts = dispatch.attempts, "{why}; will retry");
+        dispatch.disposition = "new".into();
+        dispatch.failure = Some(why.to_owned());
+        self.store.set_job_dispatch(job.job_id, &dispatch).await
+    }
+
+    async fn fail(
+        &self,
+        job: &JobRecord,
+        mut dispatch: JobDispatch,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        tracing::error!(job = %job.job_id, "job failed: {why}");
+        dispatch.disposition = "failed".into();
+        dispatch.failure = Some(why.to_owned());
+        self.store.set_job_dispatch(job.job_id, &dispatch).await
+    }
+
+    async fn cleanup(&self, jobs: &[JobRecord], vms: &mut [VmRow]) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        for vm in vms.iter_mut() {
+            if vm.state == "destroyed" || vm.state == "failed" {
+                if vm.ran_job_id.is_none() && !vm.runner_deleted {
+                    self.delete_runner(vm).await?;
+                }
+                continue;
+            }
+            let reason = destroy_reason(vm, jobs, &self.profiles, now);
+            if let (Some(reason), false) = (reason, vm.destroy_requested) {
+                self.destroy(vm, reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, vm: &mut VmRow, reason: &str) -> Result<(), StoreError> {
+        let Some(vm_id) = vm.vm_id.clone() else {
+            return Ok(());
+        };
+        tracing::info!(vm = %vm.start_id, reason, "destroying a VM");
+        let message = DestroyVm {
+            vm_id,
+            start_id: vm.start_id.clone(),
+            reason: reason.to_owned(),
+        };
+        match self
+            .hub
+            .send(&vm.host, ServerBody::DestroyVm(message))
+            .await
+        {
+            Ok(()) => {
+                vm.destroy_requested = true;
+                self.store.update_vm(vm).await
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.start_id, error = %e, "could not ask for a destroy; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// A runner that never took a job would linger at GitHub: remove it.
+    async fn delete_runner(&self, vm: &mut VmRow) -> Result<(), StoreError> {
+        let (Some(runner_id), Ok(repo)) = (vm.runner_id, vm.repo.parse::<RepoFullName>()) else {
+            vm.runner_deleted = true;
+            return self.store.update_vm(vm).await;
+        };
+        match self
+            .github
+            .delete_repo_runner(InstallationId(vm.installation_id), &repo, runner_id)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(vm = %vm.start_id, runner_id, "deleted a runner that never took a job");
+                vm.runner_deleted = true;
+                self.store.update_vm(vm).await
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.start_id, error = %e, "could not delete a runner; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies an agent's event to the VM row (and the job, when starting failed).
+    async fn on_event(&self, event: HubEvent) -> Result<(), StoreError> {
+        let (agent, event) = match event {
+            HubEvent::Vm { agent, event } => (agent, event),
+            HubEvent::Connected { agent, vms } => return self.on_connected(&agent, &vms).await,
+        };
+        let vms = self.store.vms(false).await?;
+        let Some(mut vm) = vms
+            .into_iter()
+            .find(|v| v.start_id == event.start_id && v.host == agent)
+        else {
+            tracing::warn!(%agent, start_id = %event.start_id, "event for an unknown VM");
+            return Ok(());
+        };
+        apply_event(&mut vm, &event);
+        self.store.update_vm(&vm).await?;
+        if EventKind::try_from(event.kind) == Ok(EventKind::Failed) && vm.ran_job_id.is_none() {
+            if let Some(job) = self.store.job(JobId(vm.for_job_id)).await? {
+                if job.status == JobStatus::Queued && job.dispatch.disposition == "placed" {
+                    let why = format!("the VM failed: {}", event.detail);
+                    self.retry(&job, job.dispatch.clone(), &why).await?;
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Scheduler {
+    /// An agent (re)connected: VMs it started that it no longer has were lost with it (its
+    /// reaper destroyed them); record that so their jobs can be retried.
+    async fn on_connected(
+        &self,
+        agent: &str,
+        reported: &[mayfly_proto::v1::VmState],
+    ) -> Result<(), StoreError> {
+        for mut vm in self.store.vms(true).await? {
+            let started = vm.state != "requested";
+            let still_there = reported.iter().any(|r| r.start_id == vm.start_id);
+            if vm.host == agent && started && !still_there {
+                tracing::warn!(vm = %vm.start_id, %agent, "the agent no longer has this VM");
+                vm.state = "destroyed".into();
+                vm.failure = Some("lost when its agent restarted".into());
+                vm.destroyed_at.get_or_insert(self.clock.now());
+                self.store.update_vm(&vm).await?;
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Folds one agent event into a VM row. States only move forward.
+pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
+    let at = DateTime::<Utc>::from_timestamp_millis(event.at_unix_ms).unwrap_or_else(Utc::now);
+    let rank = |s: &str| match s {
+        "requested" => 0,
+        "started" => 1,
+        "booted" => 2,
+        "exited" => 3,
+        "failed" => 4,
+        _ => 5,
+    };
+    let mut advance = |state: &str| {
+        if rank(state) > rank(&vm.state) {
+            vm.state = state.to_owned();
+        }
+    };
+    match EventKind::try_from(event.kind) {
+        Ok(EventKind::Started) => {
+            advance("started");
+            vm.vm_id = Some(event.vm_id.clone());
+            vm.started_at.get_or_insert(at);
+        }
+        Ok(EventKind::Booted) => {
+            advance("booted");
+            vm.booted_at.get_or_insert(at);
+        }
+        Ok(EventKind::RunnerStarted) => advance("booted"),
+        Ok(EventKind::RunnerExited) => {
+            advance("exited");
+            vm.exited_at.get_or_insert(at);
+            vm.exit_code = Some(event.exit_code);
+        }
+        Ok(EventKind::Failed) => {
+            advance("failed");
+            vm.failure = Some(event.detail.clone());
+        }
+        Ok(EventKind::Destroyed) => {
+            vm.state = "destroyed".into();
+            if !event.vm_id.is_empty() {
+                vm.vm_id = Some(event.vm_id.clone());
+            }
+            vm.destroyed_at.get_or_insert(at);
+            vm.destruction = Some(event.destruction_record_json.clone());
+        }
+        Ok(EventKind::Unspecified) | Err(_) => {}
+    }
+}
+
+/// Why a live VM should go now, if it should.
+fn destroy_reason(
+    vm: &VmRow,
+    jobs: &[JobRecord],
+    profiles: &[Profile],
+    now: DateTime<Utc>,
+) -> Option<&'static str> {
+    if let Some(ran) = vm.ran_job_id {
+        let done = jobs
+            .iter()
+            .any(|j| j.job_id.0 == ran && j.status == JobStatus::Completed);
+        return done.then_some("job completed");
+    }
+    let intended = jobs.iter().find(|j| j.job_id.0 == vm.for_job_id);
+    if intended.is_some_and(|j| j.status == JobStatus::Completed && j.runner_name.is_none()) {
+        return Some("job cancelled before a runner took it");
+    }
+    let idle = profiles
+        .iter()
+        .find(|p| p.name == vm.profile)
+        .map(|p| i64::from(p.idle_timeout_secs));
+    match (vm.booted_at, idle) {
+        (Some(booted), Some(idle)) if (now - booted).num_seconds() > idle => {
+            Some("idle timeout: the runner took no job")
+        }
+        _ => None,
+    }
+}
+
+fn uuid_like() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
