@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Run the control plane: webhook intake over TLS, backed by the embedded store.
     Server(cmd::server::ServerArgs),
+    /// Run the agent of this host: dial the server, make a fresh VM for each job it is given,
+    /// destroy it when the job ends, and report every step.
+    Agent(cmd::agent::AgentArgs),
     /// Run a GitHub simulator (REST API, App auth, signed webhooks, a job broker) for tests and
     /// the quickstart. GitHub itself is not needed.
     Sim(cmd::sim::SimArgs),
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
+            Command::Agent(args) => cmd::agent::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Quickstart(args) => cmd::quickstart::run(args).await,
             Command::Image(command) => cmd::image::run(command).await,

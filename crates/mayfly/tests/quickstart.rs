@@ -1,24 +1,31 @@
-//! `mayfly quickstart` as a user runs it: exit 0, a table row per job, every job succeeded, and
-//! no secret it handled (the webhook secret, the App private key) in its output at debug level
-//! or in the database file.
+//! `mayfly quickstart` as a user runs it (as root, with the test image): exit 0, one row per job
+//! from two organisations, three distinct VMs, all destroyed; and no secret it handled (the
+//! webhook secret, the App private key, any JIT config) in its debug output or the database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::process::Command;
 
 #[test]
-fn quickstart_runs_the_loop_and_leaks_no_secret() {
+fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("qs");
+    let images = std::env::var_os("MAYFLY_TEST_IMAGE_STORE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mayfly-images")
+        });
     let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
         .args([
             "quickstart",
             "--jobs",
             "3",
             "--timeout-secs",
-            "120",
+            "400",
             "--data-dir",
         ])
         .arg(&data)
+        .arg("--images")
+        .arg(&images)
         .env("MAYFLY_LOG", "debug")
         .output()
         .expect("mayfly runs");
@@ -43,14 +50,22 @@ fn quickstart_runs_the_loop_and_leaks_no_secret() {
         rows.iter().any(|r| r.starts_with("globex-labs/app")),
         "{stdout}"
     );
+    let vms: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().find(|w| w.starts_with("vm-")))
+        .collect();
+    assert_eq!(vms.len(), 3, "three distinct VMs: {stdout}");
+    assert!(stdout.contains("every VM destroyed: true"), "{stdout}");
 
     let secret = std::fs::read_to_string(data.join("sim/webhook-secret")).unwrap();
     let key = std::fs::read_to_string(data.join("sim/app-private-key.pem")).unwrap();
     let key_line = key.lines().nth(1).expect("a PEM body line");
     let database = std::fs::read(data.join("server/mayfly.db")).unwrap();
+    // An encoded JIT config is base64 of a JSON object whose keys start with `".`: `eyIu`.
     for (what, needle) in [
         ("webhook secret", secret.trim()),
         ("App private key", key_line),
+        ("JIT config", "eyIu"),
     ] {
         assert!(
             !stdout.contains(needle) && !stderr.contains(needle),
@@ -63,4 +78,7 @@ fn quickstart_runs_the_loop_and_leaks_no_secret() {
             "the {what} is in the database"
         );
     }
+    // Nothing of the VMs is left on the host.
+    let vm_dirs: Vec<_> = std::fs::read_dir(data.join("state/vms")).unwrap().collect();
+    assert!(vm_dirs.is_empty(), "VM state left behind: {vm_dirs:?}");
 }

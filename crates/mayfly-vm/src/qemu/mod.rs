@@ -271,9 +271,12 @@ impl QemuDriver {
 
     /// A qcow2 overlay backed by the image's base disk: O(1), whatever the base's size.
     async fn make_overlay(&self, image: &Image, overlay: &Path) -> Result<(), SetupError> {
+        // qemu-img resolves a relative backing path against the overlay's directory.
+        let backing = std::path::absolute(&image.rootfs)
+            .map_err(|e| SetupError::Overlay(format!("{}: {e}", image.rootfs.display())))?;
         let output = Command::new(&self.config.qemu_img)
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&image.rootfs)
+            .arg(&backing)
             .arg(overlay)
             .stdin(Stdio::null())
             .output()

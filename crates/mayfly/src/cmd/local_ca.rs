@@ -23,11 +23,20 @@ impl LocalCa {
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
         };
-        if ca.ca_cert.exists() && ca.server_cert.exists() && ca.server_key.exists() {
+        // A marker for the certificate's current set of names: an older CA is replaced.
+        let current = dir.join("v2");
+        if current.exists()
+            && ca.ca_cert.exists()
+            && ca.server_cert.exists()
+            && ca.server_key.exists()
+        {
             return Ok(ca);
         }
+        let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
+        std::fs::write(&current, b"")
+            .with_context(|| format!("could not write {}", current.display()))?;
 
         let ca_key = KeyPair::generate().context("could not generate the CA key")?;
         let mut ca_params = CertificateParams::new(Vec::new()).context("CA parameters")?;
@@ -41,9 +50,12 @@ impl LocalCa {
             .context("could not sign the CA certificate")?;
 
         let server_key = KeyPair::generate().context("could not generate the server key")?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .context("server certificate parameters")?;
+        // 203.0.113.1 is the host's side of the internet stand-in, where the simulated GitHub
+        // delivers webhooks from.
+        let names = ["localhost", "127.0.0.1", "203.0.113.1"]
+            .map(str::to_owned)
+            .to_vec();
+        let mut params = CertificateParams::new(names).context("server certificate parameters")?;
         params
             .distinguished_name
             .push(DnType::CommonName, "mayfly quickstart server");
@@ -58,10 +70,5 @@ impl LocalCa {
             .with_context(|| format!("could not write {}", ca.ca_cert.display()))?;
         // The CA key is not kept: the quickstart needs one server certificate, made here.
         Ok(ca)
-    }
-
-    pub fn ca_pem(&self) -> anyhow::Result<String> {
-        std::fs::read_to_string(&self.ca_cert)
-            .with_context(|| format!("could not read {}", self.ca_cert.display()))
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod doctor;
 pub mod image;
 pub mod local_ca;

@@ -1,31 +1,28 @@
-//! `mayfly quickstart`: the whole loop on one machine with GitHub simulated. It starts the
-//! simulator and the server (TLS with a local CA, embedded store), creates two organisations,
-//! queues jobs, and follows each from webhook to completed job row.
-//!
-//! Not yet here: VMs. Until the agent and the QEMU driver land, each job is run by an
-//! in-process stand-in runner holding the job's repository-scoped JIT config; the table says so.
+//! `mayfly quickstart`: the whole loop on one machine, GitHub simulated. It starts the GitHub
+//! simulator inside the internet stand-in namespace (where guests can reach it, as they would
+//! reach github.com), the server (TLS with a local CA, embedded store), and a local agent that
+//! dials the server over gRPC; then it queues N jobs across two organisations and follows each
+//! one: webhook → VM started → runner started → job done → VM destroyed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mayfly_core::{InstallationId, JobId, JobStatus, RepoFullName, SystemClock};
-use mayfly_github::{
-    AppCredentials, AppPrivateKeyPem, GitHubClient, GitHubClientConfig, JitConfigRequest,
+use mayfly_core::{JobId, JobStatus, Profile, SystemClock};
+use mayfly_server::{
+    Dependencies, GitHubConfig, ServerConfig, TlsFiles as ServerTls, WebhookConfig,
 };
-use mayfly_server::{Dependencies, ServerConfig, TlsFiles as ServerTls, WebhookConfig};
-use mayfly_sim::runner_client::RunnerClient;
-use mayfly_sim::{
-    AccountType, Conclusion, NewInstallation, NewJob, NewRepo, Sim, SimConfig, TlsFiles as SimTls,
-};
-use mayfly_store::{SqliteStore, Store};
-use url::Url;
+use mayfly_sim::{AccountType, NewInstallation, NewJob, NewRepo};
+use mayfly_store::{JobRecord, SqliteStore, Store, VmRow};
+use mayfly_vm::image::ImageStore;
+use mayfly_vm::network::InternetStandIn;
+use mayfly_vm::{NetworkMode, QemuConfig, QemuDriver};
+use tokio_util::sync::CancellationToken;
 
 use super::local_ca::LocalCa;
 use super::sim::{ensure_identity, APP_PRIVATE_KEY, WEBHOOK_SECRET};
@@ -34,53 +31,101 @@ use crate::exit::{ConfigContext, Failure, RuntimeContext};
 /// Flags of `mayfly quickstart`.
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// How many jobs to queue, spread over two simulated organisations (1–50).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    /// How many jobs to queue, spread over two simulated organisations (1–20).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     jobs: u32,
-    /// Directory for the quickstart's state: local CA, simulator identity, database.
+    /// Directory for the quickstart's state: local CA, simulator identity, database, VM state.
     #[arg(long, default_value = "mayfly-quickstart", value_name = "DIR")]
     data_dir: PathBuf,
+    /// Image store holding the guest image (`scripts/build-guest-image` fills target/mayfly-images).
+    #[arg(long, default_value = "target/mayfly-images", value_name = "DIR")]
+    images: PathBuf,
+    /// Image digest to boot [default: the store's `test-image` file].
+    #[arg(long, value_name = "DIGEST")]
+    image: Option<String>,
+    /// VMs that may run at once on this machine.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
     /// Give up if the jobs have not all finished after this many seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
     timeout_secs: u64,
 }
 
-/// The label jobs ask for; it names the hardware profile once profiles exist.
-const LABELS: [&str; 2] = ["self-hosted", "mayfly-linux-2cpu"];
+const PROFILE: &str = "mayfly-linux-2cpu";
 const ORGS: [&str; 2] = ["acme-robotics", "globex-labs"];
 
-struct Tenant {
-    installation: InstallationId,
-    repo: RepoFullName,
-}
-
-/// What the quickstart saw happen to one job, on the wall clock.
-struct Timeline {
-    queued: DateTime<Utc>,
-    /// When the server recorded the first delivery about the job (from its job row).
-    recorded: Option<DateTime<Utc>>,
-    running: Option<DateTime<Utc>>,
-    done: Option<DateTime<Utc>>,
-}
-
 pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
-    let dir = &args.data_dir;
-    let ca = LocalCa::load_or_create(&dir.join("ca")).config_err()?;
-    let ca_pem = ca.ca_pem().config_err()?;
-    let sim_dir = dir.join("sim");
-    let (public_pem, webhook_secret) = ensure_identity(&sim_dir).config_err()?;
-
-    // The server: TLS with the local CA's certificate, the embedded store.
-    let server_dir = dir.join("server");
-    std::fs::create_dir_all(&server_dir)
-        .with_context(|| format!("could not create {}", server_dir.display()))
-        .config_err()?;
-    let server_config = ServerConfig {
-        listen: "127.0.0.1:0"
-            .parse()
-            .context("listen address")
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "the quickstart boots VMs in their own network namespaces: run it as root (sudo)"
+        )));
+    }
+    let images = ImageStore::new(std::path::absolute(&args.images).config_err()?);
+    let digest = match &args.image {
+        Some(digest) => digest.clone(),
+        None => std::fs::read_to_string(args.images.join("test-image"))
+            .map(|d| d.trim().to_owned())
+            .with_context(|| {
+                format!(
+                    "no guest image in {}: run scripts/build-guest-image first",
+                    args.images.display()
+                )
+            })
             .config_err()?,
-        data_dir: server_dir.clone(),
+    };
+    let image = images.get(&digest).config_err()?;
+    let dir = std::path::absolute(&args.data_dir).config_err()?;
+    std::fs::create_dir_all(&dir).config_err()?;
+    // passt (user nobody) must be able to traverse to its runtime directory.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .config_err()?;
+    let ca = LocalCa::load_or_create(&dir.join("ca")).config_err()?;
+    let sim_dir = dir.join("sim");
+    let (_, webhook_secret) = ensure_identity(&sim_dir).config_err()?;
+    let inet = InternetStandIn::ensure().await.config_err()?;
+
+    // The simulated GitHub, in the internet stand-in, delivering webhooks to the server over TLS
+    // at the host's side of the stand-in link.
+    let server_listener = std::net::TcpListener::bind((inet.host_addr(), 0)).config_err()?;
+    let server_addr = server_listener.local_addr().config_err()?;
+    drop(server_listener);
+    let sim_port = free_port_hint();
+    let sim_base = format!("http://{}:{sim_port}/", inet.addr());
+    let mut sim = inet
+        .command(std::env::current_exe().config_err()?)
+        .args([
+            "sim",
+            "--listen",
+            &format!("{}:{sim_port}", inet.addr()),
+            "--data-dir",
+        ])
+        .arg(&sim_dir)
+        .args([
+            "--webhook-url",
+            &format!("https://{server_addr}/webhooks/github"),
+            "--webhook-ca-file",
+        ])
+        .arg(&ca.ca_cert)
+        .env("MAYFLY_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("could not start the simulator")
+        .runtime_err()?;
+
+    let profile = Profile {
+        name: PROFILE.to_owned(),
+        labels: vec!["self-hosted".into(), "linux".into(), "x64".into()],
+        vcpus: 1,
+        memory_mib: 512,
+        image: digest.clone(),
+        max_runtime_secs: 600,
+        boot_timeout_secs: 180,
+        idle_timeout_secs: 300,
+    };
+    let server_config = ServerConfig {
+        listen: server_addr,
+        data_dir: dir.join("server"),
         tls: Some(ServerTls {
             cert_file: ca.server_cert.clone(),
             key_file: ca.server_key.clone(),
@@ -89,246 +134,289 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
             secret_files: vec![sim_dir.join(WEBHOOK_SECRET)],
             ..WebhookConfig::default()
         },
+        agent_listen: "127.0.0.1:0".parse().config_err()?,
+        github: Some(GitHubConfig {
+            api_url: sim_base.clone(),
+            app_id: 1,
+            private_key_file: sim_dir.join(APP_PRIVATE_KEY),
+            ca_file: None,
+        }),
+        profiles: vec![profile],
         ..ServerConfig::default()
     };
+    std::fs::create_dir_all(&server_config.data_dir).config_err()?;
     let store = Arc::new(
         SqliteStore::open(&server_config.database_path())
             .await
             .config_err()?,
     );
+    let github = super::server::github_client(
+        server_config
+            .github
+            .as_ref()
+            .context("github")
+            .config_err()?,
+    )
+    .config_err()?;
     let server = mayfly_server::start(
         &server_config,
         Dependencies {
             store: store.clone(),
             clock: Arc::new(SystemClock),
-            webhook_secrets: vec![webhook_secret.clone()],
-            github: None,
+            webhook_secrets: vec![webhook_secret],
+            github: Some(Arc::new(github)),
         },
     )
     .await
     .config_err()?;
+    let agent_addr = server
+        .agent_addr()
+        .context("the server has no agent listener")
+        .runtime_err()?;
 
-    // The simulated GitHub, delivering webhooks to the server over TLS.
-    let webhook_url = Url::parse(&format!("{}webhooks/github", server.base_url()))
-        .context("webhook URL")
-        .config_err()?;
-    let mut sim_config = SimConfig::new(
-        "127.0.0.1:0".parse().context("listen").config_err()?,
-        public_pem,
-        webhook_secret,
+    // The local agent, dialling the server through the same protocol remote agents use.
+    let accel =
+        mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &image.kernel).await;
+    let mut qemu = QemuConfig::new(dir.join("state"), images, accel.accel);
+    qemu.network = NetworkMode::Isolated;
+    let driver = Arc::new(QemuDriver::new(qemu).config_err()?);
+    let mut agent_config = mayfly_agent::AgentConfig::new(
+        "quickstart-host",
+        format!("http://{agent_addr}"),
+        driver,
+        dir.join("state/agent-journal.json"),
     );
-    sim_config.tls = Some(SimTls {
-        cert_pem: ca.server_cert.clone(),
-        key_pem: ca.server_key.clone(),
-    });
-    sim_config.webhook_url = Some(webhook_url);
-    sim_config.webhook_ca_pem = Some(ca_pem.clone());
-    let sim = Sim::start(sim_config).await.config_err()?;
-    eprintln!("GitHub simulator: {}", sim.base_url());
+    agent_config.slots = args.slots;
+    agent_config.images = vec![digest];
+    let stop_agent = CancellationToken::new();
+    let agent = tokio::spawn(mayfly_agent::run(agent_config, stop_agent.clone()));
+
+    eprintln!("GitHub simulator: {sim_base} (in the internet stand-in namespace)");
     eprintln!("mayfly server:    {}", server.base_url());
     eprintln!(
         "  trust its CA with: curl --cacert {} {}healthz",
         ca.ca_cert.display(),
         server.base_url()
     );
+    eprintln!("acceleration:     {:?} ({})", accel.accel, accel.reason);
 
-    let private_key = std::fs::read_to_string(sim_dir.join(APP_PRIVATE_KEY))
-        .context("could not read the App private key")
-        .config_err()?;
-    let credentials = AppCredentials::new(1, AppPrivateKeyPem::new(private_key)).config_err()?;
-    let mut client_config = GitHubClientConfig::new(sim.base_url(), credentials);
-    client_config.extra_root_pem = Some(ca_pem.clone().into_bytes());
-    let github = Arc::new(GitHubClient::new(client_config).config_err()?);
-
-    let result = drive(&args, &sim, store.as_ref(), &github, &ca_pem).await;
-    sim.shutdown().await;
+    let result = drive(&args, &sim_base, store.as_ref()).await;
+    stop_agent.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     server.shutdown().await;
+    let _ = sim.kill().await;
     store.close().await;
     result
 }
 
-async fn drive(
-    args: &QuickstartArgs,
-    sim: &mayfly_sim::SimHandle,
-    store: &dyn Store,
-    github: &Arc<GitHubClient>,
-    ca_pem: &str,
-) -> Result<(), Failure> {
-    let control = sim.control();
-    let mut tenants = Vec::new();
+fn free_port_hint() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9443)
+}
+
+async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<(), Failure> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .runtime_err()?;
+    let post = |path: &str, body: serde_json::Value| {
+        let request = http.post(format!("{sim}{path}")).json(&body);
+        async move {
+            let response = request.send().await?.error_for_status()?;
+            response.json::<serde_json::Value>().await
+        }
+    };
+    // The simulator takes a moment to start listening.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{sim}_sim/jobs")).send().await.is_err() {
+        if Instant::now() > deadline {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "the simulator did not start"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut repos = Vec::new();
     for org in ORGS {
-        let installation = control
-            .create_installation(NewInstallation {
+        let inst = post(
+            "_sim/installations",
+            serde_json::to_value(NewInstallation {
                 account: org.to_owned(),
                 account_type: AccountType::Organization,
                 sender: None,
             })
+            .runtime_err()?,
+        )
+        .await
+        .runtime_err()?;
+        let id = inst["id"]
+            .as_u64()
+            .context("installation id")
             .runtime_err()?;
-        let repo = control
-            .create_repo(NewRepo {
-                installation_id: installation.id,
-                name: "app".to_owned(),
+        let repo = post(
+            "_sim/repos",
+            serde_json::to_value(NewRepo {
+                installation_id: id,
+                name: "app".into(),
                 private: true,
             })
-            .runtime_err()?;
-        tenants.push(Tenant {
-            installation: InstallationId(i64::try_from(installation.id).runtime_err()?),
-            repo: repo.full_name.parse().runtime_err()?,
-        });
+            .runtime_err()?,
+        )
+        .await
+        .runtime_err()?;
+        repos.push(
+            repo["full_name"]
+                .as_str()
+                .context("repo name")
+                .runtime_err()?
+                .to_owned(),
+        );
+    }
+    let mut queued_at: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
+    for i in 0..args.jobs as usize {
+        let job = post(
+            "_sim/jobs",
+            serde_json::to_value(NewJob {
+                repository: repos[i % repos.len()].clone(),
+                labels: vec!["self-hosted".into(), PROFILE.into()],
+                name: Some(format!("build-{}", i + 1)),
+                script: Some(format!(
+                    "echo job {} ran on $(uname -r); echo marker > $HOME/marker",
+                    i + 1
+                )),
+                sender: Some(["alice", "bob"][i % 2].to_owned()),
+                ..NewJob::default()
+            })
+            .runtime_err()?,
+        )
+        .await
+        .runtime_err()?;
+        let id = job["id"].as_i64().context("job id").runtime_err()?;
+        queued_at.insert(id, Utc::now());
     }
 
-    let total = u64::from(args.jobs);
-    let bar = ProgressBar::new(total * 3);
+    let bar = ProgressBar::new(u64::from(args.jobs) * 4);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
-
-    let mut timelines: BTreeMap<i64, (usize, Timeline)> = BTreeMap::new();
-    for i in 0..args.jobs as usize {
-        let tenant = &tenants[i % tenants.len()];
-        let job = control
-            .create_job(NewJob {
-                repository: tenant.repo.to_string(),
-                labels: LABELS.iter().map(|l| (*l).to_owned()).collect(),
-                name: Some(format!("build-{}", i + 1)),
-                script: Some(format!("echo job {} of the quickstart", i + 1)),
-                ..NewJob::default()
-            })
-            .runtime_err()?;
-        let id = i64::try_from(job.id).runtime_err()?;
-        let timeline = Timeline {
-            queued: Utc::now(),
-            recorded: None,
-            running: None,
-            done: None,
-        };
-        timelines.insert(id, (i % tenants.len(), timeline));
-    }
-    bar.set_message("jobs queued; waiting for webhooks");
-
-    // One stand-in runner per job, each with a JIT config of its job's repository only.
-    let mut runners = tokio::task::JoinSet::new();
-    for (index, (_, (tenant, _))) in timelines.iter().enumerate() {
-        let tenant = &tenants[*tenant];
-        let request = JitConfigRequest::new(
-            format!("mayfly-quickstart-{}", index + 1),
-            LABELS.iter().map(|l| (*l).to_owned()).collect(),
-        );
-        let jit = github
-            .generate_repo_jitconfig(tenant.installation, &tenant.repo, &request)
-            .await
-            .runtime_err()?;
-        let mut runner = RunnerClient::from_encoded_jit_config(jit.config.expose(), Some(ca_pem))
-            .runtime_err()?;
-        runners.spawn(async move {
-            loop {
-                match runner.acquire().await? {
-                    Some(job) => {
-                        let output = format!("ran: {}", job.script);
-                        runner
-                            .complete(job.job_id, Conclusion::Success, &output)
-                            .await?;
-                        return Ok::<_, mayfly_sim::runner_client::RunnerClientError>(job.job_id);
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-    }
-
+    bar.set_message("webhook → VM started → runner started → job done → VM destroyed");
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    loop {
-        let now = Utc::now();
-        for row in store.jobs().await.runtime_err()? {
-            let Some((_, t)) = timelines.get_mut(&row.job_id.0) else {
-                continue;
-            };
-            let step = |slot: &mut Option<DateTime<Utc>>, at: DateTime<Utc>| {
-                if slot.is_none() {
-                    *slot = Some(at);
-                    bar.inc(1);
-                }
-            };
-            step(&mut t.recorded, row.first_seen_at);
-            if matches!(row.status, JobStatus::InProgress | JobStatus::Completed) {
-                step(&mut t.running, now);
-            }
-            if row.status == JobStatus::Completed {
-                step(&mut t.done, now);
-            }
-        }
-        if timelines.values().all(|(_, t)| t.done.is_some()) {
-            break;
+    let (jobs, vms) = loop {
+        let jobs: Vec<JobRecord> = store
+            .jobs()
+            .await
+            .runtime_err()?
+            .into_iter()
+            .filter(|j| queued_at.contains_key(&j.job_id.0))
+            .collect();
+        let vms = store.vms(false).await.runtime_err()?;
+        let progress: u64 = jobs
+            .iter()
+            .map(|j| {
+                let vm = ran_on(j, &vms);
+                u64::from(vm.is_some_and(|v| v.started_at.is_some()))
+                    + u64::from(vm.is_some_and(|v| v.booted_at.is_some()))
+                    + u64::from(j.status == JobStatus::Completed)
+                    + u64::from(vm.is_some_and(|v| v.state == "destroyed"))
+            })
+            .sum();
+        bar.set_position(progress);
+        let failed = jobs.iter().any(|j| j.dispatch.disposition == "failed");
+        let all_done = jobs.len() == queued_at.len()
+            && jobs.iter().all(|j| j.status == JobStatus::Completed)
+            && vms.iter().all(|v| v.state == "destroyed");
+        if all_done || failed {
+            break (jobs, vms);
         }
         if Instant::now() > deadline {
             bar.abandon_with_message("timed out");
-            bail_runtime(format!(
+            return Err(Failure::Runtime(anyhow::anyhow!(
                 "not every job finished within {} s",
                 args.timeout_secs
-            ))?;
+            )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bar.finish_with_message("all jobs done");
-    while let Some(result) = runners.join_next().await {
-        result.runtime_err()?.runtime_err()?;
-    }
-
-    print_table(store, &timelines).await
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    print_table(&jobs, &vms, &queued_at)
 }
 
-fn bail_runtime(message: String) -> Result<(), Failure> {
-    Err(Failure::Runtime(anyhow::anyhow!(message)))
+fn ran_on<'a>(job: &JobRecord, vms: &'a [VmRow]) -> Option<&'a VmRow> {
+    let start = job.dispatch.vm_start_id.as_deref()?;
+    vms.iter().find(|v| v.start_id == start)
 }
 
-fn millis(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {
-    match to {
-        Some(to) => format!("{} ms", (to - from).num_milliseconds().max(0)),
-        None => "—".to_owned(),
-    }
+fn since(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> String {
+    to.map(|t| {
+        format!(
+            "{:.1} s",
+            (t - from).num_milliseconds().max(0) as f64 / 1000.0
+        )
+    })
+    .unwrap_or_else(|| "—".to_owned())
 }
 
 #[allow(clippy::print_stdout)] // the table is the command's output
-async fn print_table(
-    store: &dyn Store,
-    timelines: &BTreeMap<i64, (usize, Timeline)>,
+fn print_table(
+    jobs: &[JobRecord],
+    vms: &[VmRow],
+    queued_at: &BTreeMap<i64, DateTime<Utc>>,
 ) -> Result<(), Failure> {
     println!();
     println!(
-        "{:<22} {:>11} {:<22} {:>10} {:>10} {:>10}  conclusion",
-        "org/repo", "job", "runner", "→recorded", "→running", "→done"
+        "{:<20} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  conclusion",
+        "org/repo", "profile", "VM", "→VM start", "→runner", "→job done", "→VM gone"
     );
-    let mut failed = 0;
-    for (id, (_, t)) in timelines {
-        let Some(row) = store.job(JobId(*id)).await.runtime_err()? else {
-            failed += 1;
-            continue;
-        };
-        let conclusion = row.conclusion.clone().unwrap_or_else(|| "—".to_owned());
-        if conclusion != "success" {
-            failed += 1;
+    let mut bad = 0;
+    let mut seen_vms = std::collections::BTreeSet::new();
+    for job in jobs {
+        let from = queued_at
+            .get(&job.job_id.0)
+            .copied()
+            .unwrap_or(job.first_seen_at);
+        let vm = ran_on(job, vms);
+        let conclusion = job.conclusion.clone().unwrap_or_else(|| {
+            job.dispatch
+                .failure
+                .clone()
+                .unwrap_or_else(|| "—".to_owned())
+        });
+        let destroyed = vm.is_some_and(|v| v.state == "destroyed");
+        if conclusion != "success" || !destroyed {
+            bad += 1;
+        }
+        if let Some(vm) = vm {
+            seen_vms.insert(vm.vm_id.clone());
         }
         println!(
-            "{:<22} {:>11} {:<22} {:>10} {:>10} {:>10}  {}",
-            row.repo.to_string(),
-            id,
-            row.runner_name.clone().unwrap_or_else(|| "—".to_owned()),
-            millis(t.queued, t.recorded),
-            millis(t.queued, t.running),
-            millis(t.queued, t.done),
+            "{:<20} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  {}",
+            job.repo.to_string(),
+            job.dispatch.profile.as_deref().unwrap_or("—"),
+            vm.and_then(|v| v.vm_id.clone())
+                .unwrap_or_else(|| "—".to_owned()),
+            since(from, vm.and_then(|v| v.started_at)),
+            since(from, vm.and_then(|v| v.booted_at)),
+            since(from, vm.and_then(|v| v.exited_at).or(job.completed_at)),
+            since(from, vm.and_then(|v| v.destroyed_at)),
             conclusion
         );
     }
     println!();
-    println!("Times are from job creation in the simulator (running/done are observed by polling");
-    println!("the store every 50 ms). Runners here are in-process stand-ins");
     println!(
-        "holding each job's repository-scoped JIT config; VMs take their place in a later release."
+        "{} job(s), {} distinct VM(s), every VM destroyed: {}",
+        jobs.len(),
+        seen_vms.len(),
+        vms.iter().all(|v| v.state == "destroyed")
     );
-    if failed > 0 {
-        return bail_runtime(format!("{failed} job(s) did not succeed"));
+    let _ = JobId(0);
+    if bad > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{bad} job(s) did not succeed or left a VM"
+        )));
     }
     Ok(())
 }
