@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub profiles: Vec<mayfly_core::Profile>,
     /// The runner's entry point inside the guest.
     pub runner_entry: String,
+    /// How often to ask GitHub for queued jobs whose webhook never arrived (also at start).
+    pub reconcile_interval_secs: u64,
 }
 
 /// The GitHub App mayfly acts as.
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             github: None,
             profiles: Vec::new(),
             runner_entry: "/opt/runner/run.sh".to_owned(),
+            reconcile_interval_secs: 60,
         }
     }
 }

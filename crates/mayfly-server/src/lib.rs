@@ -8,6 +8,7 @@ mod error;
 mod intake;
 mod log_limit;
 mod processor;
+mod reconciler;
 mod scheduler;
 mod tls;
 
@@ -174,7 +175,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let processor = Processor {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
-        wakeup,
+        wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
@@ -208,6 +209,14 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                     tracing::error!(error = %e, "the agent listener stopped");
                 }
             });
+            let reconciler = reconciler::Reconciler {
+                store: deps.store.clone(),
+                clock: deps.clock.clone(),
+                github: github.clone(),
+                interval: Duration::from_secs(config.reconcile_interval_secs.max(1)),
+                intake: wakeup,
+            };
+            tasks.spawn(reconciler.run(shutdown.clone()));
             let scheduler = scheduler::Scheduler {
                 store: deps.store,
                 clock: deps.clock,

@@ -54,6 +54,7 @@ const CONFIG_KEYS: &[&str] = &[
     "agent_listen",
     "github",
     "profiles",
+    "reconcile_interval_secs",
     "runner_entry",
 ];
 
