@@ -5,6 +5,7 @@
 //! Needs root and the test image (`scripts/build-guest-image`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+#[allow(dead_code)] // the agent crate's tests use all of it
 #[path = "../../mayfly-agent/tests/support/fake_server.rs"]
 mod fake_server;
 #[allow(dead_code)] // shared with the VM tests, which use more of it
@@ -233,7 +234,7 @@ async fn destroy_vm_during_a_job_stops_the_vm_at_once_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_agent_destroys_the_vm_its_crashed_predecessor_left_running() {
+async fn an_agent_restarted_after_its_run_was_dropped_leaves_nothing_of_the_old_vm() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let sim = SimProcess::start().await;
         let (installation, repo) = sim.tenant("org-agent-restart").await;
@@ -245,20 +246,20 @@ async fn a_restarted_agent_destroys_the_vm_its_crashed_predecessor_left_running(
         let root = state_root();
         let journal = root.path().join("agent-journal.json");
         let mut server = FakeServer::start().await;
-        // The first agent's driver outlives its agent, so the VM's QEMU keeps running, as when
-        // an agent process crashes and its VMs do not.
-        let first_driver = driver(root.path(), NetworkMode::Isolated);
-        let first = start_agent(&server, first_driver.clone(), &journal);
+        let first = start_agent(
+            &server,
+            driver(root.path(), NetworkMode::Isolated),
+            &journal,
+        );
         server.hello().await;
-        server.send(start_vm("start-orphan", &jit)).await;
+        server.send(start_vm("start-dropped", &jit)).await;
         let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
+        // The agent's future (and with it its driver) is dropped mid-job: QEMU dies with the
+        // driver, but the VM's network and files are left, and the journal names the VM.
         first.task.abort();
         let _ = first.task.await;
-        assert!(
-            !processes_mentioning(vm.as_str()).is_empty(),
-            "the orphan's QEMU runs on"
-        );
+        assert!(root.path().join("vms").join(vm.as_str()).exists());
         assert_eq!(Journal::load(&journal).unwrap().vms().len(), 1);
 
         let second = start_agent(
@@ -269,7 +270,7 @@ async fn a_restarted_agent_destroys_the_vm_its_crashed_predecessor_left_running(
         let hello = server.hello().await;
         assert!(
             hello.vms.is_empty(),
-            "the orphan is gone before Hello: {:?}",
+            "cleaned up before Hello: {:?}",
             hello.vms
         );
         let destroyed = server.event().await;
@@ -279,14 +280,85 @@ async fn a_restarted_agent_destroys_the_vm_its_crashed_predecessor_left_running(
             "{destroyed:?}"
         );
         assert_eq!(destroyed.vm_id, vm.as_str());
-        assert_eq!(destroyed.start_id, "start-orphan");
+        assert_eq!(destroyed.start_id, "start-dropped");
         let record = destroyed.destruction_record().unwrap().unwrap();
         assert!(record.reason.contains("agent restarted"), "{record:#?}");
         assert!(record.complete(), "{record:#?}");
         assert_gone(root.path(), &vm);
         assert!(Journal::load(&journal).unwrap().vms().is_empty());
         second.stop().await;
-        drop(first_driver);
+        sim.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_process_leaves_a_vm_the_next_agent_reaps_and_reports() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let sim = SimProcess::start().await;
+        let (installation, repo) = sim.tenant("org-agent-killed").await;
+        sim.job(&repo, &LABELS, "sleep 300").await;
+        let jit = sim
+            .jit(installation, &repo, "mayfly-agent-killed", &LABELS)
+            .await;
+
+        let root = state_root();
+        let journal = root.path().join("agent-journal.json");
+        let mut server = FakeServer::start().await;
+        let (store, _) = test_image();
+        // `mayfly agent` as its own process, as in production.
+        let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+            .args([
+                "agent",
+                "--server-url",
+                &server.url(),
+                "--id",
+                "killed-host",
+            ])
+            .args(["--accel", "tcg", "--images"])
+            .arg(&store)
+            .arg("--state-root")
+            .arg(root.path())
+            .arg("--journal")
+            .arg(&journal)
+            .env("MAYFLY_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let hello = server.hello().await;
+        assert_eq!(hello.agent_id, "killed-host");
+        server.send(start_vm("start-killed", &jit)).await;
+        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let vm = VmId::parse(&events[0].vm_id).unwrap();
+        first.start_kill().unwrap();
+        first.wait().await.unwrap();
+        assert!(
+            !processes_mentioning(vm.as_str()).is_empty(),
+            "QEMU outlives the killed agent"
+        );
+
+        let second = start_agent(
+            &server,
+            driver(root.path(), NetworkMode::Isolated),
+            &journal,
+        );
+        let hello = server.hello().await;
+        assert!(hello.vms.is_empty(), "{:?}", hello.vms);
+        let destroyed = server.event().await;
+        assert_eq!(
+            destroyed.event_kind(),
+            EventKind::Destroyed,
+            "{destroyed:?}"
+        );
+        assert_eq!(destroyed.vm_id, vm.as_str());
+        assert_eq!(destroyed.start_id, "start-killed");
+        let record = destroyed.destruction_record().unwrap().unwrap();
+        assert!(record.reason.starts_with("reaped"), "{record:#?}");
+        assert!(record.complete(), "{record:#?}");
+        assert_gone(root.path(), &vm);
+        assert!(Journal::load(&journal).unwrap().vms().is_empty());
+        second.stop().await;
         sim.stop().await;
     })
     .await
