@@ -31,6 +31,9 @@ enum Command {
     /// Run the whole loop on this machine with GitHub simulated: simulator, server (TLS, local
     /// CA), two organisations, N jobs, and a table of what happened to each.
     Quickstart(cmd::quickstart::QuickstartArgs),
+    /// Run the quickstart loop with many jobs and append p50/p99 of each phase, beside bare QEMU
+    /// boots of the same image, to BENCHMARKS.md with the machine it ran on.
+    Bench(cmd::bench::BenchArgs),
     /// Build and list guest images (kernel, initramfs with mayfly-guest, runner disk).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -45,7 +48,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(match cli.command {
-        Command::Quickstart(_) => "warn",
+        Command::Quickstart(_) | Command::Bench(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Runtime::new() {
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => cmd::agent::run(args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Quickstart(args) => cmd::quickstart::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
             Command::Image(command) => cmd::image::run(command).await,
             Command::Vm(command) => cmd::vm::run(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,

@@ -121,6 +121,8 @@ pub struct QemuDriver {
     config: QemuConfig,
     owner: ProcessId,
     vms: Mutex<HashMap<VmId, Arc<Mutex<Entry>>>>,
+    /// Records of VMs this driver destroyed, so a repeated `destroy` returns the same record.
+    destroyed: Mutex<HashMap<VmId, DestructionRecord>>,
     /// Images whose digest this driver has checked (hashing a whole image per VM is too slow).
     verified_images: Mutex<HashMap<String, Image>>,
 }
@@ -155,6 +157,7 @@ impl QemuDriver {
             owner,
             vms: Mutex::new(HashMap::new()),
             verified_images: Mutex::new(HashMap::new()),
+            destroyed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -498,8 +501,12 @@ impl VmDriver for QemuDriver {
     }
 
     async fn destroy(&self, vm: &VmId, reason: &str) -> DestructionRecord {
+        if let Some(record) = self.destroyed.lock().await.get(vm) {
+            // Already gone (say, at its boot timeout): destroying again changes nothing.
+            return record.clone();
+        }
         let entry = self.vms.lock().await.remove(vm);
-        match entry {
+        let record = match entry {
             Some(entry) => {
                 let mut entry = entry.lock().await;
                 let net = net_dir(&self.config.state_root, vm);
@@ -510,7 +517,12 @@ impl VmDriver for QemuDriver {
                 let net = net_dir(&self.config.state_root, vm);
                 teardown::from_disk(&dir, &net, vm, reason, self.config.stop_grace).await
             }
-        }
+        };
+        self.destroyed
+            .lock()
+            .await
+            .insert(vm.clone(), record.clone());
+        record
     }
 
     async fn list(&self) -> Vec<VmInfo> {

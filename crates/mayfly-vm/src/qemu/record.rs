@@ -39,10 +39,22 @@ impl ProcessId {
         })
     }
 
-    /// Whether this very process (not a later one with the same pid) is alive.
+    /// Whether this very process (not a later one with the same pid) is alive. A zombie (exited,
+    /// not yet reaped by its parent) is not.
     pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
+        start_time(self.pid) == Some(self.start) && !is_zombie(self.pid)
     }
+}
+
+/// Whether `/proc/<pid>/stat` says the process is a zombie (state `Z`, field 3).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rfind(')')
+                .map(|i| stat[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// `/proc/<pid>/stat` field 22. The command name (field 2) may hold spaces and parentheses, so

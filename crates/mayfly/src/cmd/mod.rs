@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod bench;
 pub mod doctor;
 pub mod image;
 pub mod local_ca;

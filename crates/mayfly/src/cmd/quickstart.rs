@@ -31,9 +31,9 @@ use crate::exit::{ConfigContext, Failure, RuntimeContext};
 /// Flags of `mayfly quickstart`.
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// How many jobs to queue, spread over two simulated organisations (1–20).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    jobs: u32,
+    /// How many jobs to queue, spread over two simulated organisations (1–100).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub jobs: u32,
     /// Directory for the quickstart's state: local CA, simulator identity, database, VM state.
     #[arg(long, default_value = "mayfly-quickstart", value_name = "DIR")]
     data_dir: PathBuf,
@@ -54,7 +54,29 @@ pub struct QuickstartArgs {
 const PROFILE: &str = "mayfly-linux-2cpu";
 const ORGS: [&str; 2] = ["acme-robotics", "globex-labs"];
 
+impl QuickstartArgs {
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+}
+
+/// What one run of the loop produced.
+#[derive(Debug)]
+pub struct LoopOutcome {
+    pub jobs: Vec<JobRecord>,
+    pub vms: Vec<VmRow>,
+    pub queued_at: BTreeMap<i64, DateTime<Utc>>,
+    pub image: mayfly_vm::image::Image,
+    pub accel: mayfly_vm::AccelProbe,
+}
+
 pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
+    let outcome = run_loop(&args).await?;
+    print_table(&outcome.jobs, &outcome.vms, &outcome.queued_at)
+}
+
+/// Runs the loop and returns every job and VM row, without judging them.
+pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::Config(anyhow::anyhow!(
             "the quickstart boots VMs in their own network namespaces: run it as root (sudo)"
@@ -177,6 +199,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
     // The local agent, dialling the server through the same protocol remote agents use.
     let accel =
         mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &image.kernel).await;
+    let image_for_outcome = image.clone();
     let mut qemu = QemuConfig::new(dir.join("state"), images, accel.accel);
     qemu.network = NetworkMode::Isolated;
     let driver = Arc::new(QemuDriver::new(qemu).config_err()?);
@@ -200,13 +223,20 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
     );
     eprintln!("acceleration:     {:?} ({})", accel.accel, accel.reason);
 
-    let result = drive(&args, &sim_base, store.as_ref()).await;
+    let result = drive(args, &sim_base, store.as_ref()).await;
     stop_agent.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     server.shutdown().await;
     let _ = sim.kill().await;
     store.close().await;
-    result
+    let (jobs, vms, queued_at) = result?;
+    Ok(LoopOutcome {
+        jobs,
+        vms,
+        queued_at,
+        image: image_for_outcome,
+        accel,
+    })
 }
 
 fn free_port_hint() -> u16 {
@@ -216,7 +246,9 @@ fn free_port_hint() -> u16 {
         .unwrap_or(9443)
 }
 
-async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<(), Failure> {
+type Rows = (Vec<JobRecord>, Vec<VmRow>, BTreeMap<i64, DateTime<Utc>>);
+
+async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Rows, Failure> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -342,7 +374,7 @@ async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<()
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
-    print_table(&jobs, &vms, &queued_at)
+    Ok((jobs, vms, queued_at))
 }
 
 fn ran_on<'a>(job: &JobRecord, vms: &'a [VmRow]) -> Option<&'a VmRow> {

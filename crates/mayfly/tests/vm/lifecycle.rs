@@ -98,6 +98,10 @@ async fn a_guest_that_never_reports_ready_is_destroyed_at_the_boot_timeout() {
         );
         assert!(!root.path().join("vms").join(vm.as_str()).exists());
         assert!(driver.list().await.is_empty());
+        // Destroying again returns the record of the destruction at the boot timeout.
+        let record = driver.destroy(&vm, "again").await;
+        assert_eq!(record.reason, "boot timeout");
+        assert!(record.complete(), "{record:#?}");
         let _ = netns_exists;
     })
     .await
