@@ -78,6 +78,54 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
             "the {what} is in the database"
         );
     }
+    // Each job row holds its metadata, and the VM that ran it was registered for that job's own
+    // repository (a repository-level JIT config of its own installation).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use mayfly_store::Store;
+        let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"))
+            .await
+            .unwrap();
+        let jobs = store.jobs().await.unwrap();
+        let vms = store.vms(false).await.unwrap();
+        assert_eq!(jobs.len(), 3);
+        for job in &jobs {
+            let vm = vms
+                .iter()
+                .find(|v| Some(&v.start_id) == job.dispatch.vm_start_id.as_ref())
+                .unwrap_or_else(|| panic!("job {} has no VM: {job:?}", job.job_id));
+            assert_eq!(
+                vm.repo,
+                job.repo.to_string(),
+                "a runner of another repository ran it"
+            );
+            assert_eq!(Some(vm.installation_id), job.installation_id.map(|i| i.0));
+            assert_eq!(vm.ran_job_id, Some(job.job_id.0));
+            assert!(
+                ["alice", "bob"].contains(&job.sender.as_str()),
+                "initiator: {}",
+                job.sender
+            );
+            assert!(job.org.is_some());
+            assert_eq!(job.dispatch.profile.as_deref(), Some("mayfly-linux-2cpu"));
+            assert_eq!(job.conclusion.as_deref(), Some("success"));
+            assert_eq!(vm.host, "quickstart-host");
+            for (phase, at) in [
+                ("VM started", vm.started_at),
+                ("runner started", vm.booted_at),
+                ("job started", job.started_at),
+                ("job finished", job.completed_at),
+                ("VM destroyed", vm.destroyed_at),
+            ] {
+                assert!(at.is_some(), "{phase} missing for job {}", job.job_id);
+            }
+            let record: mayfly_core::DestructionRecord =
+                serde_json::from_str(vm.destruction.as_deref().unwrap()).unwrap();
+            assert!(record.complete(), "{record:#?}");
+        }
+        store.close().await;
+    });
+
     // Nothing of the VMs is left on the host.
     let vm_dirs: Vec<_> = std::fs::read_dir(data.join("state/vms")).unwrap().collect();
     assert!(vm_dirs.is_empty(), "VM state left behind: {vm_dirs:?}");
