@@ -93,10 +93,19 @@ impl ServerHandle {
     }
 
     /// Stops accepting, lets requests in flight finish (up to 10 s), stops the processor.
+    /// Agent sessions are long-lived streams: whatever has not stopped after the grace period
+    /// is aborted.
     pub async fn shutdown(mut self) {
         self.http.graceful_shutdown(Some(Duration::from_secs(10)));
         self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 
     /// Waits until the server stops (on its own, or after a shutdown signal elsewhere).
