@@ -31,6 +31,18 @@ pub struct ServerConfig {
     pub runner_entry: String,
     /// How often to ask GitHub for queued jobs whose webhook never arrived (also at start).
     pub reconcile_interval_secs: u64,
+    pub database: DatabaseConfig,
+}
+
+/// The key of the encrypted store: a key file, or a passphrase file (Argon2id). One of the two.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// 64 hex digits (32 random bytes), mode 600. Also `MAYFLY_DB_KEY_FILE`.
+    pub key_file: Option<PathBuf>,
+    /// A passphrase, mode 600; the key is derived with Argon2id and a salt kept beside the
+    /// database (`mayfly.db.salt`).
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// The GitHub App mayfly acts as.
@@ -45,6 +57,35 @@ pub struct GitHubConfig {
     /// An extra root certificate (PEM) to trust for the API, e.g. the simulator's CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl DatabaseConfig {
+    /// The store's key: read from the key file, or derived from the passphrase file with the
+    /// salt beside the database (created on first use).
+    pub fn key(&self, database: &Path) -> Result<mayfly_store::DbKey, ConfigError> {
+        match (&self.key_file, &self.passphrase_file) {
+            (None, None) => Err(ConfigError::NoDbKey),
+            (Some(_), Some(_)) => Err(ConfigError::TwoDbKeys),
+            (Some(file), None) => {
+                let text = zeroize::Zeroizing::new(read_secret_file(file)?);
+                Ok(mayfly_store::DbKey::from_hex(&text)?)
+            }
+            (None, Some(file)) => {
+                let passphrase = zeroize::Zeroizing::new(read_secret_file(file)?);
+                let salt_path = database.with_extension("db.salt");
+                let salt_err = |source| ConfigError::Salt {
+                    path: salt_path.clone(),
+                    source,
+                };
+                if !salt_path.exists() {
+                    let salt: [u8; 16] = rand::random();
+                    std::fs::write(&salt_path, salt).map_err(salt_err)?;
+                }
+                let salt = std::fs::read(&salt_path).map_err(salt_err)?;
+                Ok(mayfly_store::DbKey::derive(&passphrase, &salt)?)
+            }
+        }
+    }
 }
 
 /// PEM files for a TLS listener.
@@ -78,6 +119,7 @@ impl Default for ServerConfig {
             profiles: Vec::new(),
             runner_entry: "/opt/runner/run.sh".to_owned(),
             reconcile_interval_secs: 60,
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -110,6 +152,18 @@ pub enum ConfigError {
     AgentNotLoopback(SocketAddr),
     #[error("profile `{0}` is defined twice")]
     DuplicateProfile(String),
+    #[error("the database is encrypted and needs a key: set [database] key_file (or MAYFLY_DB_KEY_FILE); make one with `openssl rand -hex 32 > db.key && chmod 600 db.key`")]
+    NoDbKey,
+    #[error("set one of [database] key_file and passphrase_file, not both")]
+    TwoDbKeys,
+    #[error(transparent)]
+    BadDbKey(#[from] mayfly_store::KeyError),
+    #[error("could not read or create the salt file {path}")]
+    Salt {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not read the secret file {path}")]
     SecretRead {
         path: PathBuf,

@@ -27,7 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    read_secret_file, ConfigError, GitHubConfig, ServerConfig, TlsFiles, WebhookConfig,
+    read_secret_file, ConfigError, DatabaseConfig, GitHubConfig, ServerConfig, TlsFiles,
+    WebhookConfig,
 };
 pub use error::ApiError;
 pub use processor::Processor;

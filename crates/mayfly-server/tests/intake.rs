@@ -25,9 +25,12 @@ struct Harness {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
-        SqliteStore::open(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap(),
+        SqliteStore::open(
+            &dir.path().join("mayfly.db"),
+            &mayfly_store::DbKey::random(),
+        )
+        .await
+        .unwrap(),
     );
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

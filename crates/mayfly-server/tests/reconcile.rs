@@ -30,9 +30,12 @@ async fn a_job_whose_webhook_was_lost_is_recovered_from_the_rest_api() {
         let sim = Sim::start(sim_config).await.unwrap();
 
         let store = Arc::new(
-            SqliteStore::open(&dir.path().join("mayfly.db"))
-                .await
-                .unwrap(),
+            SqliteStore::open(
+                &dir.path().join("mayfly.db"),
+                &mayfly_store::DbKey::random(),
+            )
+            .await
+            .unwrap(),
         );
         let credentials = AppCredentials::new(
             1,

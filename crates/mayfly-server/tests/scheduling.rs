@@ -44,9 +44,12 @@ async fn world(idle_timeout_secs: u32) -> World {
     .await
     .unwrap();
     let store = Arc::new(
-        SqliteStore::open(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap(),
+        SqliteStore::open(
+            &dir.path().join("mayfly.db"),
+            &mayfly_store::DbKey::random(),
+        )
+        .await
+        .unwrap(),
     );
     let credentials = AppCredentials::new(
         1,

@@ -21,9 +21,12 @@ async fn serves_tls_and_refuses_plaintext() {
     std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
 
     let store = Arc::new(
-        SqliteStore::open(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap(),
+        SqliteStore::open(
+            &dir.path().join("mayfly.db"),
+            &mayfly_store::DbKey::random(),
+        )
+        .await
+        .unwrap(),
     );
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

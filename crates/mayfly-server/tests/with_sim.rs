@@ -35,9 +35,12 @@ async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refuse
     std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
 
     let store = Arc::new(
-        SqliteStore::open(&dir.path().join("mayfly.db"))
-            .await
-            .unwrap(),
+        SqliteStore::open(
+            &dir.path().join("mayfly.db"),
+            &mayfly_store::DbKey::random(),
+        )
+        .await
+        .unwrap(),
     );
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -19,6 +19,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("could not open {path}: the database key is wrong, or the file is not a mayfly database (it was not changed)")]
+    WrongKey { path: PathBuf },
+    #[error("this build of mayfly has no SQLCipher: the store would not be encrypted, so it refuses to open")]
+    NoEncryption,
     #[error("database operation `{op}` failed")]
     Query {
         op: &'static str,

@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod key;
 mod model;
 mod sqlite;
 
 pub use error::StoreError;
+pub use key::{DbKey, KeyError};
 pub use model::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
     Recorded, VmRow,

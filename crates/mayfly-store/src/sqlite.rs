@@ -31,23 +31,48 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if missing) the encrypted database file with `key` and brings its schema
+    /// up to date. A wrong key is reported as such and leaves the file as it was.
+    pub async fn open(path: &Path, key: &crate::DbKey) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
+            .pragma("key", key.pragma_value().to_string())
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // SQLITE_NOTADB (26): what SQLCipher answers to a wrong key.
+        let open_error = |source: sqlx::Error| {
+            let code = source.as_database_error().and_then(|d| d.code());
+            if code.is_some_and(|code| code == "26") {
+                StoreError::WrongKey {
+                    path: path.to_owned(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(open_error)?;
+        // Refuse to run unencrypted: only SQLCipher answers `cipher_version`.
+        let cipher: Option<String> = sqlx::query_scalar("PRAGMA cipher_version")
+            .fetch_optional(&pool)
+            .await
+            .op("read cipher_version")?;
+        if cipher.as_deref().unwrap_or_default().is_empty() {
+            return Err(StoreError::NoEncryption);
+        }
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .execute(&pool)
+            .await
+            .map_err(open_error)?;
         MIGRATIONS
             .run(&pool)
             .await
@@ -74,7 +99,14 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Checkpoints the write-ahead log into the database file and closes every connection.
     pub async fn close(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not checkpoint the database before closing");
+        }
         self.pool.close().await;
     }
 }

@@ -221,9 +221,12 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
 
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("mayfly.db"))
-        .await
-        .unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("mayfly.db"),
+        &mayfly_store::DbKey::random(),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(30), test(&store))
         .await
         .unwrap();
@@ -249,13 +252,14 @@ async fn sqlite_installations_track_their_repositories() {
 async fn sqlite_recorded_deliveries_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mayfly.db");
-    let store = SqliteStore::open(&path).await.unwrap();
+    let key = mayfly_store::DbKey::random();
+    let store = SqliteStore::open(&path, &key).await.unwrap();
     store
         .record_delivery(&delivery("keep-me", IntakeEvent::Ping))
         .await
         .unwrap();
     store.close().await;
-    let store = SqliteStore::open(&path).await.unwrap();
+    let store = SqliteStore::open(&path, &key).await.unwrap();
     let pending = store.pending_deliveries(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].delivery_id.as_str(), "keep-me");
@@ -270,7 +274,9 @@ async fn sqlite_a_file_that_is_not_a_database_is_a_clear_error() {
         b"this is not a database, it is a text file of some length....",
     )
     .unwrap();
-    let err = SqliteStore::open(&path).await.unwrap_err();
+    let err = SqliteStore::open(&path, &mayfly_store::DbKey::random())
+        .await
+        .unwrap_err();
     let shown = format!("{err}");
     assert!(shown.contains("mayfly.db"), "{shown}");
 }

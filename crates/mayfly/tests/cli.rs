@@ -125,6 +125,23 @@ fn bad_configuration_exits_3_with_what_to_do() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the secret leaked: {stderr}");
 
+    // A usable secret but no database key: the store is encrypted, so the server says how to
+    // make a key.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = mayfly(&[
+        "server",
+        "--insecure-dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
+
     let out = mayfly(&["server", "--config", "/nonexistent/mayfly.toml"]);
     assert_eq!(out.status.code(), Some(3));
 }

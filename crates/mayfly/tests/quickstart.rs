@@ -61,6 +61,11 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     let key = std::fs::read_to_string(data.join("sim/app-private-key.pem")).unwrap();
     let key_line = key.lines().nth(1).expect("a PEM body line");
     let database = std::fs::read(data.join("server/mayfly.db")).unwrap();
+    assert_ne!(
+        &database[..16],
+        b"SQLite format 3\0",
+        "the quickstart's store is not encrypted"
+    );
     // An encoded JIT config is base64 of a JSON object whose keys start with `".`: `eyIu`.
     for (what, needle) in [
         ("webhook secret", secret.trim()),
@@ -83,7 +88,9 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use mayfly_store::Store;
-        let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"))
+        let key = std::fs::read(data.join("server/db.key")).unwrap();
+        let key = mayfly_store::DbKey::from_hex(&key).unwrap();
+        let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
             .await
             .unwrap();
         let jobs = store.jobs().await.unwrap();

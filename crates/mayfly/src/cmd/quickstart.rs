@@ -168,9 +168,12 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     };
     std::fs::create_dir_all(&server_config.data_dir).config_err()?;
     let store = Arc::new(
-        SqliteStore::open(&server_config.database_path())
-            .await
-            .config_err()?,
+        SqliteStore::open(
+            &server_config.database_path(),
+            &quickstart_db_key(&server_config.data_dir)?,
+        )
+        .await
+        .config_err()?,
     );
     let github = super::server::github_client(
         server_config
@@ -237,6 +240,20 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         image: image_for_outcome,
         accel,
     })
+}
+
+/// The quickstart's database key: a key file in its data directory, made on first run.
+fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failure> {
+    let file = dir.join("db.key");
+    if !file.exists() {
+        let key = mayfly_store::DbKey::random();
+        super::sim::write_private(&file, key.to_hex().as_bytes()).config_err()?;
+    }
+    let config = mayfly_server::DatabaseConfig {
+        key_file: Some(file),
+        passphrase_file: None,
+    };
+    config.key(&dir.join("mayfly.db")).config_err()
 }
 
 fn free_port_hint() -> u16 {

@@ -97,6 +97,9 @@ impl ServerArgs {
             config.webhook.secret_files = self.webhook_secret_files.clone();
         }
         config.insecure_dev |= self.insecure_dev;
+        if let Some(file) = std::env::var_os("MAYFLY_DB_KEY_FILE") {
+            config.database.key_file = Some(PathBuf::from(file));
+        }
         config.validate().config_err()?;
         Ok(config)
     }
@@ -119,9 +122,11 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             )
         })
         .config_err()?;
-    let store = SqliteStore::open(&config.database_path())
+    let key = config.database.key(&config.database_path()).config_err()?;
+    let store = SqliteStore::open(&config.database_path(), &key)
         .await
         .config_err()?;
+    drop(key);
     let github = match &config.github {
         Some(github) => Some(Arc::new(github_client(github).config_err()?)),
         None => {
