@@ -32,6 +32,26 @@ pub struct ServerConfig {
     /// How often to ask GitHub for queued jobs whose webhook never arrived (also at start).
     pub reconcile_interval_secs: u64,
     pub database: DatabaseConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long metadata is kept. A purge runs at start and every hour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a finished job's metadata row (and its VM rows) is kept.
+    pub job_days: u32,
+    /// Days a processed webhook delivery is kept (for deduplication of redeliveries).
+    pub delivery_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            job_days: 90,
+            delivery_days: 14,
+        }
+    }
 }
 
 /// The key of the encrypted store: a key file, or a passphrase file (Argon2id). One of the two.
@@ -120,6 +140,7 @@ impl Default for ServerConfig {
             runner_entry: "/opt/runner/run.sh".to_owned(),
             reconcile_interval_secs: 60,
             database: DatabaseConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

@@ -27,8 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    read_secret_file, ConfigError, DatabaseConfig, GitHubConfig, ServerConfig, TlsFiles,
-    WebhookConfig,
+    read_secret_file, ConfigError, DatabaseConfig, GitHubConfig, RetentionConfig, ServerConfig,
+    TlsFiles, WebhookConfig,
 };
 pub use error::ApiError;
 pub use processor::Processor;
@@ -189,6 +189,12 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         scheduler: schedule.clone(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
+    tasks.spawn(purge_loop(
+        deps.store.clone(),
+        deps.clock.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+    ));
     let agent_addr = match deps.github {
         Some(github) => {
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -273,5 +279,35 @@ async fn serve(
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "the HTTP listener stopped");
+    }
+}
+
+/// Deletes metadata past its retention, at start and every hour.
+async fn purge_loop(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention: RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let now = clock.now();
+        let jobs_before = now - chrono::Duration::days(i64::from(retention.job_days));
+        let deliveries_before = now - chrono::Duration::days(i64::from(retention.delivery_days));
+        match store.purge(jobs_before, deliveries_before).await {
+            Ok(purged) if purged != mayfly_store::Purged::default() => {
+                tracing::info!(
+                    jobs = purged.jobs,
+                    vms = purged.vms,
+                    deliveries = purged.deliveries,
+                    "purged expired metadata"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %error::chain(&e), "purging expired metadata failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
     }
 }

@@ -9,6 +9,14 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use key::{DbKey, KeyError};
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub jobs: u64,
+    pub vms: u64,
+    pub deliveries: u64,
+}
 pub use model::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
     Recorded, VmRow,
@@ -68,6 +76,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// VM rows, oldest first; only those not destroyed when `live_only`.
     async fn vms(&self, live_only: bool) -> Result<Vec<VmRow>, StoreError>;
+
+    /// Deletes what has outlived its retention: finished jobs (and their VM rows) last updated
+    /// before `jobs_before`, processed deliveries received before `deliveries_before`.
+    async fn purge(
+        &self,
+        jobs_before: DateTime<Utc>,
+        deliveries_before: DateTime<Utc>,
+    ) -> Result<Purged, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

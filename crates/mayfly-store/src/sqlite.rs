@@ -518,6 +518,47 @@ impl Store for SqliteStore {
         rows.iter().map(vm_from_row).collect()
     }
 
+    async fn purge(
+        &self,
+        jobs_before: DateTime<Utc>,
+        deliveries_before: DateTime<Utc>,
+    ) -> Result<crate::Purged, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Only jobs that are over: completed, or never ours to run.
+        let finished = "(status = 'completed' OR disposition IN ('ignored', 'failed', 'skipped'))";
+        let vms = sqlx::query(&format!(
+            "DELETE FROM vms WHERE state = 'destroyed' AND for_job_id IN
+               (SELECT job_id FROM jobs WHERE updated_at < ? AND {finished})"
+        ))
+        .bind(jobs_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge vms")?
+        .rows_affected();
+        let jobs = sqlx::query(&format!(
+            "DELETE FROM jobs WHERE updated_at < ? AND {finished}"
+        ))
+        .bind(jobs_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge jobs")?
+        .rows_affected();
+        let deliveries = sqlx::query(
+            "DELETE FROM deliveries WHERE received_at < ? AND processed_at IS NOT NULL",
+        )
+        .bind(deliveries_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge deliveries")?
+        .rows_affected();
+        tx.commit().await.op("commit purge")?;
+        Ok(crate::Purged {
+            jobs,
+            vms,
+            deliveries,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -219,6 +219,67 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
     assert_eq!(store.vms(false).await.unwrap(), [vm]);
 }
 
+/// Retention: exactly the rows older than the cut-offs go; live jobs and unprocessed deliveries
+/// stay whatever their age.
+async fn purge_removes_exactly_the_expired_rows(store: &dyn Store) {
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let day = Duration::days(1);
+    let at = |days: i64| t0 + day * i32::try_from(days).unwrap();
+    let apply = async |id: i64, status: JobStatus, delivery_id: &str, when| {
+        let mut e = job_event(status);
+        e.job_id = JobId(id);
+        let mut d = delivery(delivery_id, IntakeEvent::Job(e.clone()));
+        d.received_at = when;
+        store.record_delivery(&d).await.unwrap();
+        store
+            .apply_job_event(&d.delivery_id, &e, when)
+            .await
+            .unwrap();
+    };
+    apply(1, JobStatus::Completed, "p-1", at(0)).await; // old and finished: expires
+    apply(2, JobStatus::Queued, "p-2", at(0)).await; // old but still queued: kept
+    apply(3, JobStatus::Completed, "p-3", at(95)).await; // recent: kept
+    let mut unprocessed = delivery("p-4", IntakeEvent::Ping);
+    unprocessed.received_at = at(0);
+    store.record_delivery(&unprocessed).await.unwrap(); // old but not processed: kept
+
+    // "Now" is day 100; jobs are kept 90 days, deliveries 30.
+    let now = at(100);
+    let purged = store.purge(now - day * 90, now - day * 30).await.unwrap();
+    assert_eq!(purged.jobs, 1);
+    assert_eq!(
+        purged.deliveries, 2,
+        "p-1 and p-2 were processed and are old"
+    );
+    let left: Vec<i64> = store
+        .jobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id.0)
+        .collect();
+    assert_eq!(left, [2, 3]);
+    assert!(store
+        .delivery(&DeliveryId::parse("p-3").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .delivery(&DeliveryId::parse("p-4").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .delivery(&DeliveryId::parse("p-1").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.purge(now - day * 90, now - day * 30).await.unwrap(),
+        mayfly_store::Purged::default()
+    );
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(
@@ -289,4 +350,9 @@ async fn sqlite_concurrent_recording_and_applying() {
 #[tokio::test]
 async fn sqlite_dispatch_and_vm_rows_round_trip() {
     with_sqlite(dispatch_and_vm_rows_round_trip).await;
+}
+
+#[tokio::test]
+async fn sqlite_purge_removes_exactly_the_expired_rows() {
+    with_sqlite(purge_removes_exactly_the_expired_rows).await;
 }
