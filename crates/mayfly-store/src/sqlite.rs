@@ -99,6 +99,49 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Every value of every table, decrypted, as text: for audits and for tests that prove what
+    /// is never stored. Not used on any request path.
+    pub async fn plaintext_dump(&self) -> Result<String, StoreError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("list tables")?;
+        let mut out = String::new();
+        for table in tables {
+            let rows = sqlx::query(&format!("SELECT * FROM \"{}\"", table.replace('"', "")))
+                .fetch_all(&self.pool)
+                .await
+                .op("dump table")?;
+            for row in rows {
+                for i in 0..row.columns().len() {
+                    let text = row
+                        .try_get::<Option<String>, _>(i)
+                        .ok()
+                        .flatten()
+                        .or_else(|| {
+                            row.try_get::<Option<i64>, _>(i)
+                                .ok()
+                                .flatten()
+                                .map(|v| v.to_string())
+                        })
+                        .or_else(|| {
+                            row.try_get::<Option<Vec<u8>>, _>(i)
+                                .ok()
+                                .flatten()
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        })
+                        .unwrap_or_default();
+                    out.push_str(&text);
+                    out.push('\t');
+                }
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
     /// Checkpoints the write-ahead log into the database file and closes every connection.
     pub async fn close(&self) {
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

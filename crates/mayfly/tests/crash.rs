@@ -15,12 +15,22 @@ fn write_private(path: &std::path::Path, content: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_server(dir: &std::path::Path, port: u16) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .args(["server", "--insecure-dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "server",
+            "--insecure-dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         .arg("--webhook-secret-file")
         .arg(dir.join("secret"))
@@ -35,7 +45,11 @@ fn start_server(dir: &std::path::Path, port: u16) -> std::process::Child {
 async fn wait_ready(http: &reqwest::Client, port: u16) {
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -55,15 +69,23 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
     write_private(&dir.path().join("db.key"), key.to_hex().as_str());
     let port = free_port();
     let mut server = start_server(dir.path(), port);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     wait_ready(&http, port).await;
 
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contracts/github/fixtures/workflow_job.queued.json")).unwrap();
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../contracts/github/fixtures/workflow_job.queued.json"
+    ))
+    .unwrap();
     let signature = signature_header(&WebhookSecret::new(b"crash-secret".to_vec()), &body);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut senders = Vec::new();
     for worker in 0..8 {
-        let (http, body, signature, acked) = (http.clone(), body.clone(), signature.clone(), acked.clone());
+        let (http, body, signature, acked) =
+            (http.clone(), body.clone(), signature.clone(), acked.clone());
         senders.push(tokio::spawn(async move {
             for i in 0.. {
                 let id = format!("burst-{worker}-{i}");
@@ -90,9 +112,15 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
         sender.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "the burst was too small to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the burst was too small to mean anything: {}",
+        acked.len()
+    );
 
-    let store = mayfly_store::SqliteStore::open(&dir.path().join("data/mayfly.db"), &key).await.unwrap();
+    let store = mayfly_store::SqliteStore::open(&dir.path().join("data/mayfly.db"), &key)
+        .await
+        .unwrap();
     use mayfly_store::Store;
     let mut missing = Vec::new();
     for id in &acked {
@@ -101,7 +129,12 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
             missing.push(id);
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged deliveries lost: {missing:?}", missing.len(), acked.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged deliveries lost: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
     store.close().await;
 
     // The server starts again on the same file and finishes what was pending.
@@ -109,7 +142,12 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
     wait_ready(&http, port).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let store = mayfly_store::SqliteStore::open(&dir.path().join("data/mayfly.db"), &key).await.unwrap();
-    assert!(store.jobs().await.unwrap().len() == 1, "the one job of the burst is recorded");
+    let store = mayfly_store::SqliteStore::open(&dir.path().join("data/mayfly.db"), &key)
+        .await
+        .unwrap();
+    assert!(
+        store.jobs().await.unwrap().len() == 1,
+        "the one job of the burst is recorded"
+    );
     store.close().await;
 }

@@ -66,30 +66,41 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
         b"SQLite format 3\0",
         "the quickstart's store is not encrypted"
     );
-    // An encoded JIT config is base64 of a JSON object whose keys start with `".`: `eyIu`.
+    let key =
+        mayfly_store::DbKey::from_hex(&std::fs::read(data.join("server/db.key")).unwrap()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The database decrypted, every value of every table.
+    let dump = rt.block_on(async {
+        let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
+            .await
+            .unwrap();
+        let dump = store.plaintext_dump().await.unwrap();
+        store.close().await;
+        dump
+    });
+    assert!(
+        dump.contains("acme-robotics/app"),
+        "the dump holds the metadata: {dump}"
+    );
+    // An encoded JIT config is base64 of a JSON object whose keys start with `".`: `eyIu`;
+    // installation tokens start `ghs_`; the job's script writes `quickstart-marker`.
     for (what, needle) in [
         ("webhook secret", secret.trim()),
         ("App private key", key_line),
         ("JIT config", "eyIu"),
+        ("installation token", "ghs_"),
+        ("job output", "quickstart-marker"),
     ] {
         assert!(
             !stdout.contains(needle) && !stderr.contains(needle),
             "the {what} was printed"
         );
-        assert!(
-            !database
-                .windows(needle.len())
-                .any(|w| w == needle.as_bytes()),
-            "the {what} is in the database"
-        );
+        assert!(!dump.contains(needle), "the {what} is in the database");
     }
     // Each job row holds its metadata, and the VM that ran it was registered for that job's own
     // repository (a repository-level JIT config of its own installation).
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use mayfly_store::Store;
-        let key = std::fs::read(data.join("server/db.key")).unwrap();
-        let key = mayfly_store::DbKey::from_hex(&key).unwrap();
         let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
             .await
             .unwrap();

@@ -332,7 +332,7 @@ async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Ro
                 labels: vec!["self-hosted".into(), PROFILE.into()],
                 name: Some(format!("build-{}", i + 1)),
                 script: Some(format!(
-                    "echo job {} ran on $(uname -r); echo marker > $HOME/marker",
+                    "echo job {} ran on $(uname -r); echo quickstart-marker > $HOME/marker",
                     i + 1
                 )),
                 sender: Some(["alice", "bob"][i % 2].to_owned()),
