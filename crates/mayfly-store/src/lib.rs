@@ -1,10 +1,12 @@
-//! mayfly's persistent state behind one [`Store`] trait. SQLite is the embedded store; every
-//! implementation passes the same contract tests. Only metadata is stored.
+//! mayfly's persistent state behind one [`Store`] trait. SQLite is the embedded store, PostgreSQL
+//! the one for several servers; every implementation passes the same contract tests. Only
+//! metadata is stored.
 #![forbid(unsafe_code)]
 
 mod error;
 mod key;
 mod model;
+mod postgres;
 mod sqlite;
 
 pub use error::StoreError;
@@ -21,6 +23,7 @@ pub use model::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
     Recorded, VmRow,
 };
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -1,5 +1,6 @@
-//! The store contract: every `Store` implementation must pass these. Today SQLite; PostgreSQL
-//! joins with the store issue.
+//! The store contract: every `Store` implementation must pass these, SQLite and PostgreSQL alike.
+//! PostgreSQL runs against the server at `MAYFLY_TEST_POSTGRES_URL`, one fresh database per test;
+//! a server that is not running fails the tests (it never skips them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use chrono::{Duration, TimeZone, Utc};
@@ -7,7 +8,7 @@ use mayfly_core::{
     DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
     JobId, JobStatus, RunId, Transition,
 };
-use mayfly_store::{NewDelivery, Recorded, SqliteStore, Store};
+use mayfly_store::{NewDelivery, PgStore, Recorded, SqliteStore, Store};
 
 fn job_event(status: JobStatus) -> JobEvent {
     JobEvent {
@@ -39,6 +40,15 @@ fn delivery(id: &str, intake: IntakeEvent) -> NewDelivery {
         received_at: Utc::now(),
         intake,
     }
+}
+
+/// Stores keep timestamps to the microsecond (PostgreSQL's precision): values that must round-trip
+/// exactly are made at that precision.
+fn now_micros() -> chrono::DateTime<Utc> {
+    use chrono::DurationRound;
+    Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap()
 }
 
 async fn record_and_apply(store: &dyn Store, id: &str, event: JobEvent) -> Transition {
@@ -193,7 +203,7 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
         for_job_id: 77,
         ran_job_id: None,
         state: "requested".into(),
-        requested_at: Utc::now(),
+        requested_at: now_micros(),
         started_at: None,
         booted_at: None,
         exited_at: None,
@@ -212,7 +222,7 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
     assert_eq!(store.vms(true).await.unwrap(), [vm.clone()]);
     vm.state = "destroyed".into();
     vm.vm_id = Some("vm-0000000000000001".into());
-    vm.destroyed_at = Some(Utc::now());
+    vm.destroyed_at = Some(now_micros());
     vm.destruction = Some("{}".into());
     store.update_vm(&vm).await.unwrap();
     assert!(store.vms(true).await.unwrap().is_empty());
@@ -294,6 +304,62 @@ async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     store.ping().await.unwrap();
 }
 
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// `url` with its database replaced by `database` (query parameters kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{database}{query}", &base[..authority_end])
+}
+
+/// Runs `test` against a `PgStore` on a database of its own, created on the server at
+/// `MAYFLY_TEST_POSTGRES_URL` and dropped afterwards, even when the test fails.
+async fn with_postgres(test: impl AsyncFnOnce(&dyn Store)) {
+    use futures::FutureExt;
+    use sqlx::Connection;
+
+    let admin_url =
+        std::env::var("MAYFLY_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+        Ok(conn) => conn,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {admin_url} ({e}): the contract tests need it. Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or point \
+             MAYFLY_TEST_POSTGRES_URL at a server (trust auth)"
+        ),
+    };
+    let name = format!("mayfly_test_{:016x}", rand::random::<u64>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = with_database(&admin_url, &name);
+    let outcome = std::panic::AssertUnwindSafe(async {
+        let store = PgStore::connect(&url).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), test(&store))
+            .await
+            .unwrap();
+        store.ping().await.unwrap();
+        store.close().await;
+    })
+    .catch_unwind()
+    .await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 #[tokio::test]
 async fn sqlite_deliveries_are_deduplicated_and_queued_in_order() {
     with_sqlite(deliveries_are_deduplicated_and_queued_in_order).await;
@@ -355,4 +421,34 @@ async fn sqlite_dispatch_and_vm_rows_round_trip() {
 #[tokio::test]
 async fn sqlite_purge_removes_exactly_the_expired_rows() {
     with_sqlite(purge_removes_exactly_the_expired_rows).await;
+}
+
+#[tokio::test]
+async fn postgres_deliveries_are_deduplicated_and_queued_in_order() {
+    with_postgres(deliveries_are_deduplicated_and_queued_in_order).await;
+}
+
+#[tokio::test]
+async fn postgres_job_states_only_move_forward() {
+    with_postgres(job_states_only_move_forward).await;
+}
+
+#[tokio::test]
+async fn postgres_installations_track_their_repositories() {
+    with_postgres(installations_track_their_repositories).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_recording_and_applying() {
+    with_postgres(concurrent_recording_and_applying).await;
+}
+
+#[tokio::test]
+async fn postgres_dispatch_and_vm_rows_round_trip() {
+    with_postgres(dispatch_and_vm_rows_round_trip).await;
+}
+
+#[tokio::test]
+async fn postgres_purge_removes_exactly_the_expired_rows() {
+    with_postgres(purge_removes_exactly_the_expired_rows).await;
 }

@@ -1,0 +1,602 @@
+//! `PgStore`: the PostgreSQL store, for several servers on one database. Same semantics as
+//! `SqliteStore`: job rows change only through [`JobStatus::transition`] (forward only, stale
+//! deliveries fill gaps), a delivery id is recorded once. Job events lock their row
+//! (`FOR UPDATE`) so concurrent writers serialise per job.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mayfly_core::{
+    DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
+    JobId, JobStatus, RepoFullName, RunId, Transition,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use crate::error::QueryContext;
+use crate::{
+    DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
+    Recorded, Store, StoreError, VmRow,
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        // Errors name the server and database, never the password.
+        let shown = PathBuf::from(redact(url));
+        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        MIGRATIONS
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: shown,
+                source,
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<postgres url>".into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    raw: &str,
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn parse<T: FromStr>(raw: &str, what: &'static str) -> Result<T, StoreError> {
+    raw.parse().map_err(|_| StoreError::Corrupt { what })
+}
+
+fn job_from_row(row: &PgRow) -> Result<JobRecord, StoreError> {
+    let op = "read job";
+    let get_str = |col: &str| row.try_get::<String, _>(col).op(op);
+    let status = get_str("status")?;
+    Ok(JobRecord {
+        job_id: JobId(row.try_get("job_id").op(op)?),
+        run_id: RunId(row.try_get("run_id").op(op)?),
+        installation_id: row
+            .try_get::<Option<i64>, _>("installation_id")
+            .op(op)?
+            .map(InstallationId),
+        repo: parse(&get_str("repo")?, "job repository")?,
+        repo_id: row.try_get("repo_id").op(op)?,
+        org: row.try_get("org").op(op)?,
+        sender: get_str("sender")?,
+        status: JobStatus::parse(&status).ok_or(StoreError::Corrupt { what: "job status" })?,
+        conclusion: row.try_get("conclusion").op(op)?,
+        labels: from_json(&get_str("labels")?, "job labels")?,
+        job_name: get_str("job_name")?,
+        workflow_name: row.try_get("workflow_name").op(op)?,
+        runner_id: row.try_get("runner_id").op(op)?,
+        runner_name: row.try_get("runner_name").op(op)?,
+        created_at: row.try_get("created_at").op(op)?,
+        started_at: row.try_get("started_at").op(op)?,
+        completed_at: row.try_get("completed_at").op(op)?,
+        first_seen_at: row.try_get("first_seen_at").op(op)?,
+        updated_at: row.try_get("updated_at").op(op)?,
+        dispatch: JobDispatch {
+            profile: row.try_get("profile").op(op)?,
+            disposition: get_str("disposition")?,
+            failure: row.try_get("failure").op(op)?,
+            attempts: u32::try_from(row.try_get::<i64, _>("attempts").op(op)?).map_err(|_| {
+                StoreError::Corrupt {
+                    what: "job attempts",
+                }
+            })?,
+            vm_start_id: row.try_get("vm_start_id").op(op)?,
+        },
+    })
+}
+
+async fn mark_processed(
+    conn: &mut sqlx::PgConnection,
+    delivery: &DeliveryId,
+    outcome: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deliveries SET processed_at = $1, outcome = $2 WHERE delivery_id = $3")
+        .bind(now)
+        .bind(outcome)
+        .bind(delivery.as_str())
+        .execute(conn)
+        .await
+        .op("mark delivery processed")?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn record_delivery(&self, d: &NewDelivery) -> Result<Recorded, StoreError> {
+        let intake = to_json(&d.intake, "intake event")?;
+        let result = sqlx::query(
+            "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(d.delivery_id.as_str())
+        .bind(&d.event)
+        .bind(&d.action)
+        .bind(d.received_at)
+        .bind(intake)
+        .execute(&self.pool)
+        .await
+        .op("record delivery")?;
+        Ok(if result.rows_affected() == 1 {
+            Recorded::New
+        } else {
+            Recorded::Duplicate
+        })
+    }
+
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, event, intake FROM deliveries
+             WHERE processed_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .op("list pending deliveries")?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("delivery_id").op("read delivery")?;
+                let intake: String = row.try_get("intake").op("read delivery")?;
+                Ok(PendingDelivery {
+                    delivery_id: DeliveryId::parse(&id).map_err(|_| StoreError::Corrupt {
+                        what: "delivery id",
+                    })?,
+                    event: row.try_get("event").op("read delivery")?,
+                    intake: from_json::<IntakeEvent>(&intake, "intake event")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply_job_event(
+        &self,
+        delivery: &DeliveryId,
+        e: &JobEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut tx = self.pool.begin().await.op("begin write")?;
+        // Insert first: of two writers racing on a new job, one inserts and the other waits for
+        // it to commit, then takes the update path below under the row lock.
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
+               status, conclusion, labels, job_name, workflow_name, runner_id, runner_name,
+               created_at, started_at, completed_at, first_seen_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+               $18, $19)
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(e.job_id.0)
+        .bind(e.run_id.0)
+        .bind(e.installation_id.map(|i| i.0))
+        .bind(e.repo.to_string())
+        .bind(e.repo_id)
+        .bind(&e.org)
+        .bind(&e.sender)
+        .bind(e.status.as_str())
+        .bind(&e.conclusion)
+        .bind(to_json(&e.labels, "job labels")?)
+        .bind(&e.job_name)
+        .bind(&e.workflow_name)
+        .bind(e.runner_id)
+        .bind(&e.runner_name)
+        .bind(e.created_at)
+        .bind(e.started_at)
+        .bind(e.completed_at)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .op("insert job")?
+        .rows_affected();
+        let transition = if inserted == 1 {
+            Transition::Advance(e.status)
+        } else {
+            let raw: String =
+                sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE")
+                    .bind(e.job_id.0)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .op("read job status")?;
+            let current =
+                JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
+            let transition = current.transition(e.status);
+            let new_status = match transition {
+                Transition::Advance(next) => next,
+                Transition::Unchanged | Transition::Stale => current,
+            };
+            // A stale delivery may still carry facts not yet known (say, the runner's name from
+            // an `in_progress` that arrived after `completed`): fill gaps, never overwrite.
+            let advance = matches!(transition, Transition::Advance(_));
+            sqlx::query(
+                "UPDATE jobs SET status = $1,
+                   conclusion = CASE WHEN $2 THEN COALESCE($3, conclusion)
+                                ELSE COALESCE(conclusion, $3) END,
+                   runner_id = COALESCE(runner_id, $4), runner_name = COALESCE(runner_name, $5),
+                   installation_id = COALESCE(installation_id, $6),
+                   started_at = COALESCE(started_at, $7), completed_at = COALESCE(completed_at, $8),
+                   created_at = COALESCE(created_at, $9), updated_at = $10
+                 WHERE job_id = $11",
+            )
+            .bind(new_status.as_str())
+            .bind(advance)
+            .bind(&e.conclusion)
+            .bind(e.runner_id)
+            .bind(&e.runner_name)
+            .bind(e.installation_id.map(|i| i.0))
+            .bind(e.started_at)
+            .bind(e.completed_at)
+            .bind(e.created_at)
+            .bind(now)
+            .bind(e.job_id.0)
+            .execute(&mut *tx)
+            .await
+            .op("update job")?;
+            transition
+        };
+        let outcome = match transition {
+            Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
+            Transition::Unchanged => format!("job {} unchanged", e.job_id),
+            Transition::Stale => format!("job {} stale event ignored", e.job_id),
+        };
+        mark_processed(&mut tx, delivery, &outcome, now).await?;
+        tx.commit().await.op("commit job event")?;
+        Ok(transition)
+    }
+
+    async fn apply_installation_change(
+        &self,
+        delivery: &DeliveryId,
+        c: &InstallationChange,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.op("begin write")?;
+        let state = match c.kind {
+            InstallationChangeKind::Deleted => Some("deleted"),
+            InstallationChangeKind::Suspended => Some("suspended"),
+            InstallationChangeKind::Created | InstallationChangeKind::Unsuspended => Some("active"),
+            InstallationChangeKind::PermissionsChanged
+            | InstallationChangeKind::RepositoriesChanged => None,
+        };
+        sqlx::query(
+            "INSERT INTO installations (installation_id, account, state, updated_at)
+             VALUES ($1, $2, COALESCE($3, 'active'), $4)
+             ON CONFLICT (installation_id) DO UPDATE SET
+               account = COALESCE(excluded.account, installations.account),
+               state = COALESCE($3, installations.state), updated_at = excluded.updated_at",
+        )
+        .bind(c.installation_id.0)
+        .bind(&c.account)
+        .bind(state)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .op("upsert installation")?;
+        if c.kind == InstallationChangeKind::Deleted {
+            sqlx::query("DELETE FROM installation_repos WHERE installation_id = $1")
+                .bind(c.installation_id.0)
+                .execute(&mut *tx)
+                .await
+                .op("forget installation repos")?;
+        }
+        for repo in &c.repos_added {
+            sqlx::query(
+                "INSERT INTO installation_repos (installation_id, repo) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(c.installation_id.0)
+            .bind(repo.to_string())
+            .execute(&mut *tx)
+            .await
+            .op("add installation repo")?;
+        }
+        for repo in &c.repos_removed {
+            sqlx::query("DELETE FROM installation_repos WHERE installation_id = $1 AND repo = $2")
+                .bind(c.installation_id.0)
+                .bind(repo.to_string())
+                .execute(&mut *tx)
+                .await
+                .op("remove installation repo")?;
+        }
+        mark_processed(&mut tx, delivery, "installation updated", now).await?;
+        tx.commit().await.op("commit installation change")?;
+        Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &DeliveryId,
+        outcome: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.op("acquire")?;
+        mark_processed(&mut conn, delivery, outcome, now).await
+    }
+
+    async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT event, action, received_at, processed_at, outcome
+             FROM deliveries WHERE delivery_id = $1",
+        )
+        .bind(delivery.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .op("read delivery")?;
+        row.map(|row| {
+            Ok(DeliveryRecord {
+                delivery_id: delivery.clone(),
+                event: row.try_get("event").op("read delivery")?,
+                action: row.try_get("action").op("read delivery")?,
+                received_at: row.try_get("received_at").op("read delivery")?,
+                processed_at: row.try_get("processed_at").op("read delivery")?,
+                outcome: row.try_get("outcome").op("read delivery")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE job_id = $1")
+            .bind(job.0)
+            .fetch_optional(&self.pool)
+            .await
+            .op("read job")?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at, job_id")
+            .fetch_all(&self.pool)
+            .await
+            .op("list jobs")?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT installation_id, account, state FROM installations ORDER BY installation_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("list installations")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("installation_id").op("read installation")?;
+            let repos: Vec<String> = sqlx::query_scalar(
+                "SELECT repo FROM installation_repos WHERE installation_id = $1 ORDER BY repo",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .op("list installation repos")?;
+            out.push(InstallationRecord {
+                installation_id: InstallationId(id),
+                account: row.try_get("account").op("read installation")?,
+                state: row.try_get("state").op("read installation")?,
+                repos: repos
+                    .iter()
+                    .map(|r| parse::<RepoFullName>(r, "installation repository"))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn set_job_dispatch(&self, job: JobId, d: &JobDispatch) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET profile = $1, disposition = $2, failure = $3, attempts = $4,
+               vm_start_id = $5
+             WHERE job_id = $6",
+        )
+        .bind(&d.profile)
+        .bind(&d.disposition)
+        .bind(&d.failure)
+        .bind(i64::from(d.attempts))
+        .bind(&d.vm_start_id)
+        .bind(job.0)
+        .execute(&self.pool)
+        .await
+        .op("set job dispatch")?;
+        Ok(())
+    }
+
+    async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
+        bind_vm(
+            sqlx::query(
+                "INSERT INTO vms (vm_id, host, profile, installation_id, repo, runner_name,
+                   runner_id, for_job_id, ran_job_id, state, requested_at, started_at, booted_at,
+                   exited_at, destroyed_at, exit_code, destroy_requested, runner_deleted,
+                   destruction, failure, start_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                   $17, $18, $19, $20, $21)",
+            ),
+            vm,
+        )
+        .execute(&self.pool)
+        .await
+        .op("insert vm")?;
+        Ok(())
+    }
+
+    async fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
+        bind_vm(
+            sqlx::query(
+                "UPDATE vms SET vm_id = $1, host = $2, profile = $3, installation_id = $4,
+                   repo = $5, runner_name = $6, runner_id = $7, for_job_id = $8, ran_job_id = $9,
+                   state = $10, requested_at = $11, started_at = $12, booted_at = $13,
+                   exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
+                   runner_deleted = $18, destruction = $19, failure = $20
+                 WHERE start_id = $21",
+            ),
+            vm,
+        )
+        .execute(&self.pool)
+        .await
+        .op("update vm")?;
+        Ok(())
+    }
+
+    async fn vms(&self, live_only: bool) -> Result<Vec<VmRow>, StoreError> {
+        let sql = if live_only {
+            "SELECT * FROM vms WHERE state NOT IN ('destroyed') ORDER BY requested_at, start_id"
+        } else {
+            "SELECT * FROM vms ORDER BY requested_at, start_id"
+        };
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .op("list vms")?;
+        rows.iter().map(vm_from_row).collect()
+    }
+
+    async fn purge(
+        &self,
+        jobs_before: DateTime<Utc>,
+        deliveries_before: DateTime<Utc>,
+    ) -> Result<crate::Purged, StoreError> {
+        let mut tx = self.pool.begin().await.op("begin write")?;
+        // Only jobs that are over: completed, or never ours to run.
+        let finished = "(status = 'completed' OR disposition IN ('ignored', 'failed', 'skipped'))";
+        let vms = sqlx::query(&format!(
+            "DELETE FROM vms WHERE state = 'destroyed' AND for_job_id IN
+               (SELECT job_id FROM jobs WHERE updated_at < $1 AND {finished})"
+        ))
+        .bind(jobs_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge vms")?
+        .rows_affected();
+        let jobs = sqlx::query(&format!(
+            "DELETE FROM jobs WHERE updated_at < $1 AND {finished}"
+        ))
+        .bind(jobs_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge jobs")?
+        .rows_affected();
+        let deliveries = sqlx::query(
+            "DELETE FROM deliveries WHERE received_at < $1 AND processed_at IS NOT NULL",
+        )
+        .bind(deliveries_before)
+        .execute(&mut *tx)
+        .await
+        .op("purge deliveries")?
+        .rows_affected();
+        tx.commit().await.op("commit purge")?;
+        Ok(crate::Purged {
+            jobs,
+            vms,
+            deliveries,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .op("ping")?;
+        Ok(())
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds every column of a VM row in the order both VM statements use (start_id last).
+fn bind_vm<'q>(query: PgQuery<'q>, vm: &'q VmRow) -> PgQuery<'q> {
+    query
+        .bind(&vm.vm_id)
+        .bind(&vm.host)
+        .bind(&vm.profile)
+        .bind(vm.installation_id)
+        .bind(&vm.repo)
+        .bind(&vm.runner_name)
+        .bind(vm.runner_id)
+        .bind(vm.for_job_id)
+        .bind(vm.ran_job_id)
+        .bind(&vm.state)
+        .bind(vm.requested_at)
+        .bind(vm.started_at)
+        .bind(vm.booted_at)
+        .bind(vm.exited_at)
+        .bind(vm.destroyed_at)
+        .bind(vm.exit_code)
+        .bind(vm.destroy_requested)
+        .bind(vm.runner_deleted)
+        .bind(&vm.destruction)
+        .bind(&vm.failure)
+        .bind(&vm.start_id)
+}
+
+fn vm_from_row(row: &PgRow) -> Result<VmRow, StoreError> {
+    let op = "read vm";
+    Ok(VmRow {
+        start_id: row.try_get("start_id").op(op)?,
+        vm_id: row.try_get("vm_id").op(op)?,
+        host: row.try_get("host").op(op)?,
+        profile: row.try_get("profile").op(op)?,
+        installation_id: row.try_get("installation_id").op(op)?,
+        repo: row.try_get("repo").op(op)?,
+        runner_name: row.try_get("runner_name").op(op)?,
+        runner_id: row.try_get("runner_id").op(op)?,
+        for_job_id: row.try_get("for_job_id").op(op)?,
+        ran_job_id: row.try_get("ran_job_id").op(op)?,
+        state: row.try_get("state").op(op)?,
+        requested_at: row.try_get("requested_at").op(op)?,
+        started_at: row.try_get("started_at").op(op)?,
+        booted_at: row.try_get("booted_at").op(op)?,
+        exited_at: row.try_get("exited_at").op(op)?,
+        destroyed_at: row.try_get("destroyed_at").op(op)?,
+        exit_code: row.try_get("exit_code").op(op)?,
+        destroy_requested: row.try_get("destroy_requested").op(op)?,
+        runner_deleted: row.try_get("runner_deleted").op(op)?,
+        destruction: row.try_get("destruction").op(op)?,
+        failure: row.try_get("failure").op(op)?,
+    })
+}
