@@ -3,6 +3,7 @@
 //! metadata is stored.
 #![forbid(unsafe_code)]
 
+mod codec;
 mod error;
 mod key;
 mod model;

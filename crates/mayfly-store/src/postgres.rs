@@ -15,6 +15,7 @@ use mayfly_core::{
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
+use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
@@ -75,21 +76,6 @@ fn redact(url: &str) -> String {
         }
         None => url.to_owned(),
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    raw: &str,
-    what: &'static str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn parse<T: FromStr>(raw: &str, what: &'static str) -> Result<T, StoreError> {
-    raw.parse().map_err(|_| StoreError::Corrupt { what })
 }
 
 fn job_from_row(row: &PgRow) -> Result<JobRecord, StoreError> {

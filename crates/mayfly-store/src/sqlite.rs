@@ -3,7 +3,6 @@
 //! [`JobStatus::transition`]: states move forward, stale deliveries fill in missing facts only.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use mayfly_core::{
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
@@ -152,21 +152,6 @@ impl SqliteStore {
         }
         self.pool.close().await;
     }
-}
-
-fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    raw: &str,
-    what: &'static str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn parse<T: FromStr>(raw: &str, what: &'static str) -> Result<T, StoreError> {
-    raw.parse().map_err(|_| StoreError::Corrupt { what })
 }
 
 fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
