@@ -8,7 +8,7 @@ use mayfly_github::webhook::{WebhookEvent, WorkflowJobAction};
 fn fixtures_dir() -> PathBuf {
     std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/github"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/github"))
         .join("fixtures")
 }
 

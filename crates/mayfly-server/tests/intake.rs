@@ -65,9 +65,7 @@ async fn harness() -> Harness {
 fn fixture(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/github")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/github"));
     std::fs::read(dir.join("fixtures").join(name)).unwrap()
 }
 
@@ -281,9 +279,7 @@ async fn every_fixture_is_accepted_and_processed() {
     let h = harness().await;
     let dir = std::env::var_os("MAYFLY_GITHUB_CONTRACT_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts/github")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/github"));
     for (count, entry) in std::fs::read_dir(dir.join("fixtures")).unwrap().enumerate() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();

@@ -2,71 +2,25 @@
 //! recovered from the REST API by the reconciler and gets its job row all the same.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use mayfly_core::{JobId, JobStatus, SystemClock};
-use mayfly_github::webhook::WebhookSecret;
-use mayfly_github::{AppCredentials, AppPrivateKeyPem, GitHubClient, GitHubClientConfig};
-use mayfly_server::{Dependencies, ServerConfig, WebhookConfig};
-use mayfly_sim::{
-    AccountType, AppKeyPair, DeliveryOutcome, NewInstallation, NewJob, NewRepo, Sim, SimConfig,
-};
-use mayfly_store::{SqliteStore, Store};
-use secrecy::ExposeSecret;
+use mayfly_core::{JobId, JobStatus};
+use mayfly_sim::{AccountType, DeliveryOutcome, NewInstallation, NewJob, NewRepo};
+use mayfly_store::Store;
 
 const SECRET: &[u8] = b"reconcile-secret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_webhook_was_lost_is_recovered_from_the_rest_api() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let dir = tempfile::tempdir().unwrap();
-        let app = AppKeyPair::generate().unwrap();
-        let sim_config = SimConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            app.public_pem.clone(),
-            WebhookSecret::new(SECRET.to_vec()),
-        );
-        let sim = Sim::start(sim_config).await.unwrap();
-
-        let store = Arc::new(
-            SqliteStore::open(
-                &dir.path().join("mayfly.db"),
-                &mayfly_store::DbKey::random(),
-            )
-            .await
-            .unwrap(),
-        );
-        let credentials = AppCredentials::new(
-            1,
-            AppPrivateKeyPem::new(app.private_pem.expose_secret().to_owned()),
-        )
-        .unwrap();
-        let github =
-            GitHubClient::new(GitHubClientConfig::new(sim.base_url(), credentials)).unwrap();
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_owned(),
-            insecure_dev: true,
-            webhook: WebhookConfig {
-                secret_files: vec!["unused".into()],
-                ..WebhookConfig::default()
-            },
-            agent_listen: "127.0.0.1:0".parse().unwrap(),
-            reconcile_interval_secs: 1,
-            ..ServerConfig::default()
-        };
-        let server = mayfly_server::start(
-            &config,
-            Dependencies {
-                store: store.clone(),
-                clock: Arc::new(SystemClock),
-                webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
-                github: Some(Arc::new(github)),
-            },
-        )
-        .await
-        .unwrap();
+        let (sim, github) = support::sim_with_client(SECRET).await;
+        let t = support::start(false, SECRET, Some(github), |c| {
+            c.reconcile_interval_secs = 1
+        })
+        .await;
+        let (server, store) = (t.server, t.store.clone());
         let url: url::Url = format!("{}webhooks/github", server.base_url())
             .parse()
             .unwrap();

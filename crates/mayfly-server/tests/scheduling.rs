@@ -5,21 +5,18 @@
 //! at the profile's idle timeout; a job for no profile is ignored, not an error.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::{JobId, Profile, SystemClock};
-use mayfly_github::webhook::WebhookSecret;
-use mayfly_github::{AppCredentials, AppPrivateKeyPem, GitHubClient, GitHubClientConfig};
+use mayfly_core::{JobId, Profile};
+use mayfly_github::GitHubClient;
 use mayfly_proto::v1::agent_service_client::AgentServiceClient;
 use mayfly_proto::v1::{AgentMessage, Capacity, Hello, StartVm, VmEvent};
 use mayfly_proto::{AgentBody, EventKind, ServerBody, PROTOCOL_VERSION};
-use mayfly_server::{Dependencies, ServerConfig, WebhookConfig};
-use mayfly_sim::{
-    AccountType, AppKeyPair, JitConfig, NewInstallation, NewJob, NewRepo, Sim, SimConfig, SimHandle,
-};
+use mayfly_sim::{AccountType, JitConfig, NewInstallation, NewJob, NewRepo, SimHandle};
 use mayfly_store::{SqliteStore, Store};
-use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -34,40 +31,9 @@ struct World {
 }
 
 async fn world(idle_timeout_secs: u32) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let app = AppKeyPair::generate().unwrap();
-    let sim = Sim::start(SimConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        app.public_pem.clone(),
-        WebhookSecret::new(SECRET.to_vec()),
-    ))
-    .await
-    .unwrap();
-    let store = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("mayfly.db"),
-            &mayfly_store::DbKey::random(),
-        )
-        .await
-        .unwrap(),
-    );
-    let credentials = AppCredentials::new(
-        1,
-        AppPrivateKeyPem::new(app.private_pem.expose_secret().to_owned()),
-    )
-    .unwrap();
-    let github =
-        Arc::new(GitHubClient::new(GitHubClientConfig::new(sim.base_url(), credentials)).unwrap());
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        insecure_dev: true,
-        webhook: WebhookConfig {
-            secret_files: vec!["unused".into()],
-            ..WebhookConfig::default()
-        },
-        agent_listen: "127.0.0.1:0".parse().unwrap(),
-        profiles: vec![Profile {
+    let (sim, github) = support::sim_with_client(SECRET).await;
+    let t = support::start(false, SECRET, Some(github.clone()), |config| {
+        config.profiles = vec![Profile {
             name: "mayfly-linux-2cpu".into(),
             labels: vec!["self-hosted".into(), "linux".into()],
             vcpus: 2,
@@ -76,20 +42,10 @@ async fn world(idle_timeout_secs: u32) -> World {
             max_runtime_secs: 600,
             boot_timeout_secs: 60,
             idle_timeout_secs,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = mayfly_server::start(
-        &config,
-        Dependencies {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
-            github: Some(github.clone()),
-        },
-    )
-    .await
-    .unwrap();
+        }];
+    })
+    .await;
+    let (server, store, dir) = (t.server, t.store, t.dir);
     sim.set_webhook_url(Some(
         format!("{}webhooks/github", server.base_url())
             .parse()

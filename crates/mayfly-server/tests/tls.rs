@@ -2,56 +2,19 @@
 //! plaintext HTTP to the TLS port gets nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use mayfly_core::SystemClock;
-use mayfly_github::webhook::WebhookSecret;
-use mayfly_server::{Dependencies, ServerConfig, TlsFiles, WebhookConfig};
-use mayfly_store::SqliteStore;
+use std::time::Duration;
 
 #[tokio::test]
 async fn serves_tls_and_refuses_plaintext() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_file = dir.path().join("server.crt");
-    let key_file = dir.path().join("server.key");
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-
-    let store = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("mayfly.db"),
-            &mayfly_store::DbKey::random(),
-        )
-        .await
-        .unwrap(),
-    );
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        tls: Some(TlsFiles {
-            cert_file,
-            key_file,
-        }),
-        webhook: WebhookConfig {
-            secret_files: vec!["unused".into()],
-            ..WebhookConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let deps = Dependencies {
-        store,
-        clock: Arc::new(SystemClock),
-        webhook_secrets: vec![WebhookSecret::new(b"s".to_vec())],
-        github: None,
-    };
-    let server = mayfly_server::start(&config, deps).await.unwrap();
+    let t = support::start(true, b"s", None, |_| {}).await;
+    let server = t.server;
+    let cert_pem = t.cert_pem.unwrap();
     assert!(server.base_url().starts_with("https://"));
 
     let trusting = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();

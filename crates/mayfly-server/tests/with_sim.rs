@@ -3,17 +3,17 @@
 //! nothing; a forged or tampered one is refused and changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use mayfly_core::{DeliveryId, JobId, JobStatus, SystemClock};
+use mayfly_core::{DeliveryId, JobId, JobStatus};
 use mayfly_github::webhook::{signature_header, WebhookSecret};
-use mayfly_server::{Dependencies, ServerConfig, TlsFiles, WebhookConfig};
 use mayfly_sim::{
     AccountType, AppKeyPair, Delivery, DeliveryOutcome, NewInstallation, NewJob, NewRepo, Sim,
     SimConfig,
 };
-use mayfly_store::{SqliteStore, Store};
+use mayfly_store::Store;
 
 const SECRET: &[u8] = b"sim-to-server-secret";
 
@@ -26,42 +26,9 @@ fn delivered(log: &[Delivery], guid: &str, times: usize) -> bool {
 
 #[tokio::test]
 async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_file = dir.path().join("server.crt");
-    let key_file = dir.path().join("server.key");
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-
-    let store = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("mayfly.db"),
-            &mayfly_store::DbKey::random(),
-        )
-        .await
-        .unwrap(),
-    );
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        tls: Some(TlsFiles {
-            cert_file,
-            key_file,
-        }),
-        webhook: WebhookConfig {
-            secret_files: vec!["unused".into()],
-            ..WebhookConfig::default()
-        },
-        ..ServerConfig::default()
-    };
-    let deps = Dependencies {
-        store: store.clone(),
-        clock: Arc::new(SystemClock),
-        webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
-        github: None,
-    };
-    let server = mayfly_server::start(&config, deps).await.unwrap();
+    let t = support::start(true, SECRET, None, |_| {}).await;
+    let (server, store) = (t.server, t.store.clone());
+    let cert_pem = t.cert_pem.clone().unwrap();
     let webhook_url: url::Url = format!("{}webhooks/github", server.base_url())
         .parse()
         .unwrap();
@@ -73,7 +40,7 @@ async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refuse
         WebhookSecret::new(SECRET.to_vec()),
     );
     sim_config.webhook_url = Some(webhook_url.clone());
-    sim_config.webhook_ca_pem = Some(cert.cert.pem());
+    sim_config.webhook_ca_pem = Some(cert_pem.clone());
     let sim = Sim::start(sim_config).await.unwrap();
     let control = sim.control();
 
@@ -163,7 +130,7 @@ async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refuse
     // Forged: the same delivery signed with another secret, and a tampered body under the
     // original signature. Both refused, nothing changes.
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
     let original_signature = queued

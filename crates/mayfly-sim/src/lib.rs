@@ -1,5 +1,5 @@
 //! mayfly-sim: a GitHub simulator held to GitHub's published REST and webhook contract
-//! (`contracts/github/CONTRACTS.md`). It serves App auth, installation tokens, JIT runner configs,
+//! (`testdata/github/CONTRACTS.md`). It serves App auth, installation tokens, JIT runner configs,
 //! runners, jobs and runs, delivers signed webhooks, and brokers jobs to JIT runners.
 //! Invariant: every REST answer has a status and body shape GitHub's OpenAPI description allows.
 #![forbid(unsafe_code)]

@@ -77,7 +77,7 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
 
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../contracts/github/fixtures/workflow_job.queued.json"
+        "/../../testdata/github/fixtures/workflow_job.queued.json"
     ))
     .unwrap();
     let signature = signature_header(&WebhookSecret::new(b"crash-secret".to_vec()), &body);

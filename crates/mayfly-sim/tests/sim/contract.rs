@@ -1,4 +1,4 @@
-//! Contract checks against GitHub's published descriptions in `contracts/github/schemas`: REST
+//! Contract checks against GitHub's published descriptions in `testdata/github/schemas`: REST
 //! responses against the OpenAPI 3.0 subset (converted to JSON Schema), webhook bodies and
 //! headers against the webhooks subset (JSON Schema 2020-12).
 
@@ -15,7 +15,7 @@ fn contract_dir() -> PathBuf {
         Some(dir) => PathBuf::from(dir).join("schemas"),
         None => PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../contracts/github/schemas"
+            "/../../testdata/github/schemas"
         )),
     }
 }

@@ -1,0 +1,97 @@
+//! A real server for integration tests: a temporary directory, an encrypted SQLite store with a
+//! random key, the server on 127.0.0.1:0 — over TLS with a fresh self-signed certificate, or
+//! plain HTTP with `insecure_dev` — and whatever the test adjusts in the configuration.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::sync::Arc;
+
+use mayfly_core::SystemClock;
+use mayfly_github::webhook::WebhookSecret;
+use mayfly_github::GitHubClient;
+use mayfly_server::{Dependencies, ServerConfig, ServerHandle, TlsFiles, WebhookConfig};
+use mayfly_store::{DbKey, SqliteStore};
+
+pub struct TestServer {
+    pub server: ServerHandle,
+    pub store: Arc<SqliteStore>,
+    /// The certificate (PEM) a client must trust, when serving TLS.
+    pub cert_pem: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a server. `tls`: serve TLS with a self-signed certificate for localhost/127.0.0.1.
+pub async fn start(
+    tls: bool,
+    secret: &[u8],
+    github: Option<Arc<GitHubClient>>,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls_files, cert_pem) = if tls {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let files = TlsFiles {
+            cert_file: dir.path().join("server.crt"),
+            key_file: dir.path().join("server.key"),
+        };
+        std::fs::write(&files.cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&files.key_file, cert.key_pair.serialize_pem()).unwrap();
+        (Some(files), Some(cert.cert.pem()))
+    } else {
+        (None, None)
+    };
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("mayfly.db"), &DbKey::random())
+            .await
+            .unwrap(),
+    );
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        insecure_dev: !tls,
+        tls: tls_files,
+        webhook: WebhookConfig {
+            secret_files: vec!["unused".into()],
+            ..WebhookConfig::default()
+        },
+        agent_listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    adjust(&mut config);
+    let deps = Dependencies {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        webhook_secrets: vec![WebhookSecret::new(secret.to_vec())],
+        github,
+    };
+    let server = mayfly_server::start(&config, deps).await.unwrap();
+    TestServer {
+        server,
+        store,
+        cert_pem,
+        dir,
+    }
+}
+
+/// The GitHub simulator on 127.0.0.1:0 with a fresh App, and mayfly's client for that App.
+pub async fn sim_with_client(secret: &[u8]) -> (mayfly_sim::SimHandle, Arc<GitHubClient>) {
+    use secrecy::ExposeSecret;
+    let app = mayfly_sim::AppKeyPair::generate().unwrap();
+    let config = mayfly_sim::SimConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        app.public_pem.clone(),
+        WebhookSecret::new(secret.to_vec()),
+    );
+    let sim = mayfly_sim::Sim::start(config).await.unwrap();
+    let credentials = mayfly_github::AppCredentials::new(
+        1,
+        mayfly_github::AppPrivateKeyPem::new(app.private_pem.expose_secret().to_owned()),
+    )
+    .unwrap();
+    let client = GitHubClient::new(mayfly_github::GitHubClientConfig::new(
+        sim.base_url(),
+        credentials,
+    ))
+    .unwrap();
+    (sim, Arc::new(client))
+}
