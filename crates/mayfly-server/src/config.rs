@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub runner_entry: String,
     /// How often to ask GitHub for queued jobs whose webhook never arrived (also at start).
     pub reconcile_interval_secs: u64,
+    /// This server's name in claims and leases when several share one PostgreSQL database.
+    /// Default: the host name, the process id and a random suffix.
+    pub server_id: Option<String>,
     pub database: DatabaseConfig,
     pub retention: RetentionConfig,
 }
@@ -54,7 +57,8 @@ impl Default for RetentionConfig {
     }
 }
 
-/// The key of the encrypted store: a key file, or a passphrase file (Argon2id). One of the two.
+/// The store: the encrypted embedded SQLite file (the default; its key from a key file or a
+/// passphrase file through Argon2id, one of the two), or PostgreSQL for several servers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
@@ -63,6 +67,14 @@ pub struct DatabaseConfig {
     /// A passphrase, mode 600; the key is derived with Argon2id and a salt kept beside the
     /// database (`mayfly.db.salt`).
     pub passphrase_file: Option<PathBuf>,
+    /// Use PostgreSQL at this URL (`postgres://user@host:5432/db`) instead of the embedded file.
+    /// Several servers may share it. No password in the URL: see `postgres_password_file`.
+    pub postgres_url: Option<String>,
+    /// The PostgreSQL password (mode 600).
+    pub postgres_password_file: Option<PathBuf>,
+    /// The master key for sealed values (64 hex digits, mode 600). Created by `mayfly keys
+    /// init`, replaced by `mayfly keys rotate`. Default: `<data_dir>/master.key`.
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// The GitHub App mayfly acts as.
@@ -139,6 +151,7 @@ impl Default for ServerConfig {
             profiles: Vec::new(),
             runner_entry: "/opt/runner/run.sh".to_owned(),
             reconcile_interval_secs: 60,
+            server_id: None,
             database: DatabaseConfig::default(),
             retention: RetentionConfig::default(),
         }
@@ -177,6 +190,8 @@ pub enum ConfigError {
     NoDbKey,
     #[error("set one of [database] key_file and passphrase_file, not both")]
     TwoDbKeys,
+    #[error("[database] postgres_url must not carry a password: put it in postgres_password_file (mode 600)")]
+    PasswordInUrl,
     #[error(transparent)]
     BadDbKey(#[from] mayfly_store::KeyError),
     #[error("could not read or create the salt file {path}")]
@@ -213,6 +228,15 @@ impl ServerConfig {
         if !(1024..=25 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return Err(ConfigError::BodyLimit);
         }
+        if let Some(url) = &self.database.postgres_url {
+            let userinfo = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .map(|(userinfo, _)| userinfo);
+            if userinfo.is_some_and(|u| u.contains(':')) {
+                return Err(ConfigError::PasswordInUrl);
+            }
+        }
         if !self.agent_listen.ip().is_loopback() {
             return Err(ConfigError::AgentNotLoopback(self.agent_listen));
         }
@@ -229,6 +253,14 @@ impl ServerConfig {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("mayfly.db")
+    }
+
+    /// Where the master key for sealed values lives.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.database
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 }
 

@@ -176,6 +176,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         source,
     })?;
 
+    let server_id = config.server_id.clone().unwrap_or_else(default_server_id);
+    tracing::info!(%server_id, "server identity for claims and leases");
     let shutdown = CancellationToken::new();
     let http = axum_server::Handle::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -185,6 +187,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let processor = Processor {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
+        server_id: server_id.clone(),
         wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
     };
@@ -192,6 +195,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     tasks.spawn(purge_loop(
         deps.store.clone(),
         deps.clock.clone(),
+        server_id.clone(),
         config.retention.clone(),
         shutdown.clone(),
     ));
@@ -231,6 +235,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 github: github.clone(),
                 interval: Duration::from_secs(config.reconcile_interval_secs.max(1)),
                 intake: wakeup,
+                server_id: server_id.clone(),
             };
             tasks.spawn(reconciler.run(shutdown.clone()));
             let scheduler = scheduler::Scheduler {
@@ -241,6 +246,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 profiles: config.profiles.clone(),
                 run: config.runner_entry.clone(),
                 wake: schedule,
+                server_id,
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, "listening for agents");
@@ -282,14 +288,63 @@ async fn serve(
     }
 }
 
-/// Deletes metadata past its retention, at start and every hour.
+/// `host-pid-random`: unique among servers sharing a database.
+fn default_server_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "mayfly".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Whether this server holds (or now takes) the lease on a singleton loop for `ttl`. A store
+/// error counts as not holding it.
+pub(crate) async fn hold_lease(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> bool {
+    let now = clock.now();
+    let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+    match store.try_lease(name, holder, now, until).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %error::chain(&e), lease = name, "could not take a lease");
+            false
+        }
+    }
+}
+
+/// Deletes metadata past its retention, at start and every hour; with several servers, only the
+/// one holding the `purge` lease.
 async fn purge_loop(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    server_id: String,
     retention: RetentionConfig,
     shutdown: CancellationToken,
 ) {
+    let period = Duration::from_secs(3600);
     loop {
+        if !hold_lease(
+            store.as_ref(),
+            clock.as_ref(),
+            "purge",
+            &server_id,
+            period * 2,
+        )
+        .await
+        {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => continue,
+            }
+        }
         let now = clock.now();
         let jobs_before = now - chrono::Duration::days(i64::from(retention.job_days));
         let deliveries_before = now - chrono::Duration::days(i64::from(retention.delivery_days));
@@ -307,7 +362,7 @@ async fn purge_loop(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            () = tokio::time::sleep(period) => {}
         }
     }
 }

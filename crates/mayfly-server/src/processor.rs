@@ -1,6 +1,8 @@
 //! Applies recorded deliveries to the store, oldest first, off the request path. It wakes when
 //! intake records a delivery, and polls now and then so deliveries recorded before a crash or by
-//! another process are not forgotten.
+//! another process are not forgotten. Several servers on one database each claim their own
+//! batch (`FOR UPDATE SKIP LOCKED`); a claim older than [`STALE_CLAIM`] (its server died) is
+//! taken over, and applying a delivery someone else already applied changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +15,16 @@ use tokio_util::sync::CancellationToken;
 const BATCH: u32 = 64;
 const POLL: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// A claimed delivery still unprocessed after this long is taken over by another server.
+pub const STALE_CLAIM: chrono::Duration = chrono::Duration::seconds(60);
 
 /// The delivery processor.
 #[derive(Debug)]
 pub struct Processor {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// This server's name in claims.
+    pub server_id: String,
     pub wakeup: Arc<Notify>,
     /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
     pub scheduler: Arc<Notify>,
@@ -46,7 +52,11 @@ impl Processor {
     /// Processes every pending delivery.
     pub async fn drain(&self) -> Result<(), StoreError> {
         loop {
-            let batch = self.store.pending_deliveries(BATCH).await?;
+            let now = self.clock.now();
+            let batch = self
+                .store
+                .claim_deliveries(&self.server_id, BATCH, now, now - STALE_CLAIM)
+                .await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -61,24 +71,42 @@ impl Processor {
         let now = self.clock.now();
         match &d.intake {
             IntakeEvent::Job(job) => {
-                let transition = self.store.apply_job_event(&d.delivery_id, job, now).await?;
-                tracing::info!(delivery = %d.delivery_id, job = %job.job_id, repo = %job.repo,
-                    status = job.status.as_str(), ?transition, "job event applied");
+                match self.store.apply_job_event(&d.delivery_id, job, now).await? {
+                    Some(transition) => {
+                        tracing::info!(delivery = %d.delivery_id, job = %job.job_id, repo = %job.repo,
+                            status = job.status.as_str(), ?transition, "job event applied");
+                    }
+                    None => already_processed(d),
+                }
             }
             IntakeEvent::Installation(change) => {
-                self.store
+                if self
+                    .store
                     .apply_installation_change(&d.delivery_id, change, now)
-                    .await?;
-                tracing::info!(delivery = %d.delivery_id, installation = %change.installation_id,
-                    kind = ?change.kind, "installation change applied");
+                    .await?
+                {
+                    tracing::info!(delivery = %d.delivery_id, installation = %change.installation_id,
+                        kind = ?change.kind, "installation change applied");
+                } else {
+                    already_processed(d);
+                }
             }
             IntakeEvent::Ping => {
-                self.store
+                if self
+                    .store
                     .finish_delivery(&d.delivery_id, "ping", now)
-                    .await?;
-                tracing::info!(delivery = %d.delivery_id, "ping received");
+                    .await?
+                {
+                    tracing::info!(delivery = %d.delivery_id, "ping received");
+                } else {
+                    already_processed(d);
+                }
             }
         }
         Ok(())
     }
+}
+
+fn already_processed(d: &PendingDelivery) {
+    tracing::debug!(delivery = %d.delivery_id, "already processed by another server");
 }

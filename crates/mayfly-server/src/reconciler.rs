@@ -23,12 +23,23 @@ pub struct Reconciler {
     pub interval: Duration,
     /// Woken when a missed job was recorded, so the processor applies it at once.
     pub intake: Arc<Notify>,
+    /// With several servers on one database, only the holder of the `reconciler` lease runs.
+    pub server_id: String,
 }
 
 impl Reconciler {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match self.pass().await {
+            let lease = crate::hold_lease(
+                self.store.as_ref(),
+                self.clock.as_ref(),
+                "reconciler",
+                &self.server_id,
+                self.interval * 3,
+            )
+            .await;
+            let result = if lease { self.pass().await } else { Ok(0) };
+            match result {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(recovered = n, "recovered jobs whose webhook never arrived")

@@ -34,7 +34,13 @@ pub struct Scheduler {
     /// The runner's entry point in the guest.
     pub run: String,
     pub wake: Arc<Notify>,
+    /// This server's name in job claims.
+    pub server_id: String,
 }
+
+/// A job claimed for placement but still not placed after this long (its server died) may be
+/// claimed by another server.
+const STALE_PLACING: chrono::Duration = chrono::Duration::seconds(120);
 
 impl Scheduler {
     /// Runs until cancelled.
@@ -70,7 +76,11 @@ impl Scheduler {
         for job in &jobs {
             self.bind(job, &mut vms).await?;
         }
-        for job in jobs.iter().filter(|j| j.dispatch.disposition == "new") {
+        // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
+        for job in jobs
+            .iter()
+            .filter(|j| matches!(j.dispatch.disposition.as_str(), "new" | "placing"))
+        {
             self.dispatch(job, &mut vms).await?;
         }
         self.cleanup(&jobs, &mut vms).await
@@ -130,9 +140,18 @@ impl Scheduler {
                 .saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
         }
         let Some(host) = place(profile, &hosts).map(|h| h.host.clone()) else {
-            // No capacity now: stays `new`, placed when a slot frees up.
+            // No capacity here now: stays `new`, placed when a slot frees up (here or on another
+            // server's agents).
             return Ok(());
         };
+        let now = self.clock.now();
+        if !self
+            .store
+            .claim_job(job.job_id, &self.server_id, now, now - STALE_PLACING)
+            .await?
+        {
+            return Ok(());
+        }
         let start_id = uuid_like();
         let runner_name = format!("mayfly-{}", &start_id[..12]);
         let request = JitConfigRequest::new(runner_name.clone(), profile.runner_labels());
@@ -227,9 +246,12 @@ impl Scheduler {
         self.store.set_job_dispatch(job.job_id, &dispatch).await
     }
 
+    /// Destroys what should go and deletes runners that never took a job, for VMs on agents
+    /// connected to this server (another server's agents are that server's to clean up).
     async fn cleanup(&self, jobs: &[JobRecord], vms: &mut [VmRow]) -> Result<(), StoreError> {
         let now = self.clock.now();
-        for vm in vms.iter_mut() {
+        let local: Vec<String> = self.hub.hosts().into_iter().map(|h| h.host).collect();
+        for vm in vms.iter_mut().filter(|vm| local.contains(&vm.host)) {
             if vm.state == "destroyed" || vm.state == "failed" {
                 if vm.ran_job_id.is_none() && !vm.runner_deleted {
                     self.delete_runner(vm).await?;

@@ -8,6 +8,7 @@ mod error;
 mod key;
 mod model;
 mod postgres;
+mod seal;
 mod sqlite;
 
 pub use error::StoreError;
@@ -22,9 +23,10 @@ pub struct Purged {
 }
 pub use model::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
-    Recorded, VmRow,
+    Recorded, SealedRow, UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
+pub use seal::{MasterKey, SealError, Sealer};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -40,29 +42,81 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deliveries recorded but not yet processed, oldest first.
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError>;
 
-    /// Applies a job event and marks its delivery processed, atomically.
+    /// Claims up to `limit` unprocessed deliveries for `owner`, oldest first: those nobody
+    /// claimed, and those whose claim is older than `stale_before` (a server that died). Rows
+    /// another server is claiming at this moment are skipped, not waited for.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Applies a job event and marks its delivery processed, atomically. `None` when the
+    /// delivery was already processed (by another server): nothing changed.
     async fn apply_job_event(
         &self,
         delivery: &DeliveryId,
         event: &JobEvent,
         now: DateTime<Utc>,
-    ) -> Result<Transition, StoreError>;
+    ) -> Result<Option<Transition>, StoreError>;
 
-    /// Applies an installation change and marks its delivery processed, atomically.
+    /// Applies an installation change and marks its delivery processed, atomically. `false`
+    /// when the delivery was already processed: nothing changed.
     async fn apply_installation_change(
         &self,
         delivery: &DeliveryId,
         change: &InstallationChange,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Marks a delivery processed without other effect (pings, events with nothing to do).
+    /// `false` when it already was.
     async fn finish_delivery(
         &self,
         delivery: &DeliveryId,
         outcome: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// Claims a job for placement by `owner` if it is still `new` (or its claim is older than
+    /// `stale_before`): its disposition becomes `placing`. `false` when another server has it.
+    async fn claim_job(
+        &self,
+        job: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `until`, if it is free, expired or
+    /// already `holder`'s. For loops only one server may run at a time.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Usage rollups (kept when job rows expire), for one installation or all.
+    async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Data keys, as wrapped by a master key.
+    async fn data_keys(&self) -> Result<Vec<WrappedKey>, StoreError>;
+
+    /// Adds a data key.
+    async fn insert_data_key(&self, key: &WrappedKey) -> Result<(), StoreError>;
+
+    /// Replaces the wrapping of every given data key (by id), atomically: all or none.
+    async fn rewrap_data_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError>;
+
+    /// Stores (or replaces) a sealed value.
+    async fn put_secret(&self, row: &SealedRow, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// A sealed value by its identity.
+    async fn secret(&self, kind: &str, name: &str) -> Result<Option<SealedRow>, StoreError>;
 
     async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError>;
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;

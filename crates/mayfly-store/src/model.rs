@@ -121,3 +121,52 @@ pub struct InstallationRecord {
     pub state: String,
     pub repos: Vec<RepoFullName>,
 }
+
+/// Usage of one tenant on one day (UTC) on one hardware profile: finished jobs and the seconds
+/// they ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageRow {
+    pub installation_id: i64,
+    /// `YYYY-MM-DD`
+    pub day: String,
+    pub profile: String,
+    pub jobs: i64,
+    pub run_seconds: i64,
+}
+
+/// A data key wrapped (AEAD) by the master key `master_key_id`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub id: String,
+    pub master_key_id: String,
+    pub wrapped: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("id", &self.id)
+            .field("master_key_id", &self.master_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sealed value: AEAD ciphertext under data key `data_key_id`, bound to (`kind`, `name`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedRow {
+    pub kind: String,
+    pub name: String,
+    pub data_key_id: String,
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRow")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("data_key_id", &self.data_key_id)
+            .finish_non_exhaustive()
+    }
+}

@@ -19,7 +19,7 @@ use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
     DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
-    Recorded, Store, StoreError, VmRow,
+    Recorded, SealedRow, Store, StoreError, UsageRow, VmRow, WrappedKey,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -33,12 +33,23 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to the database at `url` and brings its schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_password(url, None).await
+    }
+
+    /// Like [`Self::connect`], with the password kept out of the URL (read from a file).
+    pub async fn connect_with_password(
+        url: &str,
+        password: Option<&str>,
+    ) -> Result<Self, StoreError> {
         // Errors name the server and database, never the password.
         let shown = PathBuf::from(redact(url));
-        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
+        let mut options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Open {
             path: shown.clone(),
             source,
         })?;
+        if let Some(password) = password {
+            options = options.password(password);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -56,6 +67,34 @@ impl PgStore {
                 source,
             })?;
         Ok(Self { pool })
+    }
+
+    /// Every row of every table in the schema, as PostgreSQL's text form of the row: for audits
+    /// and for tests that prove what is never stored. Not used on any request path.
+    pub async fn plaintext_dump(&self) -> Result<String, StoreError> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("list tables")?;
+        let mut out = String::new();
+        for table in tables {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT t::text FROM \"{}\" t",
+                table.replace('"', "")
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .op("dump table")?;
+            for row in rows {
+                out.push_str(&table);
+                out.push('\t');
+                out.push_str(&row);
+                out.push('\n');
+            }
+        }
+        Ok(out)
     }
 
     /// Closes every connection.
@@ -119,19 +158,88 @@ fn job_from_row(row: &PgRow) -> Result<JobRecord, StoreError> {
     })
 }
 
-async fn mark_processed(
+fn pending_from_row(row: &PgRow) -> Result<PendingDelivery, StoreError> {
+    let id: String = row.try_get("delivery_id").op("read delivery")?;
+    let intake: String = row.try_get("intake").op("read delivery")?;
+    Ok(PendingDelivery {
+        delivery_id: DeliveryId::parse(&id).map_err(|_| StoreError::Corrupt {
+            what: "delivery id",
+        })?,
+        event: row.try_get("event").op("read delivery")?,
+        intake: from_json::<IntakeEvent>(&intake, "intake event")?,
+    })
+}
+
+/// Marks a delivery processed if it is not yet; `false` when it already was (by another
+/// server). In a transaction, the row stays locked until commit, so of two racing writers
+/// exactly one gets `true`.
+async fn claim_unprocessed(
+    conn: &mut sqlx::PgConnection,
+    delivery: &DeliveryId,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE deliveries SET processed_at = $1 WHERE delivery_id = $2 AND processed_at IS NULL",
+    )
+    .bind(now)
+    .bind(delivery.as_str())
+    .execute(conn)
+    .await
+    .op("mark delivery processed")?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+async fn set_outcome(
     conn: &mut sqlx::PgConnection,
     delivery: &DeliveryId,
     outcome: &str,
-    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deliveries SET processed_at = $1, outcome = $2 WHERE delivery_id = $3")
-        .bind(now)
+    sqlx::query("UPDATE deliveries SET outcome = $1 WHERE delivery_id = $2")
         .bind(outcome)
         .bind(delivery.as_str())
         .execute(conn)
         .await
-        .op("mark delivery processed")?;
+        .op("record delivery outcome")?;
+    Ok(())
+}
+
+/// Adds a job that just completed to its tenant's usage rollup (day of completion, UTC).
+async fn roll_up_usage(conn: &mut sqlx::PgConnection, job: JobId) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT installation_id, profile, started_at, completed_at FROM jobs WHERE job_id = $1",
+    )
+    .bind(job.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .op("read job for usage")?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let op = "read job for usage";
+    let installation: Option<i64> = row.try_get("installation_id").op(op)?;
+    let profile: Option<String> = row.try_get("profile").op(op)?;
+    let started: Option<DateTime<Utc>> = row.try_get("started_at").op(op)?;
+    let completed: Option<DateTime<Utc>> = row.try_get("completed_at").op(op)?;
+    let (Some(installation), Some(profile), Some(started), Some(completed)) =
+        (installation, profile, started, completed)
+    else {
+        return Ok(());
+    };
+    let seconds = (completed - started).num_seconds().max(0);
+    sqlx::query(
+        "INSERT INTO usage_daily (installation_id, day, profile, jobs, run_seconds)
+         VALUES ($1, $2, $3, 1, $4)
+         ON CONFLICT (installation_id, day, profile) DO UPDATE SET
+           jobs = usage_daily.jobs + 1, run_seconds = usage_daily.run_seconds + excluded.run_seconds",
+    )
+    .bind(installation)
+    .bind(completed.format("%Y-%m-%d").to_string())
+    .bind(profile)
+    .bind(seconds)
+    .execute(conn)
+    .await
+    .op("roll up usage")?;
     Ok(())
 }
 
@@ -167,19 +275,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .op("list pending deliveries")?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("delivery_id").op("read delivery")?;
-                let intake: String = row.try_get("intake").op("read delivery")?;
-                Ok(PendingDelivery {
-                    delivery_id: DeliveryId::parse(&id).map_err(|_| StoreError::Corrupt {
-                        what: "delivery id",
-                    })?,
-                    event: row.try_get("event").op("read delivery")?,
-                    intake: from_json::<IntakeEvent>(&intake, "intake event")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pending_from_row).collect()
     }
 
     async fn apply_job_event(
@@ -187,8 +283,11 @@ impl Store for PgStore {
         delivery: &DeliveryId,
         e: &JobEvent,
         now: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
+    ) -> Result<Option<Transition>, StoreError> {
         let mut tx = self.pool.begin().await.op("begin write")?;
+        if !claim_unprocessed(&mut tx, delivery, now).await? {
+            return Ok(None);
+        }
         // Insert first: of two writers racing on a new job, one inserts and the other waits for
         // it to commit, then takes the update path below under the row lock.
         let inserted = sqlx::query(
@@ -272,9 +371,12 @@ impl Store for PgStore {
             Transition::Unchanged => format!("job {} unchanged", e.job_id),
             Transition::Stale => format!("job {} stale event ignored", e.job_id),
         };
-        mark_processed(&mut tx, delivery, &outcome, now).await?;
+        if transition == Transition::Advance(JobStatus::Completed) {
+            roll_up_usage(&mut tx, e.job_id).await?;
+        }
+        set_outcome(&mut tx, delivery, &outcome).await?;
         tx.commit().await.op("commit job event")?;
-        Ok(transition)
+        Ok(Some(transition))
     }
 
     async fn apply_installation_change(
@@ -282,8 +384,11 @@ impl Store for PgStore {
         delivery: &DeliveryId,
         c: &InstallationChange,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.op("begin write")?;
+        if !claim_unprocessed(&mut tx, delivery, now).await? {
+            return Ok(false);
+        }
         let state = match c.kind {
             InstallationChangeKind::Deleted => Some("deleted"),
             InstallationChangeKind::Suspended => Some("suspended"),
@@ -331,9 +436,9 @@ impl Store for PgStore {
                 .await
                 .op("remove installation repo")?;
         }
-        mark_processed(&mut tx, delivery, "installation updated", now).await?;
+        set_outcome(&mut tx, delivery, "installation updated").await?;
         tx.commit().await.op("commit installation change")?;
-        Ok(())
+        Ok(true)
     }
 
     async fn finish_delivery(
@@ -341,9 +446,14 @@ impl Store for PgStore {
         delivery: &DeliveryId,
         outcome: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.op("acquire")?;
-        mark_processed(&mut conn, delivery, outcome, now).await
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.op("begin write")?;
+        if !claim_unprocessed(&mut tx, delivery, now).await? {
+            return Ok(false);
+        }
+        set_outcome(&mut tx, delivery, outcome).await?;
+        tx.commit().await.op("commit delivery")?;
+        Ok(true)
     }
 
     async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
@@ -521,6 +631,197 @@ impl Store for PgStore {
             vms,
             deliveries,
         })
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE deliveries SET claimed_by = $1, claimed_at = $2
+             WHERE seq IN (SELECT seq FROM deliveries
+               WHERE processed_at IS NULL
+                 AND (claimed_at IS NULL OR claimed_by = $1 OR claimed_at < $3)
+               ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING seq, delivery_id, event, intake",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .op("claim deliveries")?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").op("read delivery")?;
+                Ok((seq, pending_from_row(row)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by_key(|(seq, _)| *seq);
+        Ok(claimed.into_iter().map(|(_, d)| d).collect())
+    }
+
+    async fn claim_job(
+        &self,
+        job: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET disposition = 'placing', claimed_by = $1, claimed_at = $2
+             WHERE job_id = $3
+               AND (disposition = 'new' OR (disposition = 'placing' AND claimed_at < $4))",
+        )
+        .bind(owner)
+        .bind(now)
+        .bind(job.0)
+        .bind(stale_before)
+        .execute(&self.pool)
+        .await
+        .op("claim job")?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+               expires_at = excluded.expires_at
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .op("take lease")?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT installation_id, day, profile, jobs, run_seconds FROM usage_daily
+             WHERE $1::BIGINT IS NULL OR installation_id = $1 ORDER BY day, installation_id, profile",
+        )
+        .bind(installation)
+        .fetch_all(&self.pool)
+        .await
+        .op("read usage")?;
+        let op = "read usage";
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    installation_id: row.try_get("installation_id").op(op)?,
+                    day: row.try_get("day").op(op)?,
+                    profile: row.try_get("profile").op(op)?,
+                    jobs: row.try_get("jobs").op(op)?,
+                    run_seconds: row.try_get("run_seconds").op(op)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn data_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, master_key_id, wrapped, created_at FROM data_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("read data keys")?;
+        let op = "read data keys";
+        rows.iter()
+            .map(|row: &PgRow| {
+                Ok(WrappedKey {
+                    id: row.try_get("id").op(op)?,
+                    master_key_id: row.try_get("master_key_id").op(op)?,
+                    wrapped: row.try_get("wrapped").op(op)?,
+                    created_at: row.try_get("created_at").op(op)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_data_key(&self, key: &WrappedKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO data_keys (id, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(&key.master_key_id)
+        .bind(&key.wrapped)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await
+        .op("insert data key")?;
+        Ok(())
+    }
+
+    async fn rewrap_data_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.op("begin write")?;
+        for key in keys {
+            sqlx::query("UPDATE data_keys SET master_key_id = $1, wrapped = $2 WHERE id = $3")
+                .bind(&key.master_key_id)
+                .bind(&key.wrapped)
+                .bind(&key.id)
+                .execute(&mut *tx)
+                .await
+                .op("re-wrap data key")?;
+        }
+        tx.commit().await.op("commit re-wrap")?;
+        Ok(())
+    }
+
+    async fn put_secret(&self, row: &SealedRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (kind, name, data_key_id, sealed, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (kind, name) DO UPDATE SET data_key_id = excluded.data_key_id,
+               sealed = excluded.sealed, updated_at = excluded.updated_at",
+        )
+        .bind(&row.kind)
+        .bind(&row.name)
+        .bind(&row.data_key_id)
+        .bind(&row.sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .op("store sealed value")?;
+        Ok(())
+    }
+
+    async fn secret(&self, kind: &str, name: &str) -> Result<Option<SealedRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT kind, name, data_key_id, sealed FROM secrets WHERE kind = $1 AND name = $2",
+        )
+        .bind(kind)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .op("read sealed value")?;
+        let op = "read sealed value";
+        row.map(|row| {
+            Ok(SealedRow {
+                kind: row.try_get("kind").op(op)?,
+                name: row.try_get("name").op(op)?,
+                data_key_id: row.try_get("data_key_id").op(op)?,
+                sealed: row.try_get("sealed").op(op)?,
+            })
+        })
+        .transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

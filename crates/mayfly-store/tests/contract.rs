@@ -58,6 +58,7 @@ async fn record_and_apply(store: &dyn Store, id: &str, event: JobEvent) -> Trans
         .apply_job_event(&d.delivery_id, &event, Utc::now())
         .await
         .unwrap()
+        .expect("a new delivery is applied")
 }
 
 async fn deliveries_are_deduplicated_and_queued_in_order(store: &dyn Store) {
@@ -290,6 +291,278 @@ async fn purge_removes_exactly_the_expired_rows(store: &dyn Store) {
     );
 }
 
+/// Each delivery is applied exactly once, however many servers try at once.
+async fn a_delivery_is_applied_exactly_once(store: &dyn Store) {
+    let event = job_event(JobStatus::Queued);
+    let d = delivery("once-1", IntakeEvent::Job(event.clone()));
+    store.record_delivery(&d).await.unwrap();
+    let attempts = (0..8).map(|_| store.apply_job_event(&d.delivery_id, &event, Utc::now()));
+    let applied: Vec<_> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        applied.iter().filter(|a| a.is_some()).count(),
+        1,
+        "{applied:?}"
+    );
+    let ping = delivery("once-2", IntakeEvent::Ping);
+    store.record_delivery(&ping).await.unwrap();
+    assert!(store
+        .finish_delivery(&ping.delivery_id, "ping", Utc::now())
+        .await
+        .unwrap());
+    assert!(!store
+        .finish_delivery(&ping.delivery_id, "ping", Utc::now())
+        .await
+        .unwrap());
+    let change = InstallationChange {
+        installation_id: InstallationId(3),
+        kind: InstallationChangeKind::Created,
+        account: Some("org-c".into()),
+        repos_added: vec![],
+        repos_removed: vec![],
+    };
+    let d = delivery("once-3", IntakeEvent::Installation(change.clone()));
+    store.record_delivery(&d).await.unwrap();
+    assert!(store
+        .apply_installation_change(&d.delivery_id, &change, Utc::now())
+        .await
+        .unwrap());
+    assert!(!store
+        .apply_installation_change(&d.delivery_id, &change, Utc::now())
+        .await
+        .unwrap());
+}
+
+/// Two servers claiming at once get disjoint batches; a stale claim is taken over.
+async fn servers_claim_disjoint_deliveries(store: &dyn Store) {
+    for i in 0..12 {
+        store
+            .record_delivery(&delivery(&format!("cl-{i:02}"), IntakeEvent::Ping))
+            .await
+            .unwrap();
+    }
+    let now = Utc::now();
+    let long_ago = now - Duration::minutes(5);
+    let (a, b) = futures::join!(
+        store.claim_deliveries("server-a", 5, now, long_ago),
+        store.claim_deliveries("server-b", 5, now, long_ago),
+    );
+    let ids = |v: &[mayfly_store::PendingDelivery]| -> Vec<String> {
+        v.iter()
+            .map(|d| d.delivery_id.as_str().to_owned())
+            .collect()
+    };
+    let (a, b) = (ids(&a.unwrap()), ids(&b.unwrap()));
+    assert_eq!(a.len() + b.len(), 10, "{a:?} {b:?}");
+    assert!(a.iter().all(|id| !b.contains(id)), "{a:?} {b:?}");
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(a, sorted, "oldest first");
+    // The two left over go to whoever asks; claimed ones are not handed out again.
+    let rest = ids(&store
+        .claim_deliveries("server-b", 100, now, long_ago)
+        .await
+        .unwrap());
+    assert_eq!(
+        rest.len(),
+        2 + b.len(),
+        "server-b sees its own claims again: {rest:?}"
+    );
+    // server-a died: once its claims are stale, server-b takes them over.
+    let later = now + Duration::minutes(2);
+    let taken = ids(&store
+        .claim_deliveries("server-b", 100, later, later - Duration::minutes(1))
+        .await
+        .unwrap());
+    assert_eq!(taken.len(), 12, "{taken:?}");
+}
+
+/// Of several servers claiming one job, exactly one gets it; a stale claim can be taken over.
+async fn a_job_is_claimed_by_one_server(store: &dyn Store) {
+    record_and_apply(store, "jc-1", job_event(JobStatus::Queued)).await;
+    let now = Utc::now();
+    let owners: Vec<String> = (0..8).map(|i| format!("server-{i}")).collect();
+    let claims = owners
+        .iter()
+        .map(|o| store.claim_job(JobId(77), o, now, now - Duration::minutes(2)));
+    let won: Vec<bool> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let job = store.job(JobId(77)).await.unwrap().unwrap();
+    assert_eq!(job.dispatch.disposition, "placing");
+    assert!(!store
+        .claim_job(JobId(77), "late", now, now - Duration::minutes(2))
+        .await
+        .unwrap());
+    let later = now + Duration::minutes(3);
+    assert!(store
+        .claim_job(JobId(77), "late", later, later - Duration::minutes(2))
+        .await
+        .unwrap());
+}
+
+/// A lease has one holder until it expires; the holder renews it.
+async fn leases_have_one_holder(store: &dyn Store) {
+    let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    let min = Duration::minutes(1);
+    assert!(store.try_lease("purge", "a", t0, t0 + min).await.unwrap());
+    assert!(!store.try_lease("purge", "b", t0, t0 + min).await.unwrap());
+    assert!(store
+        .try_lease("reconciler", "b", t0, t0 + min)
+        .await
+        .unwrap());
+    assert!(store
+        .try_lease("purge", "a", t0 + min / 2, t0 + min * 2)
+        .await
+        .unwrap());
+    assert!(!store
+        .try_lease("purge", "b", t0 + min, t0 + min * 2)
+        .await
+        .unwrap());
+    let t3 = t0 + min * 3;
+    assert!(store.try_lease("purge", "b", t3, t3 + min).await.unwrap());
+    assert!(!store.try_lease("purge", "a", t3, t3 + min).await.unwrap());
+}
+
+/// Finished jobs add up per tenant, day and profile, and the rollup outlives the job rows.
+async fn usage_rolls_up_and_outlives_job_rows(store: &dyn Store) {
+    let t0 = Utc.with_ymd_and_hms(2026, 2, 1, 9, 0, 0).unwrap();
+    for (id, minutes) in [(1_i64, 3_i64), (2, 5)] {
+        let mut e = job_event(JobStatus::Queued);
+        e.job_id = JobId(id);
+        record_and_apply(store, &format!("u-q-{id}"), e.clone()).await;
+        let dispatch = mayfly_store::JobDispatch {
+            profile: Some("linux-2cpu".into()),
+            disposition: "placed".into(),
+            ..Default::default()
+        };
+        store.set_job_dispatch(JobId(id), &dispatch).await.unwrap();
+        e.status = JobStatus::InProgress;
+        e.started_at = Some(t0);
+        record_and_apply(store, &format!("u-p-{id}"), e.clone()).await;
+        e.status = JobStatus::Completed;
+        e.conclusion = Some("success".into());
+        e.completed_at = Some(t0 + Duration::minutes(minutes));
+        record_and_apply(store, &format!("u-c-{id}"), e.clone()).await;
+        // A redelivered `completed` is not counted twice.
+        let d = delivery(&format!("u-c2-{id}"), IntakeEvent::Job(e.clone()));
+        store.record_delivery(&d).await.unwrap();
+        store
+            .apply_job_event(&d.delivery_id, &e, Utc::now())
+            .await
+            .unwrap();
+    }
+    let expected = vec![mayfly_store::UsageRow {
+        installation_id: 9,
+        day: "2026-02-01".into(),
+        profile: "linux-2cpu".into(),
+        jobs: 2,
+        run_seconds: 8 * 60,
+    }];
+    assert_eq!(store.usage(Some(9)).await.unwrap(), expected);
+    assert_eq!(store.usage(None).await.unwrap(), expected);
+    assert!(store.usage(Some(10)).await.unwrap().is_empty());
+    let far = Utc::now() + Duration::days(1000);
+    let purged = store.purge(far, far).await.unwrap();
+    assert_eq!(purged.jobs, 2);
+    assert!(store.jobs().await.unwrap().is_empty());
+    assert_eq!(store.usage(Some(9)).await.unwrap(), expected);
+}
+
+/// Sealed values: open with the master key, bound to their row, unchanged by a master-key
+/// rotation that happens while another reader keeps using them.
+async fn sealed_values(store: &dyn Store) {
+    use mayfly_store::{SealError, Sealer};
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    mayfly_store::MasterKey::random().write(&key_file).unwrap();
+    let sealer = Sealer::new(key_file.clone());
+    let other_server = Sealer::new(key_file.clone());
+    sealer
+        .seal(store, "webhook-secret", "primary", b"sealed-secret-value-1")
+        .await
+        .unwrap();
+    sealer
+        .seal(store, "webhook-secret", "spare", b"sealed-secret-value-2")
+        .await
+        .unwrap();
+    let opened = other_server
+        .open(store, "webhook-secret", "primary")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.as_slice(), b"sealed-secret-value-1");
+    assert!(sealer
+        .open(store, "webhook-secret", "missing")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Moved to another row: does not open.
+    let mut moved = store
+        .secret("webhook-secret", "primary")
+        .await
+        .unwrap()
+        .unwrap();
+    moved.name = "spare".into();
+    store.put_secret(&moved, Utc::now()).await.unwrap();
+    let err = sealer
+        .open(store, "webhook-secret", "spare")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SealError::Tampered { .. }), "{err}");
+    // Altered: does not open.
+    let mut altered = moved.clone();
+    altered.name = "primary".into();
+    let last = altered.sealed.len() - 1;
+    altered.sealed[last] ^= 1;
+    store.put_secret(&altered, Utc::now()).await.unwrap();
+    assert!(matches!(
+        sealer.open(store, "webhook-secret", "primary").await,
+        Err(SealError::Tampered { .. })
+    ));
+    sealer
+        .seal(store, "webhook-secret", "primary", b"sealed-secret-value-1")
+        .await
+        .unwrap();
+
+    // Rotation: a new master key, the values unchanged, the other reader unaffected.
+    let before: Vec<_> = store.data_keys().await.unwrap();
+    let (old_id, new_id) = sealer.rotate(store).await.unwrap();
+    assert_ne!(old_id, new_id);
+    let after = store.data_keys().await.unwrap();
+    assert_eq!(before.len(), after.len());
+    assert!(after.iter().all(|k| k.master_key_id == new_id));
+    assert!(after
+        .iter()
+        .zip(&before)
+        .all(|(a, b)| a.wrapped != b.wrapped));
+    let opened = other_server
+        .open(store, "webhook-secret", "primary")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.as_slice(), b"sealed-secret-value-1");
+    assert_eq!(
+        mayfly_store::MasterKey::read(&key_file).unwrap().id(),
+        new_id
+    );
+    // The old key no longer opens anything.
+    let stranger = dir.path().join("old.key");
+    mayfly_store::MasterKey::random().write(&stranger).unwrap();
+    let err = Sealer::new(stranger)
+        .open(store, "webhook-secret", "primary")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SealError::WrongMasterKey { .. }), "{err}");
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(
@@ -451,4 +724,64 @@ async fn postgres_dispatch_and_vm_rows_round_trip() {
 #[tokio::test]
 async fn postgres_purge_removes_exactly_the_expired_rows() {
     with_postgres(purge_removes_exactly_the_expired_rows).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_delivery_is_applied_exactly_once() {
+    with_sqlite(a_delivery_is_applied_exactly_once).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_delivery_is_applied_exactly_once() {
+    with_postgres(a_delivery_is_applied_exactly_once).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_servers_claim_disjoint_deliveries() {
+    with_sqlite(servers_claim_disjoint_deliveries).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_servers_claim_disjoint_deliveries() {
+    with_postgres(servers_claim_disjoint_deliveries).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_job_is_claimed_by_one_server() {
+    with_sqlite(a_job_is_claimed_by_one_server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_job_is_claimed_by_one_server() {
+    with_postgres(a_job_is_claimed_by_one_server).await;
+}
+
+#[tokio::test]
+async fn sqlite_leases_have_one_holder() {
+    with_sqlite(leases_have_one_holder).await;
+}
+
+#[tokio::test]
+async fn postgres_leases_have_one_holder() {
+    with_postgres(leases_have_one_holder).await;
+}
+
+#[tokio::test]
+async fn sqlite_usage_rolls_up_and_outlives_job_rows() {
+    with_sqlite(usage_rolls_up_and_outlives_job_rows).await;
+}
+
+#[tokio::test]
+async fn postgres_usage_rolls_up_and_outlives_job_rows() {
+    with_postgres(usage_rolls_up_and_outlives_job_rows).await;
+}
+
+#[tokio::test]
+async fn sqlite_sealed_values() {
+    with_sqlite(sealed_values).await;
+}
+
+#[tokio::test]
+async fn postgres_sealed_values() {
+    with_postgres(sealed_values).await;
 }

@@ -251,7 +251,7 @@ fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failu
     }
     let config = mayfly_server::DatabaseConfig {
         key_file: Some(file),
-        passphrase_file: None,
+        ..Default::default()
     };
     config.key(&dir.join("mayfly.db")).config_err()
 }

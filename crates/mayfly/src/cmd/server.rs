@@ -12,7 +12,7 @@ use figment::Figment;
 use mayfly_core::SystemClock;
 use mayfly_github::webhook::WebhookSecret;
 use mayfly_server::{read_secret_file, Dependencies, ServerConfig, TlsFiles};
-use mayfly_store::SqliteStore;
+use mayfly_store::{PgStore, SqliteStore, Store};
 
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
@@ -56,6 +56,9 @@ const CONFIG_KEYS: &[&str] = &[
     "profiles",
     "reconcile_interval_secs",
     "runner_entry",
+    "server_id",
+    "database",
+    "retention",
 ];
 
 impl ServerArgs {
@@ -122,11 +125,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             )
         })
         .config_err()?;
-    let key = config.database.key(&config.database_path()).config_err()?;
-    let store = SqliteStore::open(&config.database_path(), &key)
-        .await
-        .config_err()?;
-    drop(key);
+    let store = open_store(&config).await?;
     let github = match &config.github {
         Some(github) => Some(Arc::new(github_client(github).config_err()?)),
         None => {
@@ -137,7 +136,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         }
     };
     let deps = Dependencies {
-        store: Arc::new(store),
+        store,
         clock: Arc::new(SystemClock),
         webhook_secrets: secrets,
         github,
@@ -148,6 +147,33 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// The configured store: PostgreSQL when `[database] postgres_url` is set, else the encrypted
+/// SQLite file in the data directory.
+pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Failure> {
+    if let Some(url) = &config.database.postgres_url {
+        let password = match &config.database.postgres_password_file {
+            Some(file) => {
+                let bytes = zeroize::Zeroizing::new(read_secret_file(file).config_err()?);
+                Some(zeroize::Zeroizing::new(
+                    String::from_utf8(bytes.to_vec())
+                        .context("the PostgreSQL password file is not text")
+                        .config_err()?,
+                ))
+            }
+            None => None,
+        };
+        let store = PgStore::connect_with_password(url, password.as_deref().map(String::as_str))
+            .await
+            .config_err()?;
+        return Ok(Arc::new(store));
+    }
+    let key = config.database.key(&config.database_path()).config_err()?;
+    let store = SqliteStore::open(&config.database_path(), &key)
+        .await
+        .config_err()?;
+    Ok(Arc::new(store))
 }
 
 /// The GitHub App client from its configuration (reads the private key file, mode 600).
