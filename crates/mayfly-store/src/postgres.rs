@@ -52,7 +52,10 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // While PostgreSQL is down sqlx keeps retrying the connection until this timeout:
+            // keep it well under GitHub's 10 s delivery timeout so a webhook gets its 503 (and
+            // is redelivered) instead of timing out.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {

@@ -27,6 +27,30 @@ pub async fn start(
     adjust: impl FnOnce(&mut ServerConfig),
 ) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("mayfly.db"), &DbKey::random())
+            .await
+            .unwrap(),
+    );
+    let (server, cert_pem) = start_on(&dir, store.clone(), tls, secret, github, adjust).await;
+    TestServer {
+        server,
+        store,
+        cert_pem,
+        dir,
+    }
+}
+
+/// Starts a server on a store of the test's choosing, its files in `dir`. Returns the server
+/// and, with `tls`, the certificate a client must trust.
+pub async fn start_on(
+    dir: &tempfile::TempDir,
+    store: Arc<dyn mayfly_store::Store>,
+    tls: bool,
+    secret: &[u8],
+    github: Option<Arc<GitHubClient>>,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> (ServerHandle, Option<String>) {
     let (tls_files, cert_pem) = if tls {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .unwrap();
@@ -40,11 +64,6 @@ pub async fn start(
     } else {
         (None, None)
     };
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("mayfly.db"), &DbKey::random())
-            .await
-            .unwrap(),
-    );
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
@@ -59,18 +78,13 @@ pub async fn start(
     };
     adjust(&mut config);
     let deps = Dependencies {
-        store: store.clone(),
+        store,
         clock: Arc::new(SystemClock),
         webhook_secrets: vec![WebhookSecret::new(secret.to_vec())],
         github,
     };
     let server = mayfly_server::start(&config, deps).await.unwrap();
-    TestServer {
-        server,
-        store,
-        cert_pem,
-        dir,
-    }
+    (server, cert_pem)
 }
 
 /// The GitHub simulator on 127.0.0.1:0 with a fresh App, and mayfly's client for that App.
