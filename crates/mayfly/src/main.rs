@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane: webhook intake over TLS, backed by the embedded store.
+    /// Run the control plane: webhook intake over TLS, scheduling, agents; on the encrypted
+    /// embedded store, or on PostgreSQL shared by several servers.
     Server(cmd::server::ServerArgs),
     /// Run the agent of this host: dial the server, make a fresh VM for each job it is given,
     /// destroy it when the job ends, and report every step.
@@ -40,6 +41,9 @@ enum Command {
     /// Single VMs: boot one from an image, or reap VMs left by a crashed owner.
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
+    /// The master key of sealed values: create it, or rotate it while servers run.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
     /// Check that this host can run mayfly's VMs (QEMU, KVM or TCG, networking tools, root)
     /// and say how to fix what is missing.
     Doctor(cmd::doctor::DoctorArgs),
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Image(command) => cmd::image::run(command).await,
             Command::Vm(command) => cmd::vm::run(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
+            Command::Keys(command) => cmd::keys::run(command).await,
         }
     });
     match result {

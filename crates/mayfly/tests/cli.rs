@@ -145,3 +145,72 @@ fn bad_configuration_exits_3_with_what_to_do() {
     let out = mayfly(&["server", "--config", "/nonexistent/mayfly.toml"]);
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// `mayfly keys init` makes a private master key; `mayfly keys rotate` gives the store a new
+/// one and sealed values still open with the key file as it is afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_init_and_rotate_keep_sealed_values_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db_key = mayfly_store::DbKey::random();
+    let db_key_file = dir.path().join("db.key");
+    std::fs::write(&db_key_file, db_key.to_hex().as_str()).unwrap();
+    std::fs::set_permissions(&db_key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = |verb: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mayfly"))
+            .args(["keys", verb, "--data-dir"])
+            .arg(&data)
+            .env_remove("MAYFLY_CONFIG")
+            .env("MAYFLY_DB_KEY_FILE", &db_key_file)
+            .output()
+            .unwrap()
+    };
+    let out = keys("init");
+    assert!(out.status.success(), "{out:?}");
+    let key_file = data.join("master.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first_id = mayfly_store::MasterKey::read(&key_file).unwrap().id();
+    let again = keys("init");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already holds"));
+    assert_eq!(
+        mayfly_store::MasterKey::read(&key_file).unwrap().id(),
+        first_id
+    );
+
+    let store = mayfly_store::SqliteStore::open(&data.join("mayfly.db"), &db_key)
+        .await
+        .unwrap();
+    let sealer = mayfly_store::Sealer::new(key_file.clone());
+    sealer
+        .seal(&store, "test", "value", b"keep-me-sealed")
+        .await
+        .unwrap();
+
+    let out = keys("rotate");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let new_id = mayfly_store::MasterKey::read(&key_file).unwrap().id();
+    assert_ne!(new_id, first_id);
+    assert!(
+        stdout.contains(&first_id) && stdout.contains(&new_id),
+        "{stdout}"
+    );
+    let opened = sealer.open(&store, "test", "value").await.unwrap().unwrap();
+    assert_eq!(opened.as_slice(), b"keep-me-sealed");
+    assert!(store
+        .plaintext_dump()
+        .await
+        .unwrap()
+        .find("keep-me-sealed")
+        .is_none());
+    store.close().await;
+
+    // A master key file others can read is refused, with the fix.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = keys("rotate");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}

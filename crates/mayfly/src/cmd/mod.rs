@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod doctor;
 pub mod image;
+pub mod keys;
 pub mod local_ca;
 pub mod quickstart;
 pub mod server;

@@ -61,29 +61,39 @@ const CONFIG_KEYS: &[&str] = &[
     "retention",
 ];
 
+/// The configuration from defaults, the TOML file and `MAYFLY_*` variables, not yet validated
+/// (flags are applied by the caller).
+pub fn load_config(path: Option<&std::path::Path>) -> Result<ServerConfig, Failure> {
+    let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "the configuration file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    // Only keys of the server configuration: other MAYFLY_* variables belong to other tools.
+    figment = figment.merge(Env::prefixed("MAYFLY_").split("__").filter(|key| {
+        let key = key.as_str().to_ascii_lowercase();
+        CONFIG_KEYS
+            .iter()
+            .any(|top| key == *top || key.starts_with(&format!("{top}__")))
+    }));
+    let mut config: ServerConfig = figment
+        .extract()
+        .context("the server configuration is not valid")
+        .config_err()?;
+    if let Some(file) = std::env::var_os("MAYFLY_DB_KEY_FILE") {
+        config.database.key_file = Some(PathBuf::from(file));
+    }
+    Ok(config)
+}
+
 impl ServerArgs {
     fn load(&self) -> Result<ServerConfig, Failure> {
-        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
-        if let Some(path) = &self.config {
-            if !path.is_file() {
-                return Err(Failure::Config(anyhow::anyhow!(
-                    "the configuration file {} does not exist",
-                    path.display()
-                )));
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        // Only keys of the server configuration: other MAYFLY_* variables belong to other tools.
-        figment = figment.merge(Env::prefixed("MAYFLY_").split("__").filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            CONFIG_KEYS
-                .iter()
-                .any(|top| key == *top || key.starts_with(&format!("{top}__")))
-        }));
-        let mut config: ServerConfig = figment
-            .extract()
-            .context("the server configuration is not valid")
-            .config_err()?;
+        let mut config = load_config(self.config.as_deref())?;
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
@@ -100,9 +110,6 @@ impl ServerArgs {
             config.webhook.secret_files = self.webhook_secret_files.clone();
         }
         config.insecure_dev |= self.insecure_dev;
-        if let Some(file) = std::env::var_os("MAYFLY_DB_KEY_FILE") {
-            config.database.key_file = Some(PathBuf::from(file));
-        }
         config.validate().config_err()?;
         Ok(config)
     }
