@@ -3,6 +3,7 @@
 //! metadata is stored.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod codec;
 mod error;
 mod key;
@@ -21,9 +22,10 @@ pub struct Purged {
     pub vms: u64,
     pub deliveries: u64,
 }
+pub use audit::{row_hash, verify_chain, ChainBreak, GENESIS};
 pub use model::{
-    DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
-    Recorded, SealedRow, UsageRow, VmRow, WrappedKey,
+    AuditRow, DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery,
+    PendingDelivery, Recorded, SealedRow, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
 pub use seal::{MasterKey, SealError, Sealer};
@@ -142,6 +144,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         jobs_before: DateTime<Utc>,
         deliveries_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError>;
+
+    /// Adds an API token (its hash).
+    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError>;
+
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// Revokes a token; `false` when there is no such token or it was already revoked.
+    async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Appends an event to the audit log, chained to the last row. Writers are serialised.
+    async fn append_audit(&self, event: &NewAudit) -> Result<AuditRow, StoreError>;
+
+    /// Audit rows with `seq > after`, in order, at most `limit`.
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

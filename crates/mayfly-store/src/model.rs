@@ -170,3 +170,46 @@ impl std::fmt::Debug for SealedRow {
             .finish_non_exhaustive()
     }
 }
+
+/// An API token as stored: only a hash of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    /// `admin`, `read` or `tenant`.
+    pub scope: String,
+    /// The installation a `tenant` token may see.
+    pub installation_id: Option<i64>,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An audit event about to be appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudit {
+    pub at: DateTime<Utc>,
+    /// `token:<id>`, `agent:<id>`, `cli:<user>`, `anonymous`.
+    pub actor: String,
+    /// The peer address, when there is one.
+    pub source: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    /// `ok`, `denied`, `refused`, `failed`, or an HTTP status.
+    pub outcome: String,
+}
+
+/// An audit row: the event, its place in the chain, the hash of the row before it and its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub source: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub prev_hash: String,
+    pub hash: String,
+}

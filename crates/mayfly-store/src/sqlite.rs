@@ -17,8 +17,8 @@ use sqlx::{Row, SqlitePool};
 use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
-    DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewDelivery, PendingDelivery,
-    Recorded, SealedRow, Store, StoreError, UsageRow, VmRow, WrappedKey,
+    AuditRow, DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery,
+    PendingDelivery, Recorded, SealedRow, Store, StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -849,6 +849,129 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, scope, installation_id, token_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.scope)
+        .bind(t.installation_id)
+        .bind(&t.token_hash)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .op("insert token")?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_tokens WHERE token_hash = ?1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .op("read token")?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await
+            .op("list tokens")?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .op("revoke token")?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    async fn append_audit(&self, event: &NewAudit) -> Result<AuditRow, StoreError> {
+        use chrono::DurationRound;
+        let mut event = event.clone();
+        // Stored (and hashed) at the microsecond, the precision both backends keep.
+        event.at = event
+            .at
+            .duration_trunc(chrono::Duration::microseconds(1))
+            .unwrap_or(event.at);
+        let mut tx = self.begin_write().await?;
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .op("read audit tail")?;
+        let (seq, prev_hash) = match last {
+            Some(row) => (
+                row.try_get::<i64, _>("seq").op("read audit tail")? + 1,
+                row.try_get::<String, _>("hash").op("read audit tail")?,
+            ),
+            None => (1, crate::GENESIS.to_owned()),
+        };
+        let hash = crate::row_hash(seq, &event, &prev_hash);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, source, action, target, outcome, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(seq)
+        .bind(event.at)
+        .bind(&event.actor)
+        .bind(&event.source)
+        .bind(&event.action)
+        .bind(&event.target)
+        .bind(&event.outcome)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await
+        .op("append audit row")?;
+        tx.commit().await.op("commit audit row")?;
+        Ok(AuditRow {
+            seq,
+            at: event.at,
+            actor: event.actor,
+            source: event.source,
+            action: event.action,
+            target: event.target,
+            outcome: event.outcome,
+            prev_hash,
+            hash,
+        })
+    }
+
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .op("read audit log")?;
+        let op = "read audit log";
+        rows.iter()
+            .map(|row: &sqlx::sqlite::SqliteRow| {
+                Ok(AuditRow {
+                    seq: row.try_get("seq").op(op)?,
+                    at: row.try_get("at").op(op)?,
+                    actor: row.try_get("actor").op(op)?,
+                    source: row.try_get("source").op(op)?,
+                    action: row.try_get("action").op(op)?,
+                    target: row.try_get("target").op(op)?,
+                    outcome: row.try_get("outcome").op(op)?,
+                    prev_hash: row.try_get("prev_hash").op(op)?,
+                    hash: row.try_get("hash").op(op)?,
+                })
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -910,5 +1033,18 @@ fn vm_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<VmRow, StoreError> {
         runner_deleted: row.try_get("runner_deleted").op(op)?,
         destruction: row.try_get("destruction").op(op)?,
         failure: row.try_get("failure").op(op)?,
+    })
+}
+
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
+    let op = "read token";
+    Ok(TokenRow {
+        id: row.try_get("id").op(op)?,
+        name: row.try_get("name").op(op)?,
+        scope: row.try_get("scope").op(op)?,
+        installation_id: row.try_get("installation_id").op(op)?,
+        token_hash: row.try_get("token_hash").op(op)?,
+        created_at: row.try_get("created_at").op(op)?,
+        revoked_at: row.try_get("revoked_at").op(op)?,
     })
 }

@@ -563,6 +563,61 @@ async fn sealed_values(store: &dyn Store) {
     assert!(matches!(err, SealError::WrongMasterKey { .. }), "{err}");
 }
 
+/// Tokens are kept as hashes, found by hash, revoked once.
+async fn tokens_are_found_by_hash_and_revoked(store: &dyn Store) {
+    let token = mayfly_store::TokenRow {
+        id: "tok-1".into(),
+        name: "dashboards".into(),
+        scope: "tenant".into(),
+        installation_id: Some(9),
+        token_hash: "ab".repeat(32),
+        created_at: now_micros(),
+        revoked_at: None,
+    };
+    store.insert_token(&token).await.unwrap();
+    assert!(store.insert_token(&token).await.is_err(), "ids are unique");
+    assert_eq!(
+        store.token_by_hash(&"ab".repeat(32)).await.unwrap(),
+        Some(token.clone())
+    );
+    assert!(store
+        .token_by_hash(&"cd".repeat(32))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.revoke_token("tok-1", Utc::now()).await.unwrap());
+    assert!(!store.revoke_token("tok-1", Utc::now()).await.unwrap());
+    assert!(!store.revoke_token("nope", Utc::now()).await.unwrap());
+    let listed = store.tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked_at.is_some());
+}
+
+/// Concurrent appends make one unbroken chain.
+async fn the_audit_log_is_one_chain(store: &dyn Store) {
+    let events: Vec<_> = (0..10)
+        .map(|i| mayfly_store::NewAudit {
+            at: Utc::now(),
+            actor: format!("token:t{i}"),
+            source: Some("127.0.0.1:1".into()),
+            action: "api.get".into(),
+            target: Some(format!("/api/v1/jobs/{i}")),
+            outcome: "200".into(),
+        })
+        .collect();
+    let appends = events.iter().map(|e| store.append_audit(e));
+    for row in futures::future::join_all(appends).await {
+        row.unwrap();
+    }
+    let rows = store.audit_log(0, 100).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(mayfly_store::verify_chain(&rows), Ok(10));
+    assert_eq!(store.audit_log(7, 100).await.unwrap().len(), 3);
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(
@@ -784,4 +839,24 @@ async fn sqlite_sealed_values() {
 #[tokio::test]
 async fn postgres_sealed_values() {
     with_postgres(sealed_values).await;
+}
+
+#[tokio::test]
+async fn sqlite_tokens_are_found_by_hash_and_revoked() {
+    with_sqlite(tokens_are_found_by_hash_and_revoked).await;
+}
+
+#[tokio::test]
+async fn postgres_tokens_are_found_by_hash_and_revoked() {
+    with_postgres(tokens_are_found_by_hash_and_revoked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_the_audit_log_is_one_chain() {
+    with_sqlite(the_audit_log_is_one_chain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_audit_log_is_one_chain() {
+    with_postgres(the_audit_log_is_one_chain).await;
 }
