@@ -42,8 +42,7 @@ pub enum ChainBreak {
 /// Checks rows in stored order; `Ok(n)` is how many rows were verified.
 pub fn verify_chain(rows: &[AuditRow]) -> Result<usize, ChainBreak> {
     let mut prev = GENESIS.to_owned();
-    let mut expected = 1;
-    for row in rows {
+    for (expected, row) in (1..).zip(rows) {
         if row.seq != expected {
             return Err(ChainBreak::Sequence {
                 seq: row.seq,
@@ -65,7 +64,6 @@ pub fn verify_chain(rows: &[AuditRow]) -> Result<usize, ChainBreak> {
             return Err(ChainBreak::Edited { seq: row.seq });
         }
         prev = row.hash.clone();
-        expected += 1;
     }
     Ok(rows.len())
 }
