@@ -19,6 +19,10 @@ pub enum ApiError {
     BadPayload(&'static str),
     #[error("the store is unavailable; retry later")]
     Unavailable,
+    #[error("this token may not see that")]
+    Forbidden,
+    #[error("no such resource")]
+    NotFound,
 }
 
 impl ApiError {
@@ -29,6 +33,8 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         }
     }
 }

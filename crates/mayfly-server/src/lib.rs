@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agents;
+pub mod api;
 pub mod config;
 mod error;
 mod intake;
@@ -11,6 +12,7 @@ mod processor;
 mod reconciler;
 mod scheduler;
 mod tls;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhooks/github", post(intake::receive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .merge(api::routes(state.clone()))
         .with_state(state)
 }
 
@@ -272,7 +275,8 @@ async fn serve(
     app: Router,
     handle: axum_server::Handle<SocketAddr>,
 ) {
-    let app = app.into_make_service();
+    // The peer address is kept for the audit log.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = match tls {
         Some(tls) => match axum_server::from_tcp_rustls(listener, tls) {
             Ok(server) => server.handle(handle).serve(app).await,

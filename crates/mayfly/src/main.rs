@@ -41,6 +41,12 @@ enum Command {
     /// Single VMs: boot one from an image, or reap VMs left by a crashed owner.
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
+    /// API bearer tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
+    /// The audit log: verify its hash chain, export it as JSON lines.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
     /// The master key of sealed values: create it, or rotate it while servers run.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -53,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(match cli.command {
         Command::Quickstart(_) | Command::Bench(_) => "warn",
+        Command::Token(_) | Command::Audit(_) | Command::Keys(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Runtime::new() {
@@ -70,6 +77,8 @@ fn main() -> std::process::ExitCode {
             Command::Vm(command) => cmd::vm::run(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Keys(command) => cmd::keys::run(command).await,
+            Command::Token(command) => cmd::token::run(command).await,
+            Command::Audit(command) => cmd::audit::run(command).await,
         }
     });
     match result {

@@ -57,6 +57,9 @@ pub async fn run(command: KeysCommand) -> Result<(), Failure> {
         return Ok(());
     }
     let store = open_store(&config).await?;
+    // Audited before it happens: a rotation that cannot be recorded does not happen.
+    let actor = super::token::cli_actor();
+    audit(store.as_ref(), &actor, "attempt").await?;
     let (old, new) = match Sealer::new(key_file.clone()).rotate(store.as_ref()).await {
         Ok(ids) => ids,
         // A key file that is missing, unreadable, too open or not ours: configuration.
@@ -69,9 +72,25 @@ pub async fn run(command: KeysCommand) -> Result<(), Failure> {
         Err(e) => return Err(e).runtime_err(),
     };
     tracing::info!(%old, %new, "master key rotated");
+    audit(store.as_ref(), &actor, &format!("ok: {old} → {new}")).await?;
     println!(
         "rotated the master key: {old} → {new}; {} now holds the new key (servers sharing the database need the new file too)",
         key_file.display()
     );
+    Ok(())
+}
+
+async fn audit(store: &dyn mayfly_store::Store, actor: &str, outcome: &str) -> Result<(), Failure> {
+    store
+        .append_audit(&mayfly_store::NewAudit {
+            at: chrono::Utc::now(),
+            actor: actor.to_owned(),
+            source: None,
+            action: "keys rotate".into(),
+            target: None,
+            outcome: outcome.to_owned(),
+        })
+        .await
+        .runtime_err()?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod doctor;
 pub mod image;
@@ -9,4 +10,5 @@ pub mod local_ca;
 pub mod quickstart;
 pub mod server;
 pub mod sim;
+pub mod token;
 pub mod vm;

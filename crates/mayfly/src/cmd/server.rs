@@ -79,7 +79,8 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<ServerConfig, Failu
         let key = key.as_str().to_ascii_lowercase();
         CONFIG_KEYS
             .iter()
-            .any(|top| key == *top || key.starts_with(&format!("{top}__")))
+            // `split("__")` has already turned `A__B` into `a.b`.
+            .any(|top| key == *top || key.starts_with(&format!("{top}.")))
     }));
     let mut config: ServerConfig = figment
         .extract()

@@ -1,0 +1,502 @@
+//! `/api/v1`: read access to jobs, VMs, usage, installations and the audit log, with bearer
+//! tokens. `admin` sees everything, `read` everything but the audit log, a `tenant` token only
+//! its own installation's rows. Every call is audited before its answer leaves; when the audit
+//! row cannot be written the call fails (503). Malformed, unknown and revoked tokens get 401 with
+//! no detail; a wrong scope gets 403 and no data. The OpenAPI document is generated from this
+//! file (utoipa) and served at `/api/v1/openapi.json`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use mayfly_store::{JobRecord, NewAudit, TokenRow};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::error::ApiError;
+use crate::tokens::{self, Scope};
+use crate::AppState;
+
+/// Who is calling, once their token checked out.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub scope: Scope,
+}
+
+impl Caller {
+    fn from_row(row: &TokenRow) -> Option<Self> {
+        Some(Self {
+            token_id: row.id.clone(),
+            scope: Scope::from_row(row)?,
+        })
+    }
+
+    /// Whether rows of `installation` (`None`: rows of no installation) may be shown.
+    fn may_see(&self, installation: Option<i64>) -> bool {
+        match self.scope {
+            Scope::Admin | Scope::Read => true,
+            Scope::Tenant(own) => installation == Some(own),
+        }
+    }
+
+    /// The installation a listing is limited to: the one asked for (if allowed), or a tenant's
+    /// own.
+    fn listing(&self, asked: Option<i64>) -> Result<Option<i64>, ApiError> {
+        match (self.scope, asked) {
+            (Scope::Tenant(own), Some(asked)) if asked != own => Err(ApiError::Forbidden),
+            (Scope::Tenant(own), _) => Ok(Some(own)),
+            (_, asked) => Ok(asked),
+        }
+    }
+}
+
+/// The routes under `/api/v1`, behind the token check and the audit.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    let protected = Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{job_id}", get(get_job))
+        .route("/api/v1/vms", get(list_vms))
+        .route("/api/v1/usage", get(usage))
+        .route("/api/v1/installations", get(installations))
+        .route("/api/v1/audit", get(audit_log))
+        .route_layer(axum::middleware::from_fn_with_state(state, authenticate));
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .merge(protected)
+}
+
+/// Checks the bearer token, runs the call, and audits it (who, what, from where, outcome)
+/// before the answer leaves.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string());
+    let action = format!("api {} {}", request.method(), request.uri().path());
+    let target = request.uri().query().map(str::to_owned);
+    let caller = match bearer(&request) {
+        Some(presented) => match tokens::lookup(state.store.as_ref(), presented).await {
+            Ok(found) => found.as_ref().and_then(Caller::from_row),
+            Err(e) => {
+                tracing::error!(error = %crate::error::chain(&e), "token lookup failed");
+                return ApiError::Unavailable.into_response();
+            }
+        },
+        None => None,
+    };
+    let (actor, response) = match caller {
+        Some(caller) => {
+            let actor = format!("token:{}", caller.token_id);
+            request.extensions_mut().insert(caller);
+            (actor, next.run(request).await)
+        }
+        None => (
+            "anonymous".to_owned(),
+            ApiError::Unauthorized.into_response(),
+        ),
+    };
+    let event = NewAudit {
+        at: state.clock.now(),
+        actor,
+        source,
+        action,
+        target,
+        outcome: response.status().as_u16().to_string(),
+    };
+    if let Err(e) = state.store.append_audit(&event).await {
+        tracing::error!(error = %crate::error::chain(&e), "could not write the audit row; refusing the call");
+        return ApiError::Unavailable.into_response();
+    }
+    response
+}
+
+/// The token of `Authorization: Bearer <token>`, if the header is well-formed.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn caller(request_caller: Option<axum::Extension<Caller>>) -> Result<Caller, ApiError> {
+    request_caller
+        .map(|axum::Extension(c)| c)
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn store_error(e: mayfly_store::StoreError) -> ApiError {
+    tracing::error!(error = %crate::error::chain(&e), "API store read failed");
+    ApiError::Unavailable
+}
+
+/// The caller's own token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    pub token_id: String,
+    /// `admin`, `read` or `tenant`
+    pub scope: String,
+    pub installation_id: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "tokens",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn whoami(c: Option<axum::Extension<Caller>>) -> Result<Json<WhoAmI>, ApiError> {
+    let c = caller(c)?;
+    Ok(Json(WhoAmI {
+        token_id: c.token_id,
+        scope: c.scope.name().to_owned(),
+        installation_id: c.scope.installation(),
+    }))
+}
+
+/// Restricts a listing to one installation.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InstallationFilter {
+    /// Only rows of this installation. A tenant token may name only its own.
+    pub installation: Option<i64>,
+}
+
+/// A job's metadata: who started it, where, when, on what hardware, how it ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    pub job_id: i64,
+    pub run_id: i64,
+    pub installation_id: Option<i64>,
+    pub repository: String,
+    pub org: Option<String>,
+    /// Login of the user who triggered the run.
+    pub sender: String,
+    /// `queued`, `waiting`, `in_progress` or `completed`
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub labels: Vec<String>,
+    pub job_name: String,
+    pub workflow_name: Option<String>,
+    /// The hardware profile it ran on.
+    pub profile: Option<String>,
+    /// What mayfly did: `new`, `placing`, `placed`, `ignored`, `failed` or `skipped`.
+    pub disposition: String,
+    pub failure: Option<String>,
+    pub runner_name: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub first_seen_at: DateTime<Utc>,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(j: &JobRecord) -> Self {
+        Self {
+            job_id: j.job_id.0,
+            run_id: j.run_id.0,
+            installation_id: j.installation_id.map(|i| i.0),
+            repository: j.repo.to_string(),
+            org: j.org.clone(),
+            sender: j.sender.clone(),
+            status: j.status.as_str().to_owned(),
+            conclusion: j.conclusion.clone(),
+            labels: j.labels.clone(),
+            job_name: j.job_name.clone(),
+            workflow_name: j.workflow_name.clone(),
+            profile: j.dispatch.profile.clone(),
+            disposition: j.dispatch.disposition.clone(),
+            failure: j.dispatch.failure.clone(),
+            runner_name: j.runner_name.clone(),
+            created_at: j.created_at,
+            started_at: j.started_at,
+            completed_at: j.completed_at,
+            first_seen_at: j.first_seen_at,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(InstallationFilter),
+    responses((status = 200, body = [JobView]), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Query(filter): Query<InstallationFilter>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let only = caller(c)?.listing(filter.installation)?;
+    let jobs = state.store.jobs().await.map_err(store_error)?;
+    Ok(Json(
+        jobs.iter()
+            .filter(|j| only.is_none_or(|i| j.installation_id.map(|x| x.0) == Some(i)))
+            .map(JobView::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = i64, Path, description = "GitHub's job id")),
+    responses((status = 200, body = JobView), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_job(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Path(job_id): Path<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    let c = caller(c)?;
+    let job = state
+        .store
+        .job(mayfly_core::JobId(job_id))
+        .await
+        .map_err(store_error)?;
+    match job {
+        Some(job) if c.may_see(job.installation_id.map(|i| i.0)) => Ok(Json(JobView::from(&job))),
+        Some(_) => Err(ApiError::Forbidden),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// One VM mayfly asked an agent for, and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VmView {
+    pub start_id: String,
+    pub vm_id: Option<String>,
+    pub host: String,
+    pub profile: String,
+    pub installation_id: i64,
+    pub repository: String,
+    /// The job it was started for.
+    pub for_job_id: i64,
+    /// The job its runner ran.
+    pub ran_job_id: Option<i64>,
+    /// `requested`, `started`, `booted`, `exited`, `destroyed` or `failed`
+    pub state: String,
+    pub requested_at: DateTime<Utc>,
+    pub booted_at: Option<DateTime<Utc>>,
+    pub destroyed_at: Option<DateTime<Utc>>,
+    pub failure: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(InstallationFilter),
+    responses((status = 200, body = [VmView]), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn list_vms(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Query(filter): Query<InstallationFilter>,
+) -> Result<Json<Vec<VmView>>, ApiError> {
+    let only = caller(c)?.listing(filter.installation)?;
+    let vms = state.store.vms(false).await.map_err(store_error)?;
+    Ok(Json(
+        vms.into_iter()
+            .filter(|v| only.is_none_or(|i| v.installation_id == i))
+            .map(|v| VmView {
+                start_id: v.start_id,
+                vm_id: v.vm_id,
+                host: v.host,
+                profile: v.profile,
+                installation_id: v.installation_id,
+                repository: v.repo,
+                for_job_id: v.for_job_id,
+                ran_job_id: v.ran_job_id,
+                state: v.state,
+                requested_at: v.requested_at,
+                booted_at: v.booted_at,
+                destroyed_at: v.destroyed_at,
+                failure: v.failure,
+            })
+            .collect(),
+    ))
+}
+
+/// Usage of one installation on one day (UTC) on one hardware profile.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    pub installation_id: i64,
+    /// `YYYY-MM-DD`
+    pub day: String,
+    pub profile: String,
+    pub jobs: i64,
+    pub run_seconds: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(InstallationFilter),
+    responses((status = 200, body = [UsageView]), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Query(filter): Query<InstallationFilter>,
+) -> Result<Json<Vec<UsageView>>, ApiError> {
+    let only = caller(c)?.listing(filter.installation)?;
+    let rows = state.store.usage(only).await.map_err(store_error)?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|u| UsageView {
+                installation_id: u.installation_id,
+                day: u.day,
+                profile: u.profile,
+                jobs: u.jobs,
+                run_seconds: u.run_seconds,
+            })
+            .collect(),
+    ))
+}
+
+/// An installation of the GitHub App (a tenant).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstallationView {
+    pub installation_id: i64,
+    pub account: Option<String>,
+    /// `active`, `suspended` or `deleted`
+    pub state: String,
+    pub repositories: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/installations", tag = "installations",
+    params(InstallationFilter),
+    responses((status = 200, body = [InstallationView]), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn installations(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Query(filter): Query<InstallationFilter>,
+) -> Result<Json<Vec<InstallationView>>, ApiError> {
+    let only = caller(c)?.listing(filter.installation)?;
+    let rows = state.store.installations().await.map_err(store_error)?;
+    Ok(Json(
+        rows.into_iter()
+            .filter(|i| only.is_none_or(|o| i.installation_id.0 == o))
+            .map(|i| InstallationView {
+                installation_id: i.installation_id.0,
+                account: i.account,
+                state: i.state,
+                repositories: i.repos.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+    ))
+}
+
+/// A page of the audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditPage {
+    /// Rows after this sequence number (default 0: from the start).
+    pub after: Option<i64>,
+    /// At most this many rows (default and maximum 1000).
+    pub limit: Option<u32>,
+    /// Not allowed here: the audit log is the operator's (admin tokens only).
+    pub installation: Option<i64>,
+}
+
+/// One audit row with its place in the hash chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub source: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditPage),
+    responses((status = 200, body = [AuditView]), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    Query(page): Query<AuditPage>,
+) -> Result<Json<Vec<AuditView>>, ApiError> {
+    if !matches!(caller(c)?.scope, Scope::Admin) {
+        return Err(ApiError::Forbidden);
+    }
+    let limit = page.limit.unwrap_or(1000).min(1000);
+    let rows = state
+        .store
+        .audit_log(page.after.unwrap_or(0), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuditView {
+                seq: r.seq,
+                at: r.at,
+                actor: r.actor,
+                source: r.source,
+                action: r.action,
+                target: r.target,
+                outcome: r.outcome,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            })
+            .collect(),
+    ))
+}
+
+/// Every refusal: a stable code, and a message except on 401.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: Option<String>,
+}
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `mayfly token create`: admin, read, or tenant (one installation).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API's OpenAPI description, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mayfly API", version = "1",
+        description = "Read access to jobs, VMs, usage and installations (per tenant), and the audit log (admin)."),
+    paths(whoami, list_jobs, get_job, list_vms, usage, installations, audit_log),
+    components(schemas(WhoAmI, JobView, VmView, UsageView, InstallationView, AuditView, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+async fn openapi_json() -> impl IntoResponse {
+    (StatusCode::OK, Json(ApiDoc::openapi()))
+}
