@@ -36,6 +36,40 @@ pub struct ServerConfig {
     pub server_id: Option<String>,
     pub database: DatabaseConfig,
     pub retention: RetentionConfig,
+    /// `/.well-known/security.txt` (RFC 9116). Without it the file is not served.
+    pub security_txt: Option<SecurityTxtConfig>,
+}
+
+/// What `/.well-known/security.txt` says (RFC 9116).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityTxtConfig {
+    /// Where to report a vulnerability: `mailto:`, `https:` or `tel:` URIs, most preferred
+    /// first.
+    pub contact: Vec<String>,
+    /// The disclosure policy (an `https:` URL).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// A key to encrypt reports with (an `https:` URL to an OpenPGP key).
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// Languages reports may be written in (`en`, or `en, de`).
+    #[serde(default = "default_languages")]
+    pub preferred_languages: String,
+    /// The file's own `https:` URL(s), as reporters reach it.
+    #[serde(default)]
+    pub canonical: Vec<String>,
+    /// `Expires` is this many days after the current day (RFC 9116 advises under a year).
+    #[serde(default = "default_expires_days")]
+    pub expires_days: u32,
+}
+
+fn default_languages() -> String {
+    "en".to_owned()
+}
+
+fn default_expires_days() -> u32 {
+    180
 }
 
 /// How long metadata is kept. A purge runs at start and every hour.
@@ -154,6 +188,7 @@ impl Default for ServerConfig {
             server_id: None,
             database: DatabaseConfig::default(),
             retention: RetentionConfig::default(),
+            security_txt: None,
         }
     }
 }
@@ -190,6 +225,8 @@ pub enum ConfigError {
     NoDbKey,
     #[error("set one of [database] key_file and passphrase_file, not both")]
     TwoDbKeys,
+    #[error("[security_txt] {0}")]
+    SecurityTxt(&'static str),
     #[error("[database] postgres_url must not carry a password: put it in postgres_password_file (mode 600)")]
     PasswordInUrl,
     #[error(transparent)]
@@ -235,6 +272,41 @@ impl ServerConfig {
                 .map(|(userinfo, _)| userinfo);
             if userinfo.is_some_and(|u| u.contains(':')) {
                 return Err(ConfigError::PasswordInUrl);
+            }
+        }
+        if let Some(sec) = &self.security_txt {
+            if sec.contact.is_empty() {
+                return Err(ConfigError::SecurityTxt(
+                    "contact needs at least one mailto:, https: or tel: URI",
+                ));
+            }
+            let uri_ok = |u: &String| {
+                ["mailto:", "https://", "tel:"]
+                    .iter()
+                    .any(|p| u.starts_with(p))
+                    && !u.contains(char::is_whitespace)
+            };
+            if !sec.contact.iter().all(uri_ok) {
+                return Err(ConfigError::SecurityTxt(
+                    "each contact must be a mailto:, https: or tel: URI",
+                ));
+            }
+            let https = |u: &String| u.starts_with("https://") && !u.contains(char::is_whitespace);
+            if !sec
+                .policy
+                .iter()
+                .chain(&sec.encryption)
+                .chain(&sec.canonical)
+                .all(https)
+            {
+                return Err(ConfigError::SecurityTxt(
+                    "policy, encryption and canonical must be https:// URLs",
+                ));
+            }
+            if !(1..=365).contains(&sec.expires_days) {
+                return Err(ConfigError::SecurityTxt(
+                    "expires_days must be between 1 and 365",
+                ));
             }
         }
         if !self.agent_listen.ip().is_loopback() {

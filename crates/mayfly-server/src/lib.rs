@@ -45,6 +45,7 @@ pub struct AppState {
     max_body_bytes: usize,
     processor_wakeup: Arc<Notify>,
     log_limiter: log_limit::LogLimiter,
+    security_txt: Option<config::SecurityTxtConfig>,
 }
 
 /// Why the server could not start.
@@ -133,6 +134,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhooks/github", post(intake::receive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/.well-known/security.txt", get(security_txt))
         .merge(api::routes(state.clone()))
         .with_state(state)
 }
@@ -145,6 +147,47 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str)
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
         }
     }
+}
+
+/// RFC 9116: how to report a vulnerability. `Expires` moves with the calendar (the start of the
+/// current UTC day plus `expires_days`), so a long-running server never serves an expired file.
+async fn security_txt(State(state): State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(sec) = &state.security_txt else {
+        return (StatusCode::NOT_FOUND, "no security.txt is configured\n").into_response();
+    };
+    let today = state.clock.now().date_naive();
+    let expires = today.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
+        + chrono::Duration::days(i64::from(sec.expires_days));
+    let mut text = String::new();
+    for contact in &sec.contact {
+        text.push_str(&format!("Contact: {contact}\n"));
+    }
+    text.push_str(&format!(
+        "Expires: {}\n",
+        expires.format("%Y-%m-%dT%H:%M:%S.000Z")
+    ));
+    if let Some(encryption) = &sec.encryption {
+        text.push_str(&format!("Encryption: {encryption}\n"));
+    }
+    if let Some(policy) = &sec.policy {
+        text.push_str(&format!("Policy: {policy}\n"));
+    }
+    text.push_str(&format!(
+        "Preferred-Languages: {}\n",
+        sec.preferred_languages
+    ));
+    for canonical in &sec.canonical {
+        text.push_str(&format!("Canonical: {canonical}\n"));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Validates the configuration, binds the listener and starts serving and processing.
@@ -167,6 +210,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         max_body_bytes: config.webhook.max_body_bytes,
         processor_wakeup: wakeup.clone(),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
+        security_txt: config.security_txt.clone(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -185,6 +229,18 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let http = axum_server::Handle::new();
     let mut tasks = tokio::task::JoinSet::new();
     let has_tls = tls.is_some();
+    if let (Some(live), Some(files)) = (&tls, &config.tls) {
+        // Registered before `start` returns, so a SIGHUP from then on never kills the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        tasks.spawn(reload_on_sighup(
+            hangups,
+            live.clone(),
+            files.clone(),
+            deps.store.clone(),
+            deps.clock.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(serve(listener, tls, router(state), http.clone()));
     let schedule = Arc::new(Notify::new());
     let processor = Processor {
@@ -289,6 +345,52 @@ async fn serve(
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "the HTTP listener stopped");
+    }
+}
+
+/// Reloads the listener's certificate and key from their files on SIGHUP (a renewed
+/// certificate, without a restart), and audits it. A pair that does not load keeps the old one.
+async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    live: axum_server::tls_rustls::RustlsConfig,
+    files: TlsFiles,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let mut hangups = match hangups {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only on restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        let outcome = match tls::reload(&live, &files) {
+            Ok(()) => {
+                tracing::info!(cert = %files.cert_file.display(), "reloaded the TLS certificate");
+                "ok".to_owned()
+            }
+            Err(e) => {
+                tracing::error!(error = %error::chain(&e), "TLS reload failed; still serving the previous certificate");
+                format!("failed: {e}")
+            }
+        };
+        let event = mayfly_store::NewAudit {
+            at: clock.now(),
+            actor: "signal:SIGHUP".into(),
+            source: None,
+            action: "tls reload".into(),
+            target: Some(files.cert_file.display().to_string()),
+            outcome,
+        };
+        if let Err(e) = store.append_audit(&event).await {
+            tracing::error!(error = %error::chain(&e), "could not audit the TLS reload");
+        }
     }
 }
 

@@ -23,6 +23,17 @@ pub enum TlsError {
 
 /// Builds the listener's TLS configuration from PEM files.
 pub async fn server_config(files: &TlsFiles) -> Result<RustlsConfig, TlsError> {
+    Ok(RustlsConfig::from_config(rustls_config(files)?))
+}
+
+/// Re-reads the PEM files into a running listener's configuration (SIGHUP). A pair that does
+/// not load leaves the old one serving.
+pub fn reload(live: &RustlsConfig, files: &TlsFiles) -> Result<(), TlsError> {
+    live.reload_from_config(rustls_config(files)?);
+    Ok(())
+}
+
+fn rustls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = load_certs(&files.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&files.key_file)
         .map_err(|_| TlsError::Key(files.key_file.clone()))?;
@@ -35,7 +46,7 @@ pub async fn server_config(files: &TlsFiles) -> Result<RustlsConfig, TlsError> {
         .map_err(TlsError::Config)?;
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(RustlsConfig::from_config(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
