@@ -24,8 +24,9 @@ pub struct Purged {
 }
 pub use audit::{row_hash, verify_chain, ChainBreak, GENESIS};
 pub use model::{
-    AuditRow, DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery,
-    PendingDelivery, Recorded, SealedRow, TokenRow, UsageRow, VmRow, WrappedKey,
+    AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
+    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded, SealedRow, TokenRow,
+    UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
 pub use seal::{MasterKey, SealError, Sealer};
@@ -162,6 +163,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Audit rows with `seq > after`, in order, at most `limit`.
     async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Adds an agent bootstrap token (a hash of its secret).
+    async fn insert_bootstrap(&self, row: &BootstrapRow) -> Result<(), StoreError>;
+
+    /// Uses up the bootstrap token `id` if `secret_hash` matches, it is unused and unexpired.
+    async fn consume_bootstrap(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BootstrapUse, StoreError>;
+
+    /// Records an agent's (new) client certificate; re-enrolling un-revokes it.
+    async fn enrol_agent(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The agent whose client certificate has this SHA-256.
+    async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError>;
+
+    /// Every enrolled agent.
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+
+    /// Revokes an agent; `false` when there is no such live agent.
+    async fn revoke_agent(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -213,3 +213,36 @@ pub struct AuditRow {
     pub prev_hash: String,
     pub hash: String,
 }
+
+/// A one-time agent bootstrap token as stored (a hash of its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapRow {
+    pub id: String,
+    /// The name the agent will have.
+    pub agent_name: String,
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What presenting a bootstrap token came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapUse {
+    /// Accepted (and now used up): enrol the agent of this name.
+    Accepted {
+        agent_name: String,
+    },
+    Unknown,
+    AlreadyUsed,
+    Expired,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRow {
+    pub name: String,
+    /// SHA-256 (hex) of its client certificate (DER).
+    pub cert_sha256: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}

@@ -17,8 +17,9 @@ use sqlx::{Row, SqlitePool};
 use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
-    AuditRow, DeliveryRecord, InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery,
-    PendingDelivery, Recorded, SealedRow, Store, StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
+    AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
+    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded, SealedRow, Store,
+    StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -972,6 +973,121 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn insert_bootstrap(&self, b: &BootstrapRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agent_bootstraps (id, agent_name, secret_hash, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&b.id)
+        .bind(&b.agent_name)
+        .bind(&b.secret_hash)
+        .bind(b.created_at)
+        .bind(b.expires_at)
+        .execute(&self.pool)
+        .await
+        .op("insert bootstrap token")?;
+        Ok(())
+    }
+
+    async fn consume_bootstrap(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BootstrapUse, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT agent_name, secret_hash, expires_at, used_at FROM agent_bootstraps WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .op("read bootstrap token")?;
+        let op = "read bootstrap token";
+        let Some(row) = row else {
+            return Ok(BootstrapUse::Unknown);
+        };
+        let stored: String = row.try_get("secret_hash").op(op)?;
+        if stored != secret_hash {
+            return Ok(BootstrapUse::Unknown);
+        }
+        if row
+            .try_get::<Option<DateTime<Utc>>, _>("used_at")
+            .op(op)?
+            .is_some()
+        {
+            return Ok(BootstrapUse::AlreadyUsed);
+        }
+        if row.try_get::<DateTime<Utc>, _>("expires_at").op(op)? <= now {
+            return Ok(BootstrapUse::Expired);
+        }
+        let agent_name: String = row.try_get("agent_name").op(op)?;
+        let used = sqlx::query(
+            "UPDATE agent_bootstraps SET used_at = ?1 WHERE id = ?2 AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .op("use bootstrap token")?
+        .rows_affected();
+        tx.commit().await.op("commit bootstrap use")?;
+        Ok(if used == 1 {
+            BootstrapUse::Accepted { agent_name }
+        } else {
+            BootstrapUse::AlreadyUsed
+        })
+    }
+
+    async fn enrol_agent(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (name, cert_sha256, enrolled_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET cert_sha256 = excluded.cert_sha256,
+               enrolled_at = excluded.enrolled_at, revoked_at = NULL",
+        )
+        .bind(name)
+        .bind(cert_sha256)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .op("enrol agent")?;
+        Ok(())
+    }
+
+    async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM agents WHERE cert_sha256 = ?1")
+            .bind(cert_sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .op("read agent")?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agents ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .op("list agents")?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn revoke_agent(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let updated =
+            sqlx::query("UPDATE agents SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .op("revoke agent")?
+                .rows_affected();
+        Ok(updated == 1)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -1045,6 +1161,16 @@ fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError>
         installation_id: row.try_get("installation_id").op(op)?,
         token_hash: row.try_get("token_hash").op(op)?,
         created_at: row.try_get("created_at").op(op)?,
+        revoked_at: row.try_get("revoked_at").op(op)?,
+    })
+}
+
+fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRow, StoreError> {
+    let op = "read agent";
+    Ok(AgentRow {
+        name: row.try_get("name").op(op)?,
+        cert_sha256: row.try_get("cert_sha256").op(op)?,
+        enrolled_at: row.try_get("enrolled_at").op(op)?,
         revoked_at: row.try_get("revoked_at").op(op)?,
     })
 }

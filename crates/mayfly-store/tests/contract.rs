@@ -618,6 +618,83 @@ async fn the_audit_log_is_one_chain(store: &dyn Store) {
     assert_eq!(store.audit_log(7, 100).await.unwrap().len(), 3);
 }
 
+/// A bootstrap token works once, before it expires, with its own secret; agents are known by
+/// certificate, re-enrolled with a new one, revoked.
+async fn bootstrap_tokens_are_one_time_and_agents_revocable(store: &dyn Store) {
+    use mayfly_store::BootstrapUse;
+    let now = now_micros();
+    for (id, expires) in [
+        ("b-1", now + Duration::hours(1)),
+        ("b-2", now - Duration::seconds(1)),
+    ] {
+        store
+            .insert_bootstrap(&mayfly_store::BootstrapRow {
+                id: id.into(),
+                agent_name: format!("host-{id}"),
+                secret_hash: format!("hash-{id}"),
+                created_at: now - Duration::hours(2),
+                expires_at: expires,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.consume_bootstrap("b-1", "wrong", now).await.unwrap(),
+        BootstrapUse::Unknown
+    );
+    assert_eq!(
+        store
+            .consume_bootstrap("nope", "hash-b-1", now)
+            .await
+            .unwrap(),
+        BootstrapUse::Unknown
+    );
+    assert_eq!(
+        store
+            .consume_bootstrap("b-2", "hash-b-2", now)
+            .await
+            .unwrap(),
+        BootstrapUse::Expired
+    );
+    assert_eq!(
+        store
+            .consume_bootstrap("b-1", "hash-b-1", now)
+            .await
+            .unwrap(),
+        BootstrapUse::Accepted {
+            agent_name: "host-b-1".into()
+        }
+    );
+    assert_eq!(
+        store
+            .consume_bootstrap("b-1", "hash-b-1", now)
+            .await
+            .unwrap(),
+        BootstrapUse::AlreadyUsed
+    );
+
+    store.enrol_agent("host-b-1", "fp-1", now).await.unwrap();
+    assert_eq!(
+        store.agent_by_cert("fp-1").await.unwrap().unwrap().name,
+        "host-b-1"
+    );
+    store.enrol_agent("host-b-1", "fp-2", now).await.unwrap();
+    assert!(
+        store.agent_by_cert("fp-1").await.unwrap().is_none(),
+        "the old certificate is gone"
+    );
+    assert!(store.revoke_agent("host-b-1", now).await.unwrap());
+    assert!(!store.revoke_agent("host-b-1", now).await.unwrap());
+    assert!(store
+        .agent_by_cert("fp-2")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert_eq!(store.agents().await.unwrap().len(), 1);
+}
+
 async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(
@@ -859,4 +936,14 @@ async fn sqlite_the_audit_log_is_one_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_the_audit_log_is_one_chain() {
     with_postgres(the_audit_log_is_one_chain).await;
+}
+
+#[tokio::test]
+async fn sqlite_bootstrap_tokens_are_one_time_and_agents_revocable() {
+    with_sqlite(bootstrap_tokens_are_one_time_and_agents_revocable).await;
+}
+
+#[tokio::test]
+async fn postgres_bootstrap_tokens_are_one_time_and_agents_revocable() {
+    with_postgres(bootstrap_tokens_are_one_time_and_agents_revocable).await;
 }
