@@ -39,8 +39,12 @@ use vm::{StartRequest, VmContext, VmTable};
 pub struct AgentConfig {
     /// This host's stable id.
     pub agent_id: String,
-    /// The server's gRPC address, e.g. `http://127.0.0.1:7443` (mTLS comes with a later issue).
+    /// The server's gRPC address: `https://host:8444` with `tls`, or `http://127.0.0.1:…` for a
+    /// loopback development server.
     pub server_url: String,
+    /// mTLS: the agent's certificate and key (from `mayfly agent enrol`) and the server CA it
+    /// pinned. The agent then trusts that CA only.
+    pub tls: Option<AgentTls>,
     /// How many VMs may run at once.
     pub slots: u32,
     /// What the host offers (reported in `Hello`).
@@ -75,6 +79,7 @@ impl AgentConfig {
         Self {
             agent_id: agent_id.into(),
             server_url: server_url.into(),
+            tls: None,
             slots: 1,
             vcpus: 1,
             memory_mib: 1024,
@@ -89,6 +94,20 @@ impl AgentConfig {
             reconnect_max: Duration::from_secs(30),
             shutdown_flush: Duration::from_secs(10),
         }
+    }
+}
+
+/// The agent's mTLS material (PEM). Debug shows none of it.
+#[derive(Clone)]
+pub struct AgentTls {
+    pub server_ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentTls([redacted])")
     }
 }
 
@@ -119,11 +138,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if config.slots == 0 {
         return Err(AgentError::NoSlots);
     }
-    let endpoint = Endpoint::from_shared(config.server_url.clone())
-        .map_err(|source| AgentError::ServerUrl {
+    let mut endpoint = Endpoint::from_shared(config.server_url.clone()).map_err(|source| {
+        AgentError::ServerUrl {
             url: config.server_url.clone(),
             source,
-        })?
+        }
+    })?;
+    if let Some(tls) = &config.tls {
+        let host = endpoint.uri().host().unwrap_or("localhost").to_owned();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.server_ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                tls.key_pem.as_slice(),
+            ))
+            .domain_name(host.trim_start_matches('[').trim_end_matches(']'));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|source| AgentError::ServerUrl {
+                url: config.server_url.clone(),
+                source,
+            })?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

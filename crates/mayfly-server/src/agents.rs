@@ -113,6 +113,58 @@ impl AgentHub {
 #[derive(Debug, Clone)]
 pub struct AgentServiceImpl {
     pub hub: Arc<AgentHub>,
+    /// With mTLS: who may connect. `None` only for a loopback `--insecure-dev` listener.
+    pub auth: Option<AgentAuth>,
+}
+
+/// Checks a connecting agent's client certificate against the enrolled agents, and audits.
+#[derive(Debug, Clone)]
+pub struct AgentAuth {
+    pub store: Arc<dyn mayfly_store::Store>,
+    pub clock: Arc<dyn mayfly_core::Clock>,
+}
+
+impl AgentAuth {
+    /// The enrolled, unrevoked agent holding this certificate, as `Ok(name)`; or why not.
+    async fn identify(
+        &self,
+        certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    ) -> Result<String, &'static str> {
+        let Some(leaf) = certs.and_then(<[_]>::first) else {
+            return Err("no client certificate");
+        };
+        let sha = crate::agent_pki::cert_sha256(leaf);
+        match self.store.agent_by_cert(&sha).await {
+            Ok(Some(agent)) if agent.revoked_at.is_none() => Ok(agent.name),
+            Ok(Some(_)) => Err("revoked agent"),
+            Ok(None) => Err("unknown certificate"),
+            Err(e) => {
+                tracing::error!(error = %crate::error::chain(&e), "agent lookup failed");
+                Err("store unavailable")
+            }
+        }
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        source: Option<String>,
+        outcome: &str,
+    ) -> Result<(), Status> {
+        let event = mayfly_store::NewAudit {
+            at: self.clock.now(),
+            actor: actor.to_owned(),
+            source,
+            action: "agent connect".into(),
+            target: None,
+            outcome: outcome.to_owned(),
+        };
+        self.store.append_audit(&event).await.map_err(|e| {
+            tracing::error!(error = %crate::error::chain(&e), "could not audit an agent connection; refusing it");
+            Status::unavailable("the server cannot record this connection; retry later")
+        })?;
+        Ok(())
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -125,6 +177,24 @@ impl AgentService for AgentServiceImpl {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
+        let source = request.remote_addr().map(|a| a.to_string());
+        let certified = match &self.auth {
+            Some(auth) => {
+                let certs = request.peer_certs();
+                match auth.identify(certs.as_deref().map(Vec::as_slice)).await {
+                    Ok(name) => Some(name),
+                    Err(why) => {
+                        tracing::warn!(?source, why, "agent refused");
+                        auth.audit("anonymous", source, &format!("refused: {why}"))
+                            .await?;
+                        return Err(Status::permission_denied(
+                            "this agent is not enrolled (or was revoked): run `mayfly agent enrol`",
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
         let mut incoming = request.into_inner();
         let first = incoming
             .next()
@@ -145,6 +215,17 @@ impl AgentService for AgentServiceImpl {
             ));
         }
         let agent = hello.agent_id.clone();
+        if let (Some(auth), Some(name)) = (&self.auth, &certified) {
+            let actor = format!("agent:{name}");
+            if *name != agent {
+                auth.audit(&actor, source, &format!("refused: claimed to be {agent}"))
+                    .await?;
+                return Err(Status::permission_denied(
+                    "agent_id does not match the agent's certificate",
+                ));
+            }
+            auth.audit(&actor, source, "ok").await?;
+        }
         let capacity = hello.capacity.unwrap_or_default();
         let (tx, rx) = mpsc::channel(64);
         let session = self.hub.next_session.fetch_add(1, Ordering::Relaxed);

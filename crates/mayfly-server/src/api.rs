@@ -70,6 +70,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(axum::middleware::from_fn_with_state(state, authenticate));
     Router::new()
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/agents/server-ca", get(server_ca))
+        .route("/api/v1/agents/enrol", axum::routing::post(enrol))
         .merge(protected)
 }
 
@@ -457,6 +459,91 @@ async fn audit_log(
     ))
 }
 
+/// The CA certificate that issued this server's TLS certificate (PEM). Agents fetch it before
+/// they enrol and accept it only if its SHA-256 is the one their bootstrap token carries.
+#[utoipa::path(get, path = "/api/v1/agents/server-ca", tag = "agents",
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file"),
+        (status = 404, body = ErrorBody)))]
+async fn server_ca(State(state): State<Arc<AppState>>) -> Response {
+    match &state.pki {
+        Some(pki) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            pki.server_ca_pem.clone(),
+        )
+            .into_response(),
+        None => ApiError::NotFound.into_response(),
+    }
+}
+
+/// Trades a one-time bootstrap token and a CSR for the agent's client certificate. A token
+/// that is malformed, unknown, used or expired gets 401; every attempt is audited.
+#[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents",
+    request_body = crate::agent_pki::EnrolRequest,
+    responses((status = 200, body = crate::agent_pki::EnrolResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn enrol(
+    State(state): State<Arc<AppState>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (Some(pki), Some(agent_port)) = (&state.pki, state.agent_port) else {
+        return ApiError::NotFound.into_response();
+    };
+    let source = connect.map(|axum::Extension(ConnectInfo(a))| a.to_string());
+    let request: Option<crate::agent_pki::EnrolRequest> = serde_json::from_slice(&body).ok();
+    let token_id = request
+        .as_ref()
+        .and_then(|r| crate::agent_pki::BootstrapClaims::decode(&r.token))
+        .map(|c| c.id);
+    let (outcome, response) = match &request {
+        None => (
+            "refused: not an enrolment request".to_owned(),
+            ApiError::BadRequest("expected JSON with token and csr_pem").into_response(),
+        ),
+        Some(request) => match crate::agent_pki::enrol(state.store.as_ref(), pki, request).await {
+            Ok((agent, cert_pem)) => (
+                format!("ok: agent {agent}"),
+                Json(crate::agent_pki::EnrolResponse {
+                    agent,
+                    cert_pem,
+                    agent_port,
+                })
+                .into_response(),
+            ),
+            Err(crate::agent_pki::EnrolRefusal::Token(why)) => (
+                format!("refused: token {why}"),
+                ApiError::Unauthorized.into_response(),
+            ),
+            Err(crate::agent_pki::EnrolRefusal::Csr(why)) => (
+                format!("refused: {why}"),
+                ApiError::BadRequest("csr_pem is not a valid certificate signing request")
+                    .into_response(),
+            ),
+            Err(crate::agent_pki::EnrolRefusal::Store(e)) => {
+                tracing::error!(error = %crate::error::chain(&e), "enrolment failed");
+                (
+                    "failed: store".to_owned(),
+                    ApiError::Unavailable.into_response(),
+                )
+            }
+        },
+    };
+    let event = NewAudit {
+        at: state.clock.now(),
+        actor: token_id.map_or_else(|| "anonymous".to_owned(), |id| format!("bootstrap:{id}")),
+        source,
+        action: "agent enrol".into(),
+        target: None,
+        outcome,
+    };
+    if let Err(e) = state.store.append_audit(&event).await {
+        tracing::error!(error = %crate::error::chain(&e), "could not audit an enrolment; refusing it");
+        return ApiError::Unavailable.into_response();
+    }
+    response
+}
+
 /// Every refusal: a stable code, and a message except on 401.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -490,8 +577,9 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "mayfly API", version = "1",
         description = "Read access to jobs, VMs, usage and installations (per tenant), and the audit log (admin)."),
-    paths(whoami, list_jobs, get_job, list_vms, usage, installations, audit_log),
-    components(schemas(WhoAmI, JobView, VmView, UsageView, InstallationView, AuditView, ErrorBody)),
+    paths(whoami, list_jobs, get_job, list_vms, usage, installations, audit_log, server_ca, enrol),
+    components(schemas(WhoAmI, JobView, VmView, UsageView, InstallationView, AuditView, ErrorBody,
+        crate::agent_pki::EnrolRequest, crate::agent_pki::EnrolResponse)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

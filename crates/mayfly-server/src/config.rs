@@ -21,7 +21,7 @@ pub struct ServerConfig {
     /// Serve plain HTTP. Development only: refused unless `listen` is a loopback address.
     pub insecure_dev: bool,
     pub webhook: WebhookConfig,
-    /// Address agents dial (gRPC). Plain TCP on loopback only until agents get mTLS.
+    /// Address agents dial (gRPC over mTLS; plain TCP on loopback only with `insecure_dev`).
     pub agent_listen: SocketAddr,
     /// The GitHub App; without it the server only records deliveries and schedules nothing.
     pub github: Option<GitHubConfig>,
@@ -160,6 +160,10 @@ impl DatabaseConfig {
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// The CA certificate that issued `cert_file`, which agents pin when they enrol. Default:
+    /// the last certificate in `cert_file` (the chain's top).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Webhook intake settings.
@@ -216,7 +220,7 @@ pub enum ConfigError {
     #[error("webhook.max_body_bytes must be between 1 KiB and 25 MiB")]
     BodyLimit,
     #[error(
-        "agent_listen is plain TCP until agents get mTLS: it must be a loopback address, not {0}"
+        "without TLS (--insecure-dev) agents speak plain gRPC, so agent_listen must be a loopback address, not {0}"
     )]
     AgentNotLoopback(SocketAddr),
     #[error("profile `{0}` is defined twice")]
@@ -309,7 +313,7 @@ impl ServerConfig {
                 ));
             }
         }
-        if !self.agent_listen.ip().is_loopback() {
+        if self.tls.is_none() && !self.agent_listen.ip().is_loopback() {
             return Err(ConfigError::AgentNotLoopback(self.agent_listen));
         }
         for (i, p) in self.profiles.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! endpoints over TLS; the scheduler, reconciler and API build on the same state.
 #![forbid(unsafe_code)]
 
+pub mod agent_pki;
 mod agents;
 pub mod api;
 pub mod config;
@@ -46,6 +47,10 @@ pub struct AppState {
     processor_wakeup: Arc<Notify>,
     log_limiter: log_limit::LogLimiter,
     security_txt: Option<config::SecurityTxtConfig>,
+    /// The agent CA and the server CA agents pin (with TLS and a GitHub App).
+    pki: Option<Arc<agent_pki::AgentPki>>,
+    /// The agent listener's port, told to enrolling agents.
+    agent_port: Option<u16>,
 }
 
 /// Why the server could not start.
@@ -61,6 +66,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the agent listener's TLS could not be set up: {0}")]
+    AgentTls(String),
+    #[error("the agent CA could not be loaded or made")]
+    Pki(#[source] agent_pki::PkiError),
+    #[error("could not read the master key file for sealed values")]
+    MasterKey(#[source] mayfly_store::SealError),
+    #[error("could not read the server CA certificate {0}: set [tls] ca_file to the CA that issued cert_file")]
+    ServerCa(std::path::PathBuf),
     #[error("could not listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -202,6 +215,39 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         tracing::warn!(listen = %config.listen,
             "--insecure-dev: serving plain HTTP on loopback; never expose this server");
     }
+    let server_id = config.server_id.clone().unwrap_or_else(default_server_id);
+    tracing::info!(%server_id, "server identity for claims and leases");
+    // Agents: a listener (bound now, so enrolment can name its port) and, with TLS, the agent
+    // PKI that makes it mTLS.
+    let agent_listener = match deps.github {
+        Some(_) => {
+            let listener = tokio::net::TcpListener::bind(config.agent_listen)
+                .await
+                .map_err(|source| ServerError::AgentBind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let agent_port = agent_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let pki = match (&config.tls, &agent_listener) {
+        (Some(files), Some(_)) => Some(Arc::new(
+            load_agent_pki(
+                config,
+                files,
+                deps.store.as_ref(),
+                deps.clock.as_ref(),
+                &server_id,
+            )
+            .await?,
+        )),
+        _ => None,
+    };
     let wakeup = Arc::new(Notify::new());
     let state = Arc::new(AppState {
         store: deps.store.clone(),
@@ -211,6 +257,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         processor_wakeup: wakeup.clone(),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
         security_txt: config.security_txt.clone(),
+        pki: pki.clone(),
+        agent_port,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -223,8 +271,6 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         source,
     })?;
 
-    let server_id = config.server_id.clone().unwrap_or_else(default_server_id);
-    tracing::info!(%server_id, "server identity for claims and leases");
     let shutdown = CancellationToken::new();
     let http = axum_server::Handle::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -258,29 +304,36 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         config.retention.clone(),
         shutdown.clone(),
     ));
-    let agent_addr = match deps.github {
-        Some(github) => {
+    let agent_addr = match (deps.github, agent_listener) {
+        (Some(github), Some(listener)) => {
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
             let hub = Arc::new(agents::AgentHub::new(events_tx));
-            let listener = tokio::net::TcpListener::bind(config.agent_listen)
-                .await
-                .map_err(|source| ServerError::AgentBind {
-                    addr: config.agent_listen,
-                    source,
-                })?;
             let addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::AgentBind {
                     addr: config.agent_listen,
                     source,
                 })?;
+            let auth = pki.as_ref().map(|_| agents::AgentAuth {
+                store: deps.store.clone(),
+                clock: deps.clock.clone(),
+            });
             let service = mayfly_proto::v1::agent_service_server::AgentServiceServer::new(
-                agents::AgentServiceImpl { hub: hub.clone() },
+                agents::AgentServiceImpl {
+                    hub: hub.clone(),
+                    auth,
+                },
             );
+            let mut builder = tonic::transport::Server::builder();
+            if let (Some(files), Some(pki)) = (&config.tls, &pki) {
+                builder = builder
+                    .tls_config(agent_tls(files, pki).await?)
+                    .map_err(|e| ServerError::AgentTls(e.to_string()))?;
+            }
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let served = tonic::transport::Server::builder()
+                let served = builder
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await;
@@ -308,10 +361,10 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 server_id,
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
-            tracing::info!(%addr, "listening for agents");
+            tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");
             Some(addr)
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(addr = %local_addr, tls = has_tls, "mayfly server listening");
     Ok(ServerHandle {
@@ -392,6 +445,85 @@ async fn reload_on_sighup(
             tracing::error!(error = %error::chain(&e), "could not audit the TLS reload");
         }
     }
+}
+
+/// The agent CA (sealed in the store, made on first start) and the server CA agents pin. The
+/// master key file is made on first start when it is the default one.
+async fn load_agent_pki(
+    config: &ServerConfig,
+    files: &TlsFiles,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    server_id: &str,
+) -> Result<agent_pki::AgentPki, ServerError> {
+    let master = config.master_key_path();
+    if !master.exists() && config.database.master_key_file.is_none() {
+        mayfly_store::MasterKey::random()
+            .write(&master)
+            .map_err(ServerError::MasterKey)?;
+        tracing::warn!(file = %master.display(),
+            "made a master key for sealed values; servers sharing this database need a copy");
+    }
+    let server_ca_pem = server_ca_pem(files)?;
+    let sealer = mayfly_store::Sealer::new(master);
+    // Of servers starting together on a fresh database, one makes the CA; the others wait.
+    for _ in 0..30 {
+        if hold_lease(store, clock, "agent-ca", server_id, Duration::from_secs(30)).await {
+            return agent_pki::AgentPki::load_or_create(store, &sealer, server_ca_pem)
+                .await
+                .map_err(ServerError::Pki);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    agent_pki::AgentPki::load_or_create(store, &sealer, server_ca_pem)
+        .await
+        .map_err(ServerError::Pki)
+}
+
+/// `[tls] ca_file`, or the last certificate of `cert_file`.
+pub fn server_ca_pem(files: &TlsFiles) -> Result<String, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    let path = files.ca_file.as_ref().unwrap_or(&files.cert_file);
+    let text = std::fs::read_to_string(path).map_err(|_| ServerError::ServerCa(path.clone()))?;
+    if files.ca_file.is_some() {
+        return Ok(text);
+    }
+    let last = rustls::pki_types::CertificateDer::pem_slice_iter(text.as_bytes())
+        .filter_map(Result::ok)
+        .last()
+        .ok_or_else(|| ServerError::ServerCa(path.clone()))?;
+    Ok(pem_encode(&last))
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// mTLS for the agent listener: the server's own certificate, client certificates from the
+/// agent CA only.
+async fn agent_tls(
+    files: &TlsFiles,
+    pki: &agent_pki::AgentPki,
+) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    let cert = tokio::fs::read(&files.cert_file)
+        .await
+        .map_err(|e| ServerError::AgentTls(format!("{}: {e}", files.cert_file.display())))?;
+    let key = zeroize::Zeroizing::new(
+        tokio::fs::read(&files.key_file)
+            .await
+            .map_err(|e| ServerError::AgentTls(format!("{}: {e}", files.key_file.display())))?,
+    );
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key.as_slice()))
+        .client_ca_root(tonic::transport::Certificate::from_pem(pki.ca_cert_pem())))
 }
 
 /// `host-pid-random`: unique among servers sharing a database.

@@ -41,6 +41,9 @@ enum Command {
     /// Single VMs: boot one from an image, or reap VMs left by a crashed owner.
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
+    /// Agent enrolment on the server: one-time bootstrap tokens, the enrolled agents, revoking.
+    #[command(subcommand)]
+    Agents(cmd::agents::AgentsCommand),
     /// API bearer tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
@@ -59,7 +62,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(match cli.command {
         Command::Quickstart(_) | Command::Bench(_) => "warn",
-        Command::Token(_) | Command::Audit(_) | Command::Keys(_) => "warn",
+        Command::Token(_) | Command::Audit(_) | Command::Keys(_) | Command::Agents(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Runtime::new() {
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Keys(command) => cmd::keys::run(command).await,
             Command::Token(command) => cmd::token::run(command).await,
+            Command::Agents(command) => cmd::agents::run(command).await,
             Command::Audit(command) => cmd::audit::run(command).await,
         }
     });

@@ -57,6 +57,7 @@ pub async fn start_on(
         let files = TlsFiles {
             cert_file: dir.path().join("server.crt"),
             key_file: dir.path().join("server.key"),
+            ca_file: None,
         };
         std::fs::write(&files.cert_file, cert.cert.pem()).unwrap();
         std::fs::write(&files.key_file, cert.key_pair.serialize_pem()).unwrap();

@@ -1,7 +1,9 @@
 //! `mayfly agent`: one per host. Reads its flags (or `MAYFLY_AGENT_*` variables), sets up the
 //! QEMU driver over the host's image store, and runs the agent (crate `mayfly-agent`) until
 //! SIGINT/SIGTERM, when every VM it runs is destroyed and reported before it exits.
-//! Until mTLS arrives the server must be on loopback: JIT configs never cross a network in clear.
+//! `mayfly agent enrol` trades a one-time bootstrap token for a client certificate; the agent
+//! then speaks mTLS and trusts only the server CA the token pinned. Without credentials the
+//! server must be on loopback: JIT configs never cross a network in clear.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -26,12 +28,60 @@ enum AgentAccel {
     Tcg,
 }
 
-/// Flags of `mayfly agent`.
+/// `mayfly agent [enrol]`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
-    /// The server's agent endpoint, e.g. http://127.0.0.1:7443 (loopback only until mTLS).
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Enrol this host: trade a one-time bootstrap token (from `mayfly agents bootstrap` on the
+    /// server) for a client certificate, pinning the server CA the token names.
+    Enrol(EnrolArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnrolArgs {
+    /// The server's HTTPS address, e.g. https://ci.example.com:8443.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The bootstrap token (`mfya_…`). Prefer --token-file or MAYFLY_AGENT_TOKEN: arguments
+    /// are visible to other users.
+    #[arg(
+        long,
+        env = "MAYFLY_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// A file holding the bootstrap token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Where to keep the key, certificate and pinned CA.
+    #[arg(
+        long,
+        env = "MAYFLY_AGENT_CREDENTIALS",
+        default_value = "/var/lib/mayfly/agent",
+        value_name = "DIR"
+    )]
+    credentials: PathBuf,
+}
+
+/// Flags of `mayfly agent` (running).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The server's agent endpoint [default: from the credentials]. Without credentials only a
+    /// loopback http:// development server is allowed.
     #[arg(long, env = "MAYFLY_AGENT_SERVER_URL", value_name = "URL")]
-    server_url: String,
+    server_url: Option<String>,
+    /// The directory `mayfly agent enrol` wrote (key, certificate, pinned CA): speak mTLS.
+    #[arg(long, env = "MAYFLY_AGENT_CREDENTIALS", value_name = "DIR")]
+    credentials: Option<PathBuf>,
     /// This host's stable id [default: the host name].
     #[arg(long, env = "MAYFLY_AGENT_ID", value_name = "ID")]
     id: Option<String>,
@@ -69,7 +119,177 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), Failure> {
-    check_loopback(&args.server_url).config_err()?;
+    match args.command {
+        Some(AgentCommand::Enrol(enrol_args)) => run_enrol(enrol_args).await,
+        None => run_agent(args.run).await,
+    }
+}
+
+#[allow(clippy::print_stdout)] // what was enrolled is the command's output
+async fn run_enrol(args: EnrolArgs) -> Result<(), Failure> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => zeroize::Zeroizing::new(token.clone()),
+        (None, Some(file)) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("could not read {}", file.display()))
+                .config_err()?,
+        ),
+        (None, None) => {
+            return Err(anyhow!(
+                "give the bootstrap token with --token-file or MAYFLY_AGENT_TOKEN"
+            ))
+            .config_err()
+        }
+    };
+    let credentials = enrol(&args.server, token.trim(), &args.credentials)
+        .await
+        .runtime_err()?;
+    println!(
+        "enrolled as {}; credentials in {}; run: mayfly agent --credentials {}",
+        credentials.agent,
+        args.credentials.display(),
+        args.credentials.display()
+    );
+    Ok(())
+}
+
+/// What an enrolled agent keeps beside its key and certificate.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub agent: String,
+    /// `https://host:port` of the agent listener.
+    pub agent_url: String,
+}
+
+/// Enrols with the server at `server` (HTTPS) using a bootstrap token; writes `agent.key`
+/// (mode 600), `agent.crt`, `server-ca.pem` and `agent.json` into `dir`.
+pub async fn enrol(
+    server: &str,
+    token: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Credentials> {
+    use mayfly_server::agent_pki::{pem_sha256, BootstrapClaims, EnrolResponse};
+    let claims = BootstrapClaims::decode(token)
+        .context("that is not a mayfly bootstrap token (they start with mfya_)")?;
+    if claims.expires_at <= chrono::Utc::now() {
+        return Err(anyhow!(
+            "the bootstrap token expired at {}: make a new one with `mayfly agents bootstrap`",
+            claims.expires_at
+        ));
+    }
+    let base = url::Url::parse(server).with_context(|| format!("`{server}` is not a URL"))?;
+    if base.scheme() != "https" {
+        return Err(anyhow!(
+            "the server address must be https://, not `{server}`"
+        ));
+    }
+    // The CA is fetched over a connection not yet trusted, then trusted only if it is the
+    // one the token pins.
+    let probe = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let ca_pem = probe
+        .get(base.join("api/v1/agents/server-ca")?)
+        .send()
+        .await
+        .with_context(|| format!("could not reach {server}"))?
+        .error_for_status()
+        .context("the server did not hand out its CA (is it a mayfly server with TLS?)")?
+        .text()
+        .await?;
+    let fingerprint = pem_sha256(&ca_pem).context("the server's CA is not a PEM certificate")?;
+    if fingerprint != claims.ca_sha256 {
+        return Err(anyhow!(
+            "the server's CA ({fingerprint}) is not the one the token pins ({}): refusing to              enrol; someone may be in between, or the token is for another server",
+            claims.ca_sha256
+        ));
+    }
+    let pinned = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, claims.agent.clone());
+    let csr = params.serialize_request(&key)?.pem()?;
+    let response = pinned
+        .post(base.join("api/v1/agents/enrol")?)
+        .json(&serde_json::json!({ "token": token, "csr_pem": csr }))
+        .send()
+        .await
+        .with_context(|| format!("could not reach {server}"))?;
+    match response.status() {
+        s if s.is_success() => {}
+        reqwest::StatusCode::UNAUTHORIZED => {
+            return Err(anyhow!(
+                "the server refused the token: it is unknown, already used or expired; make a                  new one with `mayfly agents bootstrap`"
+            ))
+        }
+        s => return Err(anyhow!("enrolment failed: the server answered {s}")),
+    }
+    let enrolled: EnrolResponse = response.json().await?;
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    super::sim::write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())?;
+    std::fs::write(dir.join("agent.crt"), &enrolled.cert_pem)?;
+    std::fs::write(dir.join("server-ca.pem"), &ca_pem)?;
+    let host = base.host_str().context("the server address has no host")?;
+    let credentials = Credentials {
+        agent: enrolled.agent,
+        agent_url: format!("https://{host}:{}", enrolled.agent_port),
+    };
+    std::fs::write(
+        dir.join("agent.json"),
+        serde_json::to_vec_pretty(&credentials)?,
+    )?;
+    Ok(credentials)
+}
+
+/// Reads what `enrol` wrote.
+pub fn load_credentials(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Credentials, mayfly_agent::AgentTls)> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).with_context(|| {
+            format!(
+                "could not read {} (run `mayfly agent enrol` first)",
+                dir.join(name).display()
+            )
+        })
+    };
+    let credentials: Credentials = serde_json::from_slice(&read("agent.json")?)
+        .with_context(|| format!("{} is damaged", dir.join("agent.json").display()))?;
+    let key = zeroize::Zeroizing::new(mayfly_server::read_secret_file(&dir.join("agent.key"))?);
+    let tls = mayfly_agent::AgentTls {
+        server_ca_pem: read("server-ca.pem")?,
+        cert_pem: read("agent.crt")?,
+        key_pem: key,
+    };
+    Ok((credentials, tls))
+}
+
+async fn run_agent(args: RunArgs) -> Result<(), Failure> {
+    let (server_url, tls, enrolled_as) = match &args.credentials {
+        Some(dir) => {
+            let (credentials, tls) = load_credentials(dir).config_err()?;
+            let url = args.server_url.clone().unwrap_or(credentials.agent_url);
+            (url, Some(tls), Some(credentials.agent))
+        }
+        None => {
+            let url = args
+                .server_url
+                .clone()
+                .context(
+                    "give --credentials (after `mayfly agent enrol`) or a loopback --server-url",
+                )
+                .config_err()?;
+            check_loopback(&url).config_err()?;
+            (url, None, None)
+        }
+    };
     let store = ImageStore::new(args.images.clone());
     let images: Vec<String> = store
         .list()
@@ -98,9 +318,16 @@ pub async fn run(args: AgentArgs) -> Result<(), Failure> {
     };
     let driver =
         QemuDriver::new(QemuConfig::new(args.state_root.clone(), store, accel)).config_err()?;
-    let id = match args.id {
-        Some(id) => id,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let id = match (args.id, enrolled_as) {
+        (Some(id), Some(enrolled)) if id != enrolled => {
+            return Err(anyhow!(
+                "--id {id} differs from the enrolled name {enrolled}: the server would refuse it"
+            ))
+            .config_err()
+        }
+        (_, Some(enrolled)) => enrolled,
+        (Some(id), None) => id,
+        (None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .context("could not read the host name; give --id")
             .config_err()?,
@@ -108,7 +335,8 @@ pub async fn run(args: AgentArgs) -> Result<(), Failure> {
     let journal = args
         .journal
         .unwrap_or_else(|| args.state_root.join("agent-journal.json"));
-    let mut config = AgentConfig::new(id, args.server_url, Arc::new(driver), journal);
+    let mut config = AgentConfig::new(id, server_url, Arc::new(driver), journal);
+    config.tls = tls;
     config.slots = args.slots;
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
@@ -132,7 +360,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Failure> {
     }
 }
 
-/// Refuses a server URL that leaves this host: protocol v1 runs without TLS for now.
+/// Without credentials (no mTLS), refuses a server URL that leaves this host.
 fn check_loopback(server_url: &str) -> anyhow::Result<()> {
     let url = url::Url::parse(server_url)
         .with_context(|| format!("--server-url `{server_url}` is not a URL"))?;
@@ -144,8 +372,8 @@ fn check_loopback(server_url: &str) -> anyhow::Result<()> {
     };
     if url.scheme() != "http" || !loopback {
         return Err(anyhow!(
-            "--server-url must be http:// on a loopback address (127.0.0.1, ::1, localhost) until \
-             the agent speaks mTLS; `{server_url}` is not"
+            "without --credentials, --server-url must be http:// on a loopback address (127.0.0.1, \
+             ::1, localhost); `{server_url}` is not. Enrol with `mayfly agent enrol` for mTLS"
         ));
     }
     Ok(())

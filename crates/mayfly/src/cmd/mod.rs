@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod agents;
 pub mod audit;
 pub mod bench;
 pub mod doctor;

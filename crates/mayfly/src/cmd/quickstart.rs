@@ -151,6 +151,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         tls: Some(ServerTls {
             cert_file: ca.server_cert.clone(),
             key_file: ca.server_key.clone(),
+            ca_file: Some(ca.ca_cert.clone()),
         }),
         webhook: WebhookConfig {
             secret_files: vec![sim_dir.join(WEBHOOK_SECRET)],
@@ -199,6 +200,28 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         .context("the server has no agent listener")
         .runtime_err()?;
 
+    // The local agent enrols as a remote one would: a one-time bootstrap token pinning the
+    // quickstart CA, a client certificate, then mTLS.
+    let ca_pem = std::fs::read_to_string(&ca.ca_cert).config_err()?;
+    let ca_sha256 = mayfly_server::agent_pki::pem_sha256(&ca_pem)
+        .context("the quickstart CA is not PEM")
+        .config_err()?;
+    let (token, _) = mayfly_server::agent_pki::create_bootstrap(
+        store.as_ref(),
+        "quickstart",
+        "quickstart-host",
+        &ca_sha256,
+        chrono::Duration::minutes(10),
+    )
+    .await
+    .runtime_err()?;
+    let credentials_dir = dir.join("agent-credentials");
+    let credentials = super::agent::enrol(&server.base_url(), &token, &credentials_dir)
+        .await
+        .context("the local agent could not enrol")
+        .runtime_err()?;
+    let (_, agent_tls) = super::agent::load_credentials(&credentials_dir).runtime_err()?;
+
     // The local agent, dialling the server through the same protocol remote agents use.
     let accel =
         mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &image.kernel).await;
@@ -207,11 +230,12 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     qemu.network = NetworkMode::Isolated;
     let driver = Arc::new(QemuDriver::new(qemu).config_err()?);
     let mut agent_config = mayfly_agent::AgentConfig::new(
-        "quickstart-host",
-        format!("http://{agent_addr}"),
+        credentials.agent,
+        format!("https://localhost:{}", agent_addr.port()),
         driver,
         dir.join("state/agent-journal.json"),
     );
+    agent_config.tls = Some(agent_tls);
     agent_config.slots = args.slots;
     agent_config.images = vec![digest];
     let stop_agent = CancellationToken::new();
@@ -223,6 +247,10 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         "  trust its CA with: curl --cacert {} {}healthz",
         ca.ca_cert.display(),
         server.base_url()
+    );
+    eprintln!(
+        "agent:            enrolled with a one-time token; mTLS to {}",
+        agent_addr
     );
     eprintln!("acceleration:     {:?} ({})", accel.accel, accel.reason);
 

@@ -105,6 +105,7 @@ impl ServerArgs {
             config.tls = Some(TlsFiles {
                 cert_file: cert_file.clone(),
                 key_file: key_file.clone(),
+                ca_file: None,
             });
         }
         if !self.webhook_secret_files.is_empty() {
