@@ -218,6 +218,9 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
         let cross = match path.as_str() {
             "/api/v1/jobs/{job_id}" => "/api/v1/jobs/1001".to_owned(),
             "/api/v1/whoami" => continue, // only the caller's own token
+            // Not tenant data: the server's public CA certificate, and enrolment, which a
+            // one-time bootstrap token authorises (tests/enrol.rs in the mayfly crate).
+            "/api/v1/agents/server-ca" | "/api/v1/agents/enrol" => continue,
             "/api/v1/jobs"
             | "/api/v1/vms"
             | "/api/v1/usage"
