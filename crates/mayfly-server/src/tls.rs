@@ -46,6 +46,8 @@ fn rustls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
         .map_err(TlsError::Config)?;
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's preference (ring's suites, strongest first) wins over the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

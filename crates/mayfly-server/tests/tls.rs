@@ -24,6 +24,15 @@ async fn serves_tls_and_refuses_plaintext() {
         .await
         .unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    // What testssl.sh and browsers look for.
+    let headers = ready.headers();
+    assert!(headers["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .starts_with("max-age=31536000"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
 
     let untrusting = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

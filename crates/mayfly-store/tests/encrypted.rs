@@ -49,10 +49,13 @@ fn files_with(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
         .unwrap()
         .flatten()
         .filter(|e| {
-            std::fs::read(e.path())
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
+            // SQLite may remove its -wal/-shm files between listing and reading.
+            let bytes = match std::fs::read(e.path()) {
+                Ok(bytes) => bytes,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(err) => panic!("{}: {err}", e.path().display()),
+            };
+            bytes.windows(needle.len()).any(|w| w == needle)
         })
         .map(|e| e.path().display().to_string())
         .collect()
