@@ -90,6 +90,7 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
         ("JIT config", "eyIu"),
         ("installation token", "ghs_"),
         ("job output", "quickstart-marker"),
+        ("a private key", "PRIVATE KEY"),
     ] {
         assert!(
             !stdout.contains(needle) && !stderr.contains(needle),
@@ -107,6 +108,15 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
         let jobs = store.jobs().await.unwrap();
         let vms = store.vms(false).await.unwrap();
         assert_eq!(jobs.len(), 3);
+        // The local agent enrolled with a one-time token and connected over mTLS.
+        let audit = store.audit_log(0, 1000).await.unwrap();
+        assert_eq!(mayfly_store::verify_chain(&audit), Ok(audit.len()));
+        assert!(audit
+            .iter()
+            .any(|r| r.action == "agent enrol" && r.outcome == "ok: agent quickstart-host"));
+        assert!(audit.iter().any(|r| r.action == "agent connect"
+            && r.actor == "agent:quickstart-host"
+            && r.outcome == "ok"));
         for job in &jobs {
             let vm = vms
                 .iter()

@@ -165,6 +165,17 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
             ca_file: None,
         }),
         profiles: vec![profile],
+        security_txt: Some(mayfly_server::config::SecurityTxtConfig {
+            contact: vec!["mailto:security@example.com".into()],
+            policy: None,
+            encryption: None,
+            preferred_languages: "en".into(),
+            canonical: vec![format!(
+                "https://localhost:{}/.well-known/security.txt",
+                server_addr.port()
+            )],
+            expires_days: 180,
+        }),
         ..ServerConfig::default()
     };
     std::fs::create_dir_all(&server_config.data_dir).config_err()?;
