@@ -66,6 +66,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not write the audit log, so the server does not start")]
+    Audit(#[source] mayfly_store::StoreError),
     #[error("the agent listener's TLS could not be set up: {0}")]
     AgentTls(String),
     #[error("the agent CA could not be loaded or made")]
@@ -246,6 +248,25 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     }
     let server_id = config.server_id.clone().unwrap_or_else(default_server_id);
     tracing::info!(%server_id, "server identity for claims and leases");
+    // Each start is audited with a digest of the configuration (paths and settings; secrets
+    // are never in it), so a changed configuration shows in the audit log.
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            serde_json::to_vec(config).unwrap_or_default(),
+        ))
+    };
+    deps.store
+        .append_audit(&mayfly_store::NewAudit {
+            at: deps.clock.now(),
+            actor: format!("server:{server_id}"),
+            source: None,
+            action: "server start".into(),
+            target: Some(format!("configuration sha256:{digest}")),
+            outcome: "ok".into(),
+        })
+        .await
+        .map_err(ServerError::Audit)?;
     // Agents: a listener (bound now, so enrolment can name its port) and, with TLS, the agent
     // PKI that makes it mTLS.
     let agent_listener = match deps.github {

@@ -281,6 +281,10 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
         .iter()
         .any(|r| r.actor == "anonymous" && r.outcome == "401"));
     assert!(rows.iter().any(|r| r.action == "token create"));
+    assert!(rows.iter().any(|r| r.action == "server start"
+        && r.target
+            .as_deref()
+            .is_some_and(|t| t.starts_with("configuration sha256:"))));
     assert!(rows.iter().any(
         |r| r.action == "token revoke" && r.target.as_deref() == Some(revoked.row.id.as_str())
     ));
