@@ -214,3 +214,40 @@ async fn keys_init_and_rotate_keep_sealed_values_readable() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+#[test]
+fn security_commands_explain_every_flag() {
+    for (args, flags) in [
+        (
+            &["agent", "enrol", "--help"][..],
+            &["--server", "--token", "--token-file", "--credentials"][..],
+        ),
+        (
+            &["agents", "bootstrap", "--help"][..],
+            &["--name", "--ttl-minutes", "--config", "--data-dir"][..],
+        ),
+        (
+            &["token", "create", "--help"][..],
+            &["--name", "--scope", "--installation", "--config"][..],
+        ),
+        (
+            &["audit", "export", "--help"][..],
+            &["--output", "--config", "--data-dir"][..],
+        ),
+    ] {
+        let out = mayfly(args);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert_every_flag_explained(&help, flags);
+    }
+}
+
+/// `mayfly agent` without credentials refuses a server that is not on loopback, and says how
+/// to enrol.
+#[test]
+fn an_agent_without_credentials_stays_on_loopback() {
+    let out = mayfly(&["agent", "--server-url", "http://10.0.0.5:8444"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mayfly agent enrol"), "{stderr}");
+}
