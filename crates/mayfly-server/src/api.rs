@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -22,6 +23,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::error::ApiError;
 use crate::tokens::{self, Scope};
 use crate::AppState;
+
+const BAD_QUERY: &str = "the query parameters are not valid (installation is a 64-bit integer)";
 
 /// Who is calling, once their token checked out.
 #[derive(Debug, Clone)]
@@ -233,14 +236,16 @@ impl From<&JobRecord> for JobView {
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(InstallationFilter),
-    responses((status = 200, body = [JobView]), (status = 401, body = ErrorBody),
+    responses((status = 200, body = [JobView]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_jobs(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Query(filter): Query<InstallationFilter>,
+    filter: Result<Query<InstallationFilter>, QueryRejection>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
+    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(filter.installation)?;
     let jobs = state.store.jobs().await.map_err(store_error)?;
     Ok(Json(
@@ -253,15 +258,18 @@ async fn list_jobs(
 
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "jobs",
     params(("job_id" = i64, Path, description = "GitHub's job id")),
-    responses((status = 200, body = JobView), (status = 401, body = ErrorBody),
+    responses((status = 200, body = JobView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn get_job(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Path(job_id): Path<i64>,
+    job_id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<JobView>, ApiError> {
     let c = caller(c)?;
+    let Path(job_id) =
+        job_id.map_err(|_| ApiError::BadRequest("job_id must be a 64-bit integer"))?;
     let job = state
         .store
         .job(mayfly_core::JobId(job_id))
@@ -296,14 +304,16 @@ pub struct VmView {
 }
 
 #[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(InstallationFilter),
-    responses((status = 200, body = [VmView]), (status = 401, body = ErrorBody),
+    responses((status = 200, body = [VmView]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_vms(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Query(filter): Query<InstallationFilter>,
+    filter: Result<Query<InstallationFilter>, QueryRejection>,
 ) -> Result<Json<Vec<VmView>>, ApiError> {
+    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(filter.installation)?;
     let vms = state.store.vms(false).await.map_err(store_error)?;
     Ok(Json(
@@ -340,14 +350,16 @@ pub struct UsageView {
 }
 
 #[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(InstallationFilter),
-    responses((status = 200, body = [UsageView]), (status = 401, body = ErrorBody),
+    responses((status = 200, body = [UsageView]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn usage(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Query(filter): Query<InstallationFilter>,
+    filter: Result<Query<InstallationFilter>, QueryRejection>,
 ) -> Result<Json<Vec<UsageView>>, ApiError> {
+    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(filter.installation)?;
     let rows = state.store.usage(only).await.map_err(store_error)?;
     Ok(Json(
@@ -375,14 +387,16 @@ pub struct InstallationView {
 
 #[utoipa::path(get, path = "/api/v1/installations", tag = "installations",
     params(InstallationFilter),
-    responses((status = 200, body = [InstallationView]), (status = 401, body = ErrorBody),
+    responses((status = 200, body = [InstallationView]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn installations(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Query(filter): Query<InstallationFilter>,
+    filter: Result<Query<InstallationFilter>, QueryRejection>,
 ) -> Result<Json<Vec<InstallationView>>, ApiError> {
+    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(filter.installation)?;
     let rows = state.store.installations().await.map_err(store_error)?;
     Ok(Json(
@@ -403,8 +417,10 @@ async fn installations(
 #[into_params(parameter_in = Query)]
 pub struct AuditPage {
     /// Rows after this sequence number (default 0: from the start).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// At most this many rows (default and maximum 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Not allowed here: the audit log is the operator's (admin tokens only).
     pub installation: Option<i64>,
@@ -425,18 +441,25 @@ pub struct AuditView {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditPage),
-    responses((status = 200, body = [AuditView]), (status = 401, body = ErrorBody),
+    responses((status = 200, body = [AuditView]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn audit_log(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    Query(page): Query<AuditPage>,
+    page: Result<Query<AuditPage>, QueryRejection>,
 ) -> Result<Json<Vec<AuditView>>, ApiError> {
     if !matches!(caller(c)?.scope, Scope::Admin) {
         return Err(ApiError::Forbidden);
     }
-    let limit = page.limit.unwrap_or(1000).min(1000);
+    let Query(page) = page.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
+    let limit = page.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) || page.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::BadRequest(
+            "limit is 1 to 1000, after is 0 or more",
+        ));
+    }
     let rows = state
         .store
         .audit_log(page.after.unwrap_or(0), limit)

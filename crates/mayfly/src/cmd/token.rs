@@ -77,6 +77,14 @@ pub async fn open(args: &StoreArgs) -> Result<std::sync::Arc<dyn mayfly_store::S
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if config.database.postgres_url.is_none() && !config.database_path().exists() {
+        return Err(anyhow::anyhow!(
+            "there is no database at {}: give the server's --data-dir or --config (the server \
+             makes the database when it first starts)",
+            config.database_path().display()
+        ))
+        .config_err();
+    }
     open_store(&config).await
 }
 
