@@ -263,6 +263,40 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
         .await
         .unwrap_err();
     assert!(err.starts_with("connect"), "{err}");
+    // The real agent with those credentials connects (mTLS, its enrolled name).
+    let state = dir.path().join("agent-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--credentials"])
+        .arg(&creds)
+        .args(["--accel", "tcg", "--state-root"])
+        .arg(&state)
+        .arg("--images")
+        .arg(dir.path().join("no-images"))
+        .env("MAYFLY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut connected = false;
+    for _ in 0..100 {
+        let audit = store.audit_log(0, 1000).await.unwrap();
+        let n = audit
+            .iter()
+            .filter(|r| {
+                r.action == "agent connect" && r.actor == "agent:host-1" && r.outcome == "ok"
+            })
+            .count();
+        if n >= 2 {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(connected, "`mayfly agent --credentials` did not connect");
+
     // Revoked: refused from the next connection on.
     assert!(store
         .revoke_agent("host-1", chrono::Utc::now())
