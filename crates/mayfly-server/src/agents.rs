@@ -100,6 +100,13 @@ impl AgentHub {
         }
     }
 
+    /// Whether `session` is still `agent`'s live session.
+    fn is_session(&self, agent: &str, session: u64) -> bool {
+        self.conns
+            .lock()
+            .is_ok_and(|conns| conns.get(agent).is_some_and(|c| c.session == session))
+    }
+
     fn unregister(&self, agent: &str, session: u64) {
         if let Ok(mut conns) = self.conns.lock() {
             if conns.get(agent).is_some_and(|c| c.session == session) {
@@ -129,13 +136,13 @@ impl AgentAuth {
     async fn identify(
         &self,
         certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
-    ) -> Result<String, &'static str> {
+    ) -> Result<(String, String), &'static str> {
         let Some(leaf) = certs.and_then(<[_]>::first) else {
             return Err("no client certificate");
         };
         let sha = crate::agent_pki::cert_sha256(leaf);
         match self.store.agent_by_cert(&sha).await {
-            Ok(Some(agent)) if agent.revoked_at.is_none() => Ok(agent.name),
+            Ok(Some(agent)) if agent.revoked_at.is_none() => Ok((agent.name, sha)),
             Ok(Some(_)) => Err("revoked agent"),
             Ok(None) => Err("unknown certificate"),
             Err(e) => {
@@ -151,11 +158,22 @@ impl AgentAuth {
         source: Option<String>,
         outcome: &str,
     ) -> Result<(), Status> {
+        self.audit_action("agent connect", actor, source, outcome)
+            .await
+    }
+
+    async fn audit_action(
+        &self,
+        action: &str,
+        actor: &str,
+        source: Option<String>,
+        outcome: &str,
+    ) -> Result<(), Status> {
         let event = mayfly_store::NewAudit {
             at: self.clock.now(),
             actor: actor.to_owned(),
             source,
-            action: "agent connect".into(),
+            action: action.into(),
             target: None,
             outcome: outcome.to_owned(),
         };
@@ -182,7 +200,7 @@ impl AgentService for AgentServiceImpl {
             Some(auth) => {
                 let certs = request.peer_certs();
                 match auth.identify(certs.as_deref().map(Vec::as_slice)).await {
-                    Ok(name) => Some(name),
+                    Ok(identity) => Some(identity),
                     Err(why) => {
                         tracing::warn!(?source, why, "agent refused");
                         auth.audit("anonymous", source, &format!("refused: {why}"))
@@ -215,7 +233,7 @@ impl AgentService for AgentServiceImpl {
             ));
         }
         let agent = hello.agent_id.clone();
-        if let (Some(auth), Some(name)) = (&self.auth, &certified) {
+        if let (Some(auth), Some((name, _))) = (&self.auth, &certified) {
             let actor = format!("agent:{name}");
             if *name != agent {
                 auth.audit(&actor, source, &format!("refused: claimed to be {agent}"))
@@ -246,6 +264,15 @@ impl AgentService for AgentServiceImpl {
             },
         );
         tracing::info!(%agent, slots = capacity.slots, vms = hello.vms.len(), "agent connected");
+        if let (Some(auth), Some((_, sha))) = (self.auth.clone(), certified) {
+            tokio::spawn(end_when_revoked(
+                auth,
+                self.hub.clone(),
+                agent.clone(),
+                session,
+                sha,
+            ));
+        }
         let _ = self.hub.events.send(HubEvent::Connected {
             agent: agent.clone(),
             vms: hello.vms,
@@ -254,6 +281,9 @@ impl AgentService for AgentServiceImpl {
         let hub = self.hub.clone();
         tokio::spawn(async move {
             while let Some(message) = incoming.next().await {
+                if !hub.is_session(&agent, session) {
+                    break;
+                }
                 match message.map(|m| m.body) {
                     Ok(Some(AgentBody::VmEvent(event))) => {
                         let _ = hub.events.send(HubEvent::Vm {
@@ -274,5 +304,44 @@ impl AgentService for AgentServiceImpl {
             tracing::info!(%agent, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How often an open mTLS session's agent is checked against revocation.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends `agent`'s session once its certificate is revoked (or re-enrolled away): the server
+/// stops sending, drops it from the hub, and audits it.
+async fn end_when_revoked(
+    auth: AgentAuth,
+    hub: Arc<AgentHub>,
+    agent: String,
+    session: u64,
+    cert_sha256: String,
+) {
+    loop {
+        tokio::time::sleep(REVOCATION_CHECK).await;
+        if !hub.is_session(&agent, session) {
+            return;
+        }
+        match auth.store.agent_by_cert(&cert_sha256).await {
+            Ok(Some(row)) if row.revoked_at.is_none() => {}
+            Ok(_) => {
+                tracing::warn!(%agent, "agent revoked: ending its session");
+                hub.unregister(&agent, session);
+                let _ = auth
+                    .audit_action(
+                        "agent disconnect",
+                        &format!("agent:{agent}"),
+                        None,
+                        "revoked",
+                    )
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "could not check an agent's revocation");
+            }
+        }
     }
 }

@@ -45,6 +45,24 @@ fn text(out: &Output) -> String {
 
 /// Opens a session as `name` with `tls`; `Ok` once the server says Welcome.
 async fn session(port: u16, name: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    open_session(port, name, tls).await.map(|_| ())
+}
+
+/// Like `session`, keeping the session open: the server's stream and the agent's sender.
+async fn open_session(
+    port: u16,
+    name: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<
+    (
+        tonic::Streaming<mayfly_proto::v1::ServerMessage>,
+        (
+            tokio::sync::mpsc::Sender<AgentMessage>,
+            AgentServiceClient<tonic::transport::Channel>,
+        ),
+    ),
+    String,
+> {
     let mut endpoint = Endpoint::from_shared(format!("https://localhost:{port}")).unwrap();
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).unwrap();
@@ -76,7 +94,9 @@ async fn session(port: u16, name: &str, tls: Option<ClientTlsConfig>) -> Result<
         .map_err(|e| format!("session: {e:?}"))?
         .into_inner();
     match incoming.next().await {
-        Some(Ok(m)) if matches!(m.body, Some(ServerBody::Welcome(_))) => Ok(()),
+        Some(Ok(m)) if matches!(m.body, Some(ServerBody::Welcome(_))) => {
+            Ok((incoming, (tx, client)))
+        }
         other => Err(format!("no welcome: {other:?}")),
     }
 }
@@ -297,11 +317,29 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
     let _ = agent.wait();
     assert!(connected, "`mayfly agent --credentials` did not connect");
 
-    // Revoked: refused from the next connection on.
+    // Revoked: an open session is ended, and the next connection refused.
+    let (mut open, _keep) =
+        open_session(agent_port, "host-1", Some(client_tls(&pinned, &cert, &key)))
+            .await
+            .unwrap();
     assert!(store
         .revoke_agent("host-1", chrono::Utc::now())
         .await
         .unwrap());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match open.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the server did not end the revoked agent's open session: {ended:?}"
+    );
     let revoked = session(agent_port, "host-1", Some(client_tls(&pinned, &cert, &key))).await;
     assert!(revoked.unwrap_err().contains("PermissionDenied"));
 
@@ -318,6 +356,7 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
     assert!(has("agent connect", "ok"));
     assert!(has("agent connect", "refused: claimed to be host-9"));
     assert!(has("agent connect", "refused: revoked agent"));
+    assert!(has("agent disconnect", "revoked"));
     let dump = store.plaintext_dump().await.unwrap();
     assert!(
         !dump.contains("PRIVATE KEY"),
