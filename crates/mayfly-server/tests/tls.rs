@@ -190,7 +190,7 @@ async fn sighup_reloads_the_certificate() {
         reloaded,
         "the renewed certificate was not served after SIGHUP"
     );
-    use mayfly_store::Store;
+    use mayfly_store::CommonStore;
     let audit = t.store.audit_log(0, 100).await.unwrap();
     assert!(
         audit

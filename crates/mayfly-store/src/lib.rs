@@ -10,6 +10,7 @@ mod key;
 mod model;
 mod postgres;
 mod seal;
+mod shared;
 mod sqlite;
 
 pub use error::StoreError;
@@ -36,9 +37,95 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mayfly_core::{DeliveryId, InstallationChange, JobEvent, JobId, Transition};
 
+/// Store operations whose SQL is the same on every backend (written once in `shared.rs`).
+/// Every [`Store`] is one; bring this trait into scope to call them.
+#[async_trait]
+pub trait CommonStore: Send + Sync {
+    /// Claims a job for placement by `owner` if it is still `new` (or its claim is older than
+    /// `stale_before`): its disposition becomes `placing`. `false` when another server has it.
+    async fn claim_job(
+        &self,
+        job: JobId,
+        owner: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `until`, if it is free, expired or
+    /// already `holder`'s. For loops only one server may run at a time.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Usage rollups (kept when job rows expire), for one installation or all.
+    async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Data keys, as wrapped by a master key.
+    async fn data_keys(&self) -> Result<Vec<WrappedKey>, StoreError>;
+
+    /// Adds a data key.
+    async fn insert_data_key(&self, key: &WrappedKey) -> Result<(), StoreError>;
+
+    /// Replaces the wrapping of every given data key (by id), atomically: all or none.
+    async fn rewrap_data_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError>;
+
+    /// Stores (or replaces) a sealed value.
+    async fn put_secret(&self, row: &SealedRow, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// A sealed value by its identity.
+    async fn secret(&self, kind: &str, name: &str) -> Result<Option<SealedRow>, StoreError>;
+
+    /// Adds an API token (its hash).
+    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError>;
+
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// Revokes a token; `false` when there is no such token or it was already revoked.
+    async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Audit rows with `seq > after`, in order, at most `limit`.
+    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// Adds an agent bootstrap token (a hash of its secret).
+    async fn insert_bootstrap(&self, row: &BootstrapRow) -> Result<(), StoreError>;
+
+    /// Uses up the bootstrap token `id` if `secret_hash` matches, it is unused and unexpired.
+    async fn consume_bootstrap(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BootstrapUse, StoreError>;
+
+    /// Records an agent's (new) client certificate; re-enrolling un-revokes it.
+    async fn enrol_agent(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The agent whose client certificate has this SHA-256.
+    async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError>;
+
+    /// Every enrolled agent.
+    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
+
+    /// Revokes an agent; `false` when there is no such live agent.
+    async fn revoke_agent(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+}
+
 /// Everything the control plane keeps.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
     /// Records a verified delivery durably. A delivery id seen before is not recorded again.
     async fn record_delivery(&self, delivery: &NewDelivery) -> Result<Recorded, StoreError>;
 
@@ -83,44 +170,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Claims a job for placement by `owner` if it is still `new` (or its claim is older than
-    /// `stale_before`): its disposition becomes `placing`. `false` when another server has it.
-    async fn claim_job(
-        &self,
-        job: JobId,
-        owner: &str,
-        now: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Takes or renews the lease `name` for `holder` until `until`, if it is free, expired or
-    /// already `holder`'s. For loops only one server may run at a time.
-    async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Usage rollups (kept when job rows expire), for one installation or all.
-    async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError>;
-
-    /// Data keys, as wrapped by a master key.
-    async fn data_keys(&self) -> Result<Vec<WrappedKey>, StoreError>;
-
-    /// Adds a data key.
-    async fn insert_data_key(&self, key: &WrappedKey) -> Result<(), StoreError>;
-
-    /// Replaces the wrapping of every given data key (by id), atomically: all or none.
-    async fn rewrap_data_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError>;
-
-    /// Stores (or replaces) a sealed value.
-    async fn put_secret(&self, row: &SealedRow, now: DateTime<Utc>) -> Result<(), StoreError>;
-
-    /// A sealed value by its identity.
-    async fn secret(&self, kind: &str, name: &str) -> Result<Option<SealedRow>, StoreError>;
-
     async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError>;
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
     async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
@@ -146,51 +195,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         deliveries_before: DateTime<Utc>,
     ) -> Result<Purged, StoreError>;
 
-    /// Adds an API token (its hash).
-    async fn insert_token(&self, token: &TokenRow) -> Result<(), StoreError>;
-
-    /// The token with this hash, revoked or not.
-    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError>;
-
-    /// Every token, oldest first.
-    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
-
-    /// Revokes a token; `false` when there is no such token or it was already revoked.
-    async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
-
     /// Appends an event to the audit log, chained to the last row. Writers are serialised.
     async fn append_audit(&self, event: &NewAudit) -> Result<AuditRow, StoreError>;
-
-    /// Audit rows with `seq > after`, in order, at most `limit`.
-    async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
-
-    /// Adds an agent bootstrap token (a hash of its secret).
-    async fn insert_bootstrap(&self, row: &BootstrapRow) -> Result<(), StoreError>;
-
-    /// Uses up the bootstrap token `id` if `secret_hash` matches, it is unused and unexpired.
-    async fn consume_bootstrap(
-        &self,
-        id: &str,
-        secret_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<BootstrapUse, StoreError>;
-
-    /// Records an agent's (new) client certificate; re-enrolling un-revokes it.
-    async fn enrol_agent(
-        &self,
-        name: &str,
-        cert_sha256: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-
-    /// The agent whose client certificate has this SHA-256.
-    async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError>;
-
-    /// Every enrolled agent.
-    async fn agents(&self) -> Result<Vec<AgentRow>, StoreError>;
-
-    /// Revokes an agent; `false` when there is no such live agent.
-    async fn revoke_agent(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

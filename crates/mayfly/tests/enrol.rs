@@ -17,7 +17,7 @@ use mayfly_proto::v1::agent_service_client::AgentServiceClient;
 use mayfly_proto::v1::{AgentMessage, Capacity, Hello};
 use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
 use mayfly_server::{Dependencies, ServerConfig, TlsFiles, WebhookConfig};
-use mayfly_store::{SqliteStore, Store};
+use mayfly_store::{CommonStore, SqliteStore};
 use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};

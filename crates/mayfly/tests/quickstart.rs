@@ -101,7 +101,7 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     // Each job row holds its metadata, and the VM that ran it was registered for that job's own
     // repository (a repository-level JIT config of its own installation).
     rt.block_on(async {
-        use mayfly_store::Store;
+        use mayfly_store::{CommonStore, Store};
         let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
             .await
             .unwrap();

@@ -1,0 +1,367 @@
+//! Store methods whose SQL is the same on both backends (sqlx binds `$N` on SQLite too),
+//! written once and expanded into each `impl Store`. Methods whose SQL differs (row locking,
+//! upserts with backend types, the audit log's lock) stay in `sqlite.rs` and `postgres.rs`.
+
+/// Row mappers for the shared methods, for a backend's row type.
+macro_rules! shared_rows {
+    ($row:ty) => {
+        fn token_from_row(row: &$row) -> Result<TokenRow, StoreError> {
+            let op = "read token";
+            Ok(TokenRow {
+                id: row.try_get("id").op(op)?,
+                name: row.try_get("name").op(op)?,
+                scope: row.try_get("scope").op(op)?,
+                installation_id: row.try_get("installation_id").op(op)?,
+                token_hash: row.try_get("token_hash").op(op)?,
+                created_at: row.try_get("created_at").op(op)?,
+                revoked_at: row.try_get("revoked_at").op(op)?,
+            })
+        }
+        fn agent_from_row(row: &$row) -> Result<AgentRow, StoreError> {
+            let op = "read agent";
+            Ok(AgentRow {
+                name: row.try_get("name").op(op)?,
+                cert_sha256: row.try_get("cert_sha256").op(op)?,
+                enrolled_at: row.try_get("enrolled_at").op(op)?,
+                revoked_at: row.try_get("revoked_at").op(op)?,
+            })
+        }
+    };
+}
+
+/// `CommonStore` for a backend whose `self.pool` and `self.begin_write()` exist.
+macro_rules! shared_methods {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl crate::CommonStore for $store {
+            async fn claim_job(
+                &self,
+                job: JobId,
+                owner: &str,
+                now: DateTime<Utc>,
+                stale_before: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE jobs SET disposition = 'placing', claimed_by = $1, claimed_at = $2
+                     WHERE job_id = $3
+                       AND (disposition = 'new' OR (disposition = 'placing' AND claimed_at < $4))",
+                )
+                .bind(owner)
+                .bind(now)
+                .bind(job.0)
+                .bind(stale_before)
+                .execute(&self.pool)
+                .await
+                .op("claim job")?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+            async fn try_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                now: DateTime<Utc>,
+                until: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                       expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .op("take lease")?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+            async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT installation_id, day, profile, jobs, run_seconds FROM usage_daily
+                     WHERE COALESCE($1, installation_id) = installation_id ORDER BY day, installation_id, profile",
+                )
+                .bind(installation)
+                .fetch_all(&self.pool)
+                .await
+                .op("read usage")?;
+                let op = "read usage";
+                rows.iter()
+                    .map(|row| {
+                        Ok(UsageRow {
+                            installation_id: row.try_get("installation_id").op(op)?,
+                            day: row.try_get("day").op(op)?,
+                            profile: row.try_get("profile").op(op)?,
+                            jobs: row.try_get("jobs").op(op)?,
+                            run_seconds: row.try_get("run_seconds").op(op)?,
+                        })
+                    })
+                    .collect()
+            }
+            async fn data_keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, master_key_id, wrapped, created_at FROM data_keys ORDER BY created_at, id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .op("read data keys")?;
+                let op = "read data keys";
+                rows.iter()
+                    .map(|row| {
+                        Ok(WrappedKey {
+                            id: row.try_get("id").op(op)?,
+                            master_key_id: row.try_get("master_key_id").op(op)?,
+                            wrapped: row.try_get("wrapped").op(op)?,
+                            created_at: row.try_get("created_at").op(op)?,
+                        })
+                    })
+                    .collect()
+            }
+            async fn insert_data_key(&self, key: &WrappedKey) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO data_keys (id, master_key_id, wrapped, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&key.id)
+                .bind(&key.master_key_id)
+                .bind(&key.wrapped)
+                .bind(key.created_at)
+                .execute(&self.pool)
+                .await
+                .op("insert data key")?;
+                Ok(())
+            }
+            async fn rewrap_data_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for key in keys {
+                    sqlx::query("UPDATE data_keys SET master_key_id = $1, wrapped = $2 WHERE id = $3")
+                        .bind(&key.master_key_id)
+                        .bind(&key.wrapped)
+                        .bind(&key.id)
+                        .execute(&mut *tx)
+                        .await
+                        .op("re-wrap data key")?;
+                }
+                tx.commit().await.op("commit re-wrap")?;
+                Ok(())
+            }
+            async fn put_secret(&self, row: &SealedRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO secrets (kind, name, data_key_id, sealed, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (kind, name) DO UPDATE SET data_key_id = excluded.data_key_id,
+                       sealed = excluded.sealed, updated_at = excluded.updated_at",
+                )
+                .bind(&row.kind)
+                .bind(&row.name)
+                .bind(&row.data_key_id)
+                .bind(&row.sealed)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .op("store sealed value")?;
+                Ok(())
+            }
+            async fn secret(&self, kind: &str, name: &str) -> Result<Option<SealedRow>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT kind, name, data_key_id, sealed FROM secrets WHERE kind = $1 AND name = $2",
+                )
+                .bind(kind)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .op("read sealed value")?;
+                let op = "read sealed value";
+                row.map(|row| {
+                    Ok(SealedRow {
+                        kind: row.try_get("kind").op(op)?,
+                        name: row.try_get("name").op(op)?,
+                        data_key_id: row.try_get("data_key_id").op(op)?,
+                        sealed: row.try_get("sealed").op(op)?,
+                    })
+                })
+                .transpose()
+            }
+            async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO api_tokens (id, name, scope, installation_id, token_hash, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&t.id)
+                .bind(&t.name)
+                .bind(&t.scope)
+                .bind(t.installation_id)
+                .bind(&t.token_hash)
+                .bind(t.created_at)
+                .execute(&self.pool)
+                .await
+                .op("insert token")?;
+                Ok(())
+            }
+            async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+                let row = sqlx::query("SELECT * FROM api_tokens WHERE token_hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .op("read token")?;
+                row.as_ref().map(token_from_row).transpose()
+            }
+            async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+                let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY created_at, id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .op("list tokens")?;
+                rows.iter().map(token_from_row).collect()
+            }
+            async fn revoke_token(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .op("revoke token")?
+                .rows_affected();
+                Ok(updated == 1)
+            }
+            async fn audit_log(&self, after: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+                let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .op("read audit log")?;
+                let op = "read audit log";
+                rows.iter()
+                    .map(|row| {
+                        Ok(AuditRow {
+                            seq: row.try_get("seq").op(op)?,
+                            at: row.try_get("at").op(op)?,
+                            actor: row.try_get("actor").op(op)?,
+                            source: row.try_get("source").op(op)?,
+                            action: row.try_get("action").op(op)?,
+                            target: row.try_get("target").op(op)?,
+                            outcome: row.try_get("outcome").op(op)?,
+                            prev_hash: row.try_get("prev_hash").op(op)?,
+                            hash: row.try_get("hash").op(op)?,
+                        })
+                    })
+                    .collect()
+            }
+            async fn insert_bootstrap(&self, b: &BootstrapRow) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agent_bootstraps (id, agent_name, secret_hash, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&b.id)
+                .bind(&b.agent_name)
+                .bind(&b.secret_hash)
+                .bind(b.created_at)
+                .bind(b.expires_at)
+                .execute(&self.pool)
+                .await
+                .op("insert bootstrap token")?;
+                Ok(())
+            }
+            async fn consume_bootstrap(
+                &self,
+                id: &str,
+                secret_hash: &str,
+                now: DateTime<Utc>,
+            ) -> Result<BootstrapUse, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(
+                    "SELECT agent_name, secret_hash, expires_at, used_at FROM agent_bootstraps WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .op("read bootstrap token")?;
+                let op = "read bootstrap token";
+                let Some(row) = row else {
+                    return Ok(BootstrapUse::Unknown);
+                };
+                let stored: String = row.try_get("secret_hash").op(op)?;
+                if stored != secret_hash {
+                    return Ok(BootstrapUse::Unknown);
+                }
+                if row
+                    .try_get::<Option<DateTime<Utc>>, _>("used_at")
+                    .op(op)?
+                    .is_some()
+                {
+                    return Ok(BootstrapUse::AlreadyUsed);
+                }
+                if row.try_get::<DateTime<Utc>, _>("expires_at").op(op)? <= now {
+                    return Ok(BootstrapUse::Expired);
+                }
+                let agent_name: String = row.try_get("agent_name").op(op)?;
+                let used = sqlx::query(
+                    "UPDATE agent_bootstraps SET used_at = $1 WHERE id = $2 AND used_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .op("use bootstrap token")?
+                .rows_affected();
+                tx.commit().await.op("commit bootstrap use")?;
+                Ok(if used == 1 {
+                    BootstrapUse::Accepted { agent_name }
+                } else {
+                    BootstrapUse::AlreadyUsed
+                })
+            }
+            async fn enrol_agent(
+                &self,
+                name: &str,
+                cert_sha256: &str,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agents (name, cert_sha256, enrolled_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET cert_sha256 = excluded.cert_sha256,
+                       enrolled_at = excluded.enrolled_at, revoked_at = NULL",
+                )
+                .bind(name)
+                .bind(cert_sha256)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .op("enrol agent")?;
+                Ok(())
+            }
+            async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError> {
+                let row = sqlx::query("SELECT * FROM agents WHERE cert_sha256 = $1")
+                    .bind(cert_sha256)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .op("read agent")?;
+                row.as_ref().map(agent_from_row).transpose()
+            }
+            async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+                let rows = sqlx::query("SELECT * FROM agents ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .op("list agents")?;
+                rows.iter().map(agent_from_row).collect()
+            }
+            async fn revoke_agent(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let updated =
+                    sqlx::query("UPDATE agents SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
+                        .bind(now)
+                        .bind(name)
+                        .execute(&self.pool)
+                        .await
+                        .op("revoke agent")?
+                        .rows_affected();
+                Ok(updated == 1)
+            }
+        }
+    };
+}
+
+pub(crate) use {shared_methods, shared_rows};
