@@ -707,6 +707,9 @@ async fn with_sqlite(test: impl AsyncFnOnce(&dyn Store)) {
         .await
         .unwrap();
     store.ping().await.unwrap();
+    // Let SQLite's worker threads finish before the process exits (SQLCipher's OpenSSL cleans
+    // up at exit).
+    store.close().await;
 }
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
