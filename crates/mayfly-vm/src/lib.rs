@@ -18,4 +18,4 @@ pub mod qemu;
 pub use accel::{Accel, AccelProbe};
 pub use channel::{GuestChannel, GuestConfig, GuestEvent};
 pub use driver::{GuestExit, VmDriver, VmError, VmInfo, VmSpec};
-pub use qemu::{NetworkMode, QemuConfig, QemuDriver, SetupError};
+pub use qemu::{vm_uid, NetworkMode, QemuConfig, QemuDriver, SetupError};

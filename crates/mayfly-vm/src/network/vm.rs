@@ -161,6 +161,14 @@ impl VmNetwork {
         &self.passt_socket
     }
 
+    /// Lets only `uid` (the VM's unprivileged QEMU) and root connect to the passt socket:
+    /// QEMU may connect after it has dropped to its own uid.
+    pub fn grant_socket(&self, uid: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(&self.passt_socket, Some(uid), Some(uid))?;
+        std::fs::set_permissions(&self.passt_socket, std::fs::Permissions::from_mode(0o600))
+    }
+
     /// QEMU arguments for a virtio-net NIC backed by this network's passt.
     pub fn qemu_args(&self) -> Vec<String> {
         // QEMU option values escape a comma by doubling it.

@@ -20,6 +20,21 @@ pub struct QemuLaunch<'a> {
     pub pidfile: &'a Path,
     /// `-netdev …`/`-device …` of the VM's network; empty for a VM without a NIC.
     pub network_args: Vec<String>,
+    /// The uid:gid QEMU drops to once its files, sockets and devices are open, before the
+    /// guest runs its first instruction. `None` keeps root (for hosts that want it).
+    pub run_as: Option<u32>,
+}
+
+/// The uid (and gid) a VM's QEMU runs as: one of 100 million ids above 2 000 000 000 that no
+/// account uses, picked by the VM's id, so two VMs' QEMUs are different users and cannot
+/// signal, trace or read each other.
+pub fn vm_uid(id: &mayfly_core::VmId) -> u32 {
+    let bits = id
+        .as_str()
+        .strip_prefix("vm-")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or(0);
+    2_000_000_000 + u32::try_from(bits % 100_000_000).unwrap_or(0)
 }
 
 impl QemuLaunch<'_> {
@@ -44,13 +59,27 @@ impl QemuLaunch<'_> {
                 "-no-reboot",
                 "-serial",
                 "stdio",
-                // Seccomp: QEMU may not spawn processes, raise privileges or use obsolete calls.
-                "-sandbox",
-                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             ]
             .iter()
             .map(|s| (*s).to_owned()),
         );
+        // Seccomp: QEMU may not spawn processes, raise privileges or use obsolete calls. With
+        // `-runas` the filter must let QEMU's own drop to the VM's uid through (it happens
+        // before the guest runs); after it the process has no capabilities to raise.
+        args.push("-sandbox".into());
+        match self.run_as {
+            Some(uid) => {
+                args.push(
+                    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+                        .into(),
+                );
+                args.push("-runas".into());
+                args.push(format!("{uid}:{uid}"));
+            }
+            None => args.push(
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            ),
+        }
         args.push("-kernel".into());
         args.push(self.image.kernel.display().to_string());
         args.push("-initrd".into());

@@ -33,6 +33,7 @@ use crate::channel::{ChannelError, GuestChannel, GuestConfig, GuestEvent};
 use crate::driver::{GuestExit, VmDriver, VmError, VmInfo, VmSpec};
 use crate::image::{Image, ImageStore};
 use crate::network::{NetworkSpec, VmNetwork};
+pub use command::vm_uid;
 use command::QemuLaunch;
 
 /// Whether VMs get a network.
@@ -56,6 +57,8 @@ pub struct QemuConfig {
     pub network: NetworkMode,
     /// How long QEMU gets to stop after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// Run each VM's QEMU as a uid of its own (`command::vm_uid`) instead of root.
+    pub unprivileged: bool,
 }
 
 impl QemuConfig {
@@ -68,6 +71,7 @@ impl QemuConfig {
             accel,
             network: NetworkMode::Isolated,
             stop_grace: Duration::from_secs(5),
+            unprivileged: true,
         }
     }
 }
@@ -300,6 +304,15 @@ impl QemuDriver {
         let socket = dir.join("cfg.sock");
         let pidfile = dir.join("qemu.pid");
         let name = entry.record.id.to_string();
+        let run_as = self
+            .config
+            .unprivileged
+            .then(|| command::vm_uid(&entry.record.id));
+        if let (Some(uid), Some(network)) = (run_as, &entry.network) {
+            network
+                .grant_socket(uid)
+                .map_err(|e| SetupError::Network(format!("passt socket: {e}")))?;
+        }
         let launch = QemuLaunch {
             name: &name,
             accel: self.config.accel,
@@ -314,6 +327,7 @@ impl QemuDriver {
                 .as_ref()
                 .map(VmNetwork::qemu_args)
                 .unwrap_or_default(),
+            run_as,
         };
         let mut command = match &entry.network {
             Some(network) => {

@@ -47,7 +47,8 @@ fn script(loop_port: u16, any_port: u16, host: Ipv4Addr, other: Ipv4Addr, inet: 
 echo "gateway $GW"
 # In the background with its output elsewhere: the runner waits for the job's output to end.
 (while true; do sudo nc -l -p 7777 -e echo OTHER-VM-REACHED; done </dev/null >/dev/null 2>&1 &) ; sleep 1
-probe() {{ out=$(printf 'GET / HTTP/1.0\r\n\r\n' | timeout 5 nc $1 $2 2>/dev/null | head -c 200); echo "PROBE $1:$2 -> [$out]"; }}
+# stdin stays open a while: busybox nc may stop reading the socket once its stdin ends.
+probe() {{ out=$( (printf 'GET / HTTP/1.0\r\n\r\n'; sleep 3) | timeout 5 nc $1 $2 2>/dev/null | head -c 200); echo "PROBE $1:$2 -> [$out]"; }}
 probe {inet_host} {inet_port}
 echo "SELF [$(timeout 5 nc 127.0.0.1 7777 </dev/null 2>/dev/null)]"
 probe 127.0.0.1 {loop_port}
@@ -91,6 +92,7 @@ async fn two_root_guests_reach_the_internet_but_not_each_other_nor_the_host() {
         let addr_a = driver.guest_addr(&a).await.unwrap();
         let addr_b = driver.guest_addr(&b).await.unwrap();
         assert_ne!(addr_a, addr_b);
+        assert_ne!(mayfly_vm::vm_uid(&a), mayfly_vm::vm_uid(&b));
 
         // One organisation per VM: repository-scoped JIT configs bind each runner to its job.
         let (inst_a, repo_a) = sim.tenant("org-iso-a").await;
@@ -120,6 +122,36 @@ async fn two_root_guests_reach_the_internet_but_not_each_other_nor_the_host() {
                     .wait_ready(&vm, Duration::from_secs(180))
                     .await
                     .unwrap();
+                // Once the guest runs, QEMU is the VM's own uid, with no capabilities, not root.
+                let pids = super::support::processes_mentioning(vm.as_str());
+                let qemu = pids
+                    .iter()
+                    .find(|pid| {
+                        std::fs::read_link(format!("/proc/{pid}/exe"))
+                            .is_ok_and(|exe| exe.to_string_lossy().contains("qemu-system"))
+                    })
+                    .unwrap_or_else(|| panic!("no QEMU process for {vm}"));
+                let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+                let uid = mayfly_vm::vm_uid(&vm);
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find(|l| l.starts_with(name))
+                        .unwrap()
+                        .split_whitespace()
+                        .skip(1)
+                        .collect::<Vec<_>>()
+                };
+                assert!(
+                    field("Uid:").iter().all(|u| *u == uid.to_string()),
+                    "{status}"
+                );
+                assert!(
+                    field("Gid:").iter().all(|g| *g == uid.to_string()),
+                    "{status}"
+                );
+                assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+                assert_eq!(field("Seccomp:"), ["2"], "{status}");
                 driver
                     .hand_over(
                         &vm,
