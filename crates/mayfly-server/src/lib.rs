@@ -511,7 +511,7 @@ async fn load_agent_pki(
         mayfly_store::MasterKey::random()
             .write(&master)
             .map_err(ServerError::MasterKey)?;
-        tracing::warn!(file = %master.display(),
+        tracing::info!(file = %master.display(),
             "made a master key for sealed values; servers sharing this database need a copy");
     }
     let server_ca_pem = server_ca_pem(files)?;
