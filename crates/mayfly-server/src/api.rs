@@ -499,7 +499,8 @@ async fn server_ca(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Trades a one-time bootstrap token and a CSR for the agent's client certificate. A token
-/// that is malformed, unknown, used or expired gets 401; every attempt is audited.
+/// that is malformed, unknown, used or expired gets 401; every attempt is audited before it is
+/// looked at, and its outcome after.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents",
     request_body = crate::agent_pki::EnrolRequest,
     responses((status = 200, body = crate::agent_pki::EnrolResponse),
@@ -519,6 +520,22 @@ async fn enrol(
         .as_ref()
         .and_then(|r| crate::agent_pki::BootstrapClaims::decode(&r.token))
         .map(|c| c.id);
+    let actor = token_id
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), |id| format!("bootstrap:{id}"));
+    // Audited before anything happens: an enrolment that cannot be recorded does not happen.
+    let attempt = NewAudit {
+        at: state.clock.now(),
+        actor: actor.clone(),
+        source: source.clone(),
+        action: "agent enrol".into(),
+        target: None,
+        outcome: "attempt".into(),
+    };
+    if let Err(e) = state.store.append_audit(&attempt).await {
+        tracing::error!(error = %crate::error::chain(&e), "could not audit an enrolment; refusing it");
+        return ApiError::Unavailable.into_response();
+    }
     let (outcome, response) = match &request {
         None => (
             "refused: not an enrolment request".to_owned(),
@@ -554,7 +571,7 @@ async fn enrol(
     };
     let event = NewAudit {
         at: state.clock.now(),
-        actor: token_id.map_or_else(|| "anonymous".to_owned(), |id| format!("bootstrap:{id}")),
+        actor,
         source,
         action: "agent enrol".into(),
         target: None,

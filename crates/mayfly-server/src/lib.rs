@@ -473,6 +473,20 @@ async fn reload_on_sighup(
             () = shutdown.cancelled() => return,
             got = hangups.recv() => if got.is_none() { return },
         }
+        // Audited before it happens: a reload that cannot be recorded does not happen.
+        let request = mayfly_store::NewAudit {
+            at: clock.now(),
+            actor: "signal:SIGHUP".into(),
+            source: None,
+            action: "tls reload".into(),
+            target: Some(files.cert_file.display().to_string()),
+            outcome: "requested".into(),
+        };
+        if let Err(e) = store.append_audit(&request).await {
+            tracing::error!(error = %error::chain(&e),
+                "could not audit the TLS reload; still serving the previous certificate");
+            continue;
+        }
         let outcome = match tls::reload(&live, &files) {
             Ok(()) => {
                 tracing::info!(cert = %files.cert_file.display(), "reloaded the TLS certificate");

@@ -350,6 +350,10 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
             .iter()
             .any(|r| r.action == action && r.outcome.starts_with(outcome))
     };
+    assert!(
+        has("agent enrol", "attempt"),
+        "enrolments are audited before they happen"
+    );
     assert!(has("agent enrol", "ok: agent host-1"));
     assert!(has("agent enrol", "refused: token already used"));
     assert!(has("agent enrol", "refused: token expired"));
