@@ -325,6 +325,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let http = axum_server::Handle::new();
     let mut tasks = tokio::task::JoinSet::new();
     let has_tls = tls.is_some();
+    // Bumped after each successful certificate reload, so the agent listener re-reads too.
+    let (reloaded_tx, reloaded_rx) = tokio::sync::watch::channel(0_u64);
     if let (Some(live), Some(files)) = (&tls, &config.tls) {
         // Registered before `start` returns, so a SIGHUP from then on never kills the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -334,6 +336,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             files.clone(),
             deps.store.clone(),
             deps.clock.clone(),
+            reloaded_tx,
             shutdown.clone(),
         ));
     }
@@ -374,23 +377,27 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                     auth,
                 },
             );
-            let mut builder = tonic::transport::Server::builder();
-            if let (Some(files), Some(pki)) = (&config.tls, &pki) {
-                builder = builder
-                    .tls_config(agent_tls(files, pki).await?)
-                    .map_err(|e| ServerError::AgentTls(e.to_string()))?;
+            let tls_source = match (&config.tls, &pki) {
+                (Some(files), Some(pki)) => Some((files.clone(), pki.clone())),
+                _ => None,
+            };
+            // Fail at start, not in the task, when the certificate does not load.
+            if let Some((files, pki)) = &tls_source {
+                agent_tls(files, pki).await?;
             }
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let served = builder
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the agent listener stopped");
-                }
-            });
+            let listener = listener
+                .into_std()
+                .map_err(|source| ServerError::AgentBind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            tasks.spawn(serve_agents(
+                listener,
+                service,
+                tls_source,
+                reloaded_rx,
+                shutdown.clone(),
+            ));
             let reconciler = reconciler::Reconciler {
                 store: deps.store.clone(),
                 clock: deps.clock.clone(),
@@ -451,6 +458,79 @@ async fn serve(
     }
 }
 
+/// Serves agents on `listener`. After a certificate reload a new server takes over accepting
+/// with the new certificate; the previous one stops accepting and keeps its open sessions
+/// until they end (agents then reconnect to the new one).
+async fn serve_agents(
+    listener: std::net::TcpListener,
+    service: mayfly_proto::v1::agent_service_server::AgentServiceServer<agents::AgentServiceImpl>,
+    tls: Option<(TlsFiles, Arc<agent_pki::AgentPki>)>,
+    mut reloaded: tokio::sync::watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut generations = tokio::task::JoinSet::new();
+    loop {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((files, pki)) = &tls {
+            match agent_tls(files, pki).await.map(|c| builder.tls_config(c)) {
+                Ok(Ok(with_tls)) => builder = with_tls,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the agent listener's TLS failed; it stops");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %error::chain(&e), "the agent listener's TLS failed; it stops");
+                    break;
+                }
+            }
+        }
+        let accepting = match listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the agent listener stopped");
+                break;
+            }
+        };
+        let stop_accepting = CancellationToken::new();
+        let served = builder
+            .add_service(service.clone())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(accepting),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        generations.spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "the agent listener stopped");
+            }
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                stop_accepting.cancel();
+                break;
+            }
+            changed = reloaded.changed() => {
+                if changed.is_err() {
+                    // No reloads can come (no TLS): keep serving until shutdown.
+                    shutdown.cancelled().await;
+                    stop_accepting.cancel();
+                    break;
+                }
+                stop_accepting.cancel();
+                tracing::info!("the agent listener now serves the reloaded certificate");
+            }
+        }
+    }
+    // Open sessions get a moment to end by themselves, then are cut.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while generations.join_next().await.is_some() {}
+    })
+    .await;
+    generations.abort_all();
+}
+
 /// Reloads the listener's certificate and key from their files on SIGHUP (a renewed
 /// certificate, without a restart), and audits it. A pair that does not load keeps the old one.
 async fn reload_on_sighup(
@@ -459,6 +539,7 @@ async fn reload_on_sighup(
     files: TlsFiles,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    reloaded: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
     let mut hangups = match hangups {
@@ -490,6 +571,7 @@ async fn reload_on_sighup(
         let outcome = match tls::reload(&live, &files) {
             Ok(()) => {
                 tracing::info!(cert = %files.cert_file.display(), "reloaded the TLS certificate");
+                reloaded.send_modify(|generation| *generation += 1);
                 "ok".to_owned()
             }
             Err(e) => {

@@ -294,4 +294,5 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
         assert!(!dump.contains(token.expose()));
     }
     t.server.shutdown().await;
+    t.store.close().await;
 }

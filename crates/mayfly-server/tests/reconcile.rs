@@ -73,6 +73,7 @@ async fn a_job_whose_webhook_was_lost_is_recovered_from_the_rest_api() {
         assert_eq!(row.installation_id.map(|i| i.0), Some(inst.id as i64));
         server.shutdown().await;
         sim.shutdown().await;
+        store.close().await;
     })
     .await
     .expect("the lost job was not recovered in time");

@@ -269,6 +269,7 @@ async fn a_cancelled_job_loses_its_vm_and_runner_and_other_labels_are_ignored() 
     );
     w.server.shutdown().await;
     w.sim.shutdown().await;
+    w.store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,4 +292,5 @@ async fn a_runner_that_takes_no_job_is_destroyed_at_the_idle_timeout() {
         .await;
     w.server.shutdown().await;
     w.sim.shutdown().await;
+    w.store.close().await;
 }

@@ -96,4 +96,5 @@ async fn security_txt_passes_the_sectxt_validator() {
     assert_eq!(verdict["valid"], true, "{verdict}");
     eprintln!("sectxt recommendations: {}", verdict["recommendations"]);
     t.server.shutdown().await;
+    t.store.close().await;
 }

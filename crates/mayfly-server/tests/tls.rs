@@ -57,6 +57,7 @@ async fn serves_tls_and_refuses_plaintext() {
         Ok(response) => panic!("plaintext got an HTTP answer: {}", response.status()),
     }
     server.shutdown().await;
+    t.store.close().await;
 }
 
 /// A TLS 1.1 ClientHello offering TLS_RSA_WITH_AES_128_CBC_SHA, no extensions.
@@ -141,6 +142,7 @@ async fn tls_1_1_and_garbage_are_refused_and_the_server_carries_on() {
     )
     .await;
     t.server.shutdown().await;
+    t.store.close().await;
 }
 
 /// Sends `bytes`, then closes the write side (a client that gives up mid-handshake).
@@ -199,4 +201,5 @@ async fn sighup_reloads_the_certificate() {
         "{audit:?}"
     );
     t.server.shutdown().await;
+    t.store.close().await;
 }

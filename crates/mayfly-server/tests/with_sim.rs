@@ -176,4 +176,5 @@ async fn simulated_job_becomes_a_job_row_redelivery_is_a_no_op_forgery_is_refuse
 
     sim.shutdown().await;
     server.shutdown().await;
+    store.close().await;
 }

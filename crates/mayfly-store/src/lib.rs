@@ -200,4 +200,9 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes every connection, waiting for them: call it before the process exits (the
+    /// embedded store's worker threads should be done before SQLCipher's crypto library is
+    /// torn down at exit).
+    async fn close(&self);
 }

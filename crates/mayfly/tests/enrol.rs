@@ -343,6 +343,38 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
     let revoked = session(agent_port, "host-1", Some(client_tls(&pinned, &cert, &key))).await;
     assert!(revoked.unwrap_err().contains("PermissionDenied"));
 
+    // A renewed server certificate (here from another CA, to tell them apart) reaches the agent
+    // listener on SIGHUP, without a restart.
+    let ca_b_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_b_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_b_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_b = ca_b_params.self_signed(&ca_b_key).unwrap();
+    let renewed_key = rcgen::KeyPair::generate().unwrap();
+    let renewed = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&renewed_key, &ca_b, &ca_b_key)
+        .unwrap();
+    let trusting_b = || client_tls(ca_b.pem().as_bytes(), &cert, &key);
+    let before = session(agent_port, "host-1", Some(trusting_b()))
+        .await
+        .unwrap_err();
+    assert!(before.starts_with("connect"), "{before}");
+    std::fs::write(&files.cert_file, renewed.pem()).unwrap();
+    std::fs::write(&files.key_file, renewed_key.serialize_pem()).unwrap();
+    nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = session(agent_port, "host-1", Some(trusting_b()))
+            .await
+            .unwrap_err();
+        // The handshake now succeeds; the revoked agent is refused after it.
+        if after.contains("PermissionDenied") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(after.contains("PermissionDenied"), "not reloaded: {after}");
+
     let audit = store.audit_log(0, 1000).await.unwrap();
     assert_eq!(mayfly_store::verify_chain(&audit), Ok(audit.len()));
     let has = |action: &str, outcome: &str| {

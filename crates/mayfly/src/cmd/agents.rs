@@ -78,6 +78,7 @@ pub async fn run(command: AgentsCommand) -> Result<(), Failure> {
             )
             .await
             .runtime_err()?;
+            store.close().await;
             println!("{}", token.as_str());
             eprintln!(
                 "one-time token for agent {} (expires {}); on that host run: \
@@ -99,6 +100,7 @@ pub async fn run(command: AgentsCommand) -> Result<(), Failure> {
                     a.cert_sha256
                 );
             }
+            store.close().await;
         }
         AgentsCommand::Revoke(args) => {
             let store = open(&args.store).await?;
@@ -117,6 +119,7 @@ pub async fn run(command: AgentsCommand) -> Result<(), Failure> {
                 })
                 .await
                 .runtime_err()?;
+            store.close().await;
             if !revoked {
                 return Err(anyhow::anyhow!(
                     "there is no live agent {}; see `mayfly agents list`",

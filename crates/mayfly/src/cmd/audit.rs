@@ -45,6 +45,7 @@ pub async fn run(command: AuditCommand) -> Result<(), Failure> {
         AuditCommand::Verify(args) => {
             let store = open(&args).await?;
             let rows = all_rows(store.as_ref()).await?;
+            store.close().await;
             match mayfly_store::verify_chain(&rows) {
                 Ok(n) => {
                     let last = rows
@@ -59,6 +60,7 @@ pub async fn run(command: AuditCommand) -> Result<(), Failure> {
         AuditCommand::Export(args) => {
             let store = open(&args.store).await?;
             let rows = all_rows(store.as_ref()).await?;
+            store.close().await;
             let mut out: Box<dyn Write> = match &args.output {
                 Some(path) => Box::new(std::fs::File::create(path).runtime_err()?),
                 None => Box::new(std::io::stdout().lock()),

@@ -73,6 +73,7 @@ pub async fn run(command: KeysCommand) -> Result<(), Failure> {
     };
     tracing::info!(%old, %new, "master key rotated");
     audit(store.as_ref(), &actor, &format!("ok: {old} → {new}")).await?;
+    store.close().await;
     println!(
         "rotated the master key: {old} → {new}; {} now holds the new key (servers sharing the database need the new file too)",
         key_file.display()

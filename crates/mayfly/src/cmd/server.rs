@@ -145,7 +145,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         }
     };
     let deps = Dependencies {
-        store,
+        store: store.clone(),
         clock: Arc::new(SystemClock),
         webhook_secrets: secrets,
         github,
@@ -155,6 +155,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     shutdown_signal().await.runtime_err()?;
     tracing::info!("shutting down");
     server.shutdown().await;
+    store.close().await;
     Ok(())
 }
 

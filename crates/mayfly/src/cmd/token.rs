@@ -108,6 +108,7 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                 .await
                 .runtime_err()?;
             println!("{}", token.expose());
+            store.close().await;
             eprintln!(
                 "created {} ({}); this is the only time the token is shown",
                 token.row.id,
@@ -130,13 +131,15 @@ pub async fn run(command: TokenCommand) -> Result<(), Failure> {
                         .unwrap_or_default()
                 );
             }
+            store.close().await;
         }
         TokenCommand::Revoke(args) => {
             let store = open(&args.store).await?;
-            if tokens::revoke(store.as_ref(), &cli_actor(), &args.id)
+            let revoked = tokens::revoke(store.as_ref(), &cli_actor(), &args.id)
                 .await
-                .runtime_err()?
-            {
+                .runtime_err()?;
+            store.close().await;
+            if revoked {
                 eprintln!("revoked {}", args.id);
             } else {
                 return Err(anyhow::anyhow!(
