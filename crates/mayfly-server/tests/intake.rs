@@ -138,6 +138,7 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
+        self.store.close().await;
     }
 }
 

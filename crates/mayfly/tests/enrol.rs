@@ -401,4 +401,5 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
 
     server.shutdown().await;
     sim.shutdown().await;
+    store.close().await;
 }
