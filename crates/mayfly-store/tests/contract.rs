@@ -769,21 +769,6 @@ async fn with_postgres(test: impl AsyncFnOnce(&dyn Store)) {
 }
 
 #[tokio::test]
-async fn sqlite_deliveries_are_deduplicated_and_queued_in_order() {
-    with_sqlite(deliveries_are_deduplicated_and_queued_in_order).await;
-}
-
-#[tokio::test]
-async fn sqlite_job_states_only_move_forward() {
-    with_sqlite(job_states_only_move_forward).await;
-}
-
-#[tokio::test]
-async fn sqlite_installations_track_their_repositories() {
-    with_sqlite(installations_track_their_repositories).await;
-}
-
-#[tokio::test]
 async fn sqlite_recorded_deliveries_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mayfly.db");
@@ -816,137 +801,51 @@ async fn sqlite_a_file_that_is_not_a_database_is_a_clear_error() {
     assert!(shown.contains("mayfly.db"), "{shown}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_concurrent_recording_and_applying() {
-    with_sqlite(concurrent_recording_and_applying).await;
+/// Each contract function, once per backend: tests `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_backends {
+    ($($flavor:tt $name:ident),* $(,)?) => {
+        $(on_both_backends!(@one $flavor $name);)*
+    };
+    (@one current $name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::with_sqlite(super::$name).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::with_postgres(super::$name).await;
+            }
+        }
+    };
+    (@one threads $name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::with_sqlite(super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::with_postgres(super::$name).await;
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn sqlite_dispatch_and_vm_rows_round_trip() {
-    with_sqlite(dispatch_and_vm_rows_round_trip).await;
-}
-
-#[tokio::test]
-async fn sqlite_purge_removes_exactly_the_expired_rows() {
-    with_sqlite(purge_removes_exactly_the_expired_rows).await;
-}
-
-#[tokio::test]
-async fn postgres_deliveries_are_deduplicated_and_queued_in_order() {
-    with_postgres(deliveries_are_deduplicated_and_queued_in_order).await;
-}
-
-#[tokio::test]
-async fn postgres_job_states_only_move_forward() {
-    with_postgres(job_states_only_move_forward).await;
-}
-
-#[tokio::test]
-async fn postgres_installations_track_their_repositories() {
-    with_postgres(installations_track_their_repositories).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_concurrent_recording_and_applying() {
-    with_postgres(concurrent_recording_and_applying).await;
-}
-
-#[tokio::test]
-async fn postgres_dispatch_and_vm_rows_round_trip() {
-    with_postgres(dispatch_and_vm_rows_round_trip).await;
-}
-
-#[tokio::test]
-async fn postgres_purge_removes_exactly_the_expired_rows() {
-    with_postgres(purge_removes_exactly_the_expired_rows).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_a_delivery_is_applied_exactly_once() {
-    with_sqlite(a_delivery_is_applied_exactly_once).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_delivery_is_applied_exactly_once() {
-    with_postgres(a_delivery_is_applied_exactly_once).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_servers_claim_disjoint_deliveries() {
-    with_sqlite(servers_claim_disjoint_deliveries).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_servers_claim_disjoint_deliveries() {
-    with_postgres(servers_claim_disjoint_deliveries).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_a_job_is_claimed_by_one_server() {
-    with_sqlite(a_job_is_claimed_by_one_server).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_job_is_claimed_by_one_server() {
-    with_postgres(a_job_is_claimed_by_one_server).await;
-}
-
-#[tokio::test]
-async fn sqlite_leases_have_one_holder() {
-    with_sqlite(leases_have_one_holder).await;
-}
-
-#[tokio::test]
-async fn postgres_leases_have_one_holder() {
-    with_postgres(leases_have_one_holder).await;
-}
-
-#[tokio::test]
-async fn sqlite_usage_rolls_up_and_outlives_job_rows() {
-    with_sqlite(usage_rolls_up_and_outlives_job_rows).await;
-}
-
-#[tokio::test]
-async fn postgres_usage_rolls_up_and_outlives_job_rows() {
-    with_postgres(usage_rolls_up_and_outlives_job_rows).await;
-}
-
-#[tokio::test]
-async fn sqlite_sealed_values() {
-    with_sqlite(sealed_values).await;
-}
-
-#[tokio::test]
-async fn postgres_sealed_values() {
-    with_postgres(sealed_values).await;
-}
-
-#[tokio::test]
-async fn sqlite_tokens_are_found_by_hash_and_revoked() {
-    with_sqlite(tokens_are_found_by_hash_and_revoked).await;
-}
-
-#[tokio::test]
-async fn postgres_tokens_are_found_by_hash_and_revoked() {
-    with_postgres(tokens_are_found_by_hash_and_revoked).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_the_audit_log_is_one_chain() {
-    with_sqlite(the_audit_log_is_one_chain).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_the_audit_log_is_one_chain() {
-    with_postgres(the_audit_log_is_one_chain).await;
-}
-
-#[tokio::test]
-async fn sqlite_bootstrap_tokens_are_one_time_and_agents_revocable() {
-    with_sqlite(bootstrap_tokens_are_one_time_and_agents_revocable).await;
-}
-
-#[tokio::test]
-async fn postgres_bootstrap_tokens_are_one_time_and_agents_revocable() {
-    with_postgres(bootstrap_tokens_are_one_time_and_agents_revocable).await;
-}
+on_both_backends!(
+    current deliveries_are_deduplicated_and_queued_in_order,
+    current job_states_only_move_forward,
+    current installations_track_their_repositories,
+    threads concurrent_recording_and_applying,
+    current dispatch_and_vm_rows_round_trip,
+    current purge_removes_exactly_the_expired_rows,
+    threads a_delivery_is_applied_exactly_once,
+    threads servers_claim_disjoint_deliveries,
+    threads a_job_is_claimed_by_one_server,
+    current leases_have_one_holder,
+    current usage_rolls_up_and_outlives_job_rows,
+    current sealed_values,
+    current tokens_are_found_by_hash_and_revoked,
+    threads the_audit_log_is_one_chain,
+    current bootstrap_tokens_are_one_time_and_agents_revocable,
+);
