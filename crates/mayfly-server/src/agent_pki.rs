@@ -35,16 +35,16 @@ pub enum PkiError {
     Csr(String),
 }
 
-/// SHA-256 of a DER certificate, hex.
-pub fn cert_sha256(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
+/// SHA-256, hex: how certificates, token secrets and API tokens are named in the store.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// SHA-256 of the first certificate in a PEM text, hex.
 pub fn pem_sha256(pem: &str) -> Option<String> {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    Some(cert_sha256(&der))
+    Some(sha256_hex(&der))
 }
 
 /// The agent CA, and the server CA agents pin.
@@ -146,7 +146,7 @@ impl AgentPki {
         let cert = csr
             .signed_by(&self.issuer, &self.ca_key)
             .map_err(|e| PkiError::Csr(e.to_string()))?;
-        let sha = cert_sha256(cert.der());
+        let sha = sha256_hex(cert.der());
         Ok((cert.pem(), sha))
     }
 }
@@ -185,7 +185,7 @@ impl BootstrapClaims {
     }
 
     pub fn secret_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.secret.as_bytes()))
+        sha256_hex(self.secret.as_bytes())
     }
 }
 
@@ -228,6 +228,20 @@ pub async fn create_bootstrap(
         })
         .await?;
     Ok((Zeroizing::new(claims.encode()), claims))
+}
+
+/// Revokes an agent (its certificate is refused from then on, its open session ended), audited
+/// before and after. `false` when there is no such live agent.
+pub async fn revoke(store: &dyn Store, actor: &str, agent: &str) -> Result<bool, StoreError> {
+    crate::tokens::audited_revoke(
+        store,
+        actor,
+        "agent revoke",
+        agent,
+        "no such live agent",
+        || store.revoke_agent(agent, Utc::now()),
+    )
+    .await
 }
 
 /// What `POST /api/v1/agents/enrol` takes.

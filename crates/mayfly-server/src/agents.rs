@@ -140,7 +140,7 @@ impl AgentAuth {
         let Some(leaf) = certs.and_then(<[_]>::first) else {
             return Err("no client certificate");
         };
-        let sha = crate::agent_pki::cert_sha256(leaf);
+        let sha = crate::agent_pki::sha256_hex(leaf);
         match self.store.agent_by_cert(&sha).await {
             Ok(Some(agent)) if agent.revoked_at.is_none() => Ok((agent.name, sha)),
             Ok(Some(_)) => Err("revoked agent"),

@@ -381,10 +381,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 (Some(files), Some(pki)) => Some((files.clone(), pki.clone())),
                 _ => None,
             };
-            // Fail at start, not in the task, when the certificate does not load.
-            if let Some((files, pki)) = &tls_source {
-                agent_tls(files, pki).await?;
-            }
+            // Built here so a certificate that does not load fails the start.
+            let first = agent_server(tls_source.as_ref()).await?;
             let listener = listener
                 .into_std()
                 .map_err(|source| ServerError::AgentBind {
@@ -394,6 +392,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             tasks.spawn(serve_agents(
                 listener,
                 service,
+                first,
                 tls_source,
                 reloaded_rx,
                 shutdown.clone(),
@@ -458,70 +457,84 @@ async fn serve(
     }
 }
 
+/// A gRPC server for agents: mTLS with the certificate files and the agent CA, or plain for a
+/// loopback development server.
+async fn agent_server(
+    tls: Option<&(TlsFiles, Arc<agent_pki::AgentPki>)>,
+) -> Result<tonic::transport::Server, ServerError> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some((files, pki)) => builder
+            .tls_config(agent_tls(files, pki).await?)
+            .map_err(|e| ServerError::AgentTls(e.to_string())),
+        None => Ok(builder),
+    }
+}
+
 /// Serves agents on `listener`. After a certificate reload a new server takes over accepting
 /// with the new certificate; the previous one stops accepting and keeps its open sessions
-/// until they end (agents then reconnect to the new one).
+/// until they end (agents then reconnect to the new one). A reloaded certificate that does not
+/// load leaves the previous server accepting.
 async fn serve_agents(
     listener: std::net::TcpListener,
     service: mayfly_proto::v1::agent_service_server::AgentServiceServer<agents::AgentServiceImpl>,
+    first: tonic::transport::Server,
     tls: Option<(TlsFiles, Arc<agent_pki::AgentPki>)>,
     mut reloaded: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let mut generations = tokio::task::JoinSet::new();
+    let mut next = Some(first);
+    let mut stop_previous: Option<CancellationToken> = None;
     loop {
-        let mut builder = tonic::transport::Server::builder();
-        if let Some((files, pki)) = &tls {
-            match agent_tls(files, pki).await.map(|c| builder.tls_config(c)) {
-                Ok(Ok(with_tls)) => builder = with_tls,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "the agent listener's TLS failed; it stops");
-                    break;
-                }
+        if let Some(mut builder) = next.take() {
+            let accepting = match listener
+                .try_clone()
+                .and_then(tokio::net::TcpListener::from_std)
+            {
+                Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(error = %error::chain(&e), "the agent listener's TLS failed; it stops");
+                    tracing::error!(error = %e, "the agent listener stopped");
                     break;
                 }
+            };
+            let stop_accepting = CancellationToken::new();
+            let served = builder
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(accepting),
+                    stop_accepting.clone().cancelled_owned(),
+                );
+            generations.spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "the agent listener stopped");
+                }
+            });
+            if let Some(previous) = stop_previous.replace(stop_accepting) {
+                previous.cancel();
             }
         }
-        let accepting = match listener
-            .try_clone()
-            .and_then(tokio::net::TcpListener::from_std)
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "the agent listener stopped");
-                break;
-            }
-        };
-        let stop_accepting = CancellationToken::new();
-        let served = builder
-            .add_service(service.clone())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(accepting),
-                stop_accepting.clone().cancelled_owned(),
-            );
-        generations.spawn(async move {
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "the agent listener stopped");
-            }
-        });
         tokio::select! {
-            () = shutdown.cancelled() => {
-                stop_accepting.cancel();
-                break;
-            }
+            () = shutdown.cancelled() => break,
             changed = reloaded.changed() => {
                 if changed.is_err() {
-                    // No reloads can come (no TLS): keep serving until shutdown.
+                    // No reloads can come (no TLS): serve until shutdown.
                     shutdown.cancelled().await;
-                    stop_accepting.cancel();
                     break;
                 }
-                stop_accepting.cancel();
-                tracing::info!("the agent listener now serves the reloaded certificate");
+                match agent_server(tls.as_ref()).await {
+                    Ok(builder) => {
+                        next = Some(builder);
+                        tracing::info!("the agent listener now serves the reloaded certificate");
+                    }
+                    Err(e) => tracing::error!(error = %error::chain(&e),
+                        "the agent listener keeps its previous certificate"),
+                }
             }
         }
+    }
+    if let Some(current) = stop_previous {
+        current.cancel();
     }
     // Open sessions get a moment to end by themselves, then are cut.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -628,29 +641,16 @@ async fn load_agent_pki(
 
 /// `[tls] ca_file`, or the last certificate of `cert_file`.
 pub fn server_ca_pem(files: &TlsFiles) -> Result<String, ServerError> {
-    use rustls::pki_types::pem::PemObject;
     let path = files.ca_file.as_ref().unwrap_or(&files.cert_file);
     let text = std::fs::read_to_string(path).map_err(|_| ServerError::ServerCa(path.clone()))?;
     if files.ca_file.is_some() {
         return Ok(text);
     }
-    let last = rustls::pki_types::CertificateDer::pem_slice_iter(text.as_bytes())
-        .filter_map(Result::ok)
-        .last()
-        .ok_or_else(|| ServerError::ServerCa(path.clone()))?;
-    Ok(pem_encode(&last))
-}
-
-fn pem_encode(der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(chunk));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
+    // The chain's last PEM block, as written.
+    text.rfind("-----BEGIN CERTIFICATE-----")
+        .map(|start| text[start..].to_owned())
+        .filter(|pem| agent_pki::pem_sha256(pem).is_some())
+        .ok_or_else(|| ServerError::ServerCa(path.clone()))
 }
 
 /// mTLS for the agent listener: the server's own certificate, client certificates from the

@@ -5,7 +5,6 @@
 use chrono::Utc;
 use mayfly_store::{NewAudit, Store, StoreError, TokenRow};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 const PREFIX: &str = "mfy_";
@@ -68,10 +67,6 @@ impl NewToken {
     }
 }
 
-fn hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 /// Makes, stores and audits a token.
 pub async fn create(
     store: &dyn Store,
@@ -91,7 +86,7 @@ pub async fn create(
         name: name.to_owned(),
         scope: scope.name().to_owned(),
         installation_id: scope.installation(),
-        token_hash: hash(&secret),
+        token_hash: crate::agent_pki::sha256_hex(secret.as_bytes()),
         created_at: Utc::now(),
         revoked_at: None,
     };
@@ -119,16 +114,43 @@ pub async fn create(
 
 /// Revokes and audits; `false` when there was no such live token.
 pub async fn revoke(store: &dyn Store, actor: &str, id: &str) -> Result<bool, StoreError> {
-    let revoked = store.revoke_token(id, Utc::now()).await?;
+    audited_revoke(
+        store,
+        actor,
+        "token revoke",
+        id,
+        "no such live token",
+        || store.revoke_token(id, Utc::now()),
+    )
+    .await
+}
+
+/// Revokes something (`revoke` says whether there was a live one to revoke), audited before
+/// (`requested`: a revocation that cannot be recorded does not happen) and after (its outcome).
+pub(crate) async fn audited_revoke<F, Fut>(
+    store: &dyn Store,
+    actor: &str,
+    action: &str,
+    target: &str,
+    not_found: &str,
+    revoke: F,
+) -> Result<bool, StoreError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let event = |outcome: &str| NewAudit {
+        at: Utc::now(),
+        actor: actor.to_owned(),
+        source: None,
+        action: action.to_owned(),
+        target: Some(target.to_owned()),
+        outcome: outcome.to_owned(),
+    };
+    store.append_audit(&event("requested")).await?;
+    let revoked = revoke().await?;
     store
-        .append_audit(&NewAudit {
-            at: Utc::now(),
-            actor: actor.to_owned(),
-            source: None,
-            action: "token revoke".into(),
-            target: Some(id.to_owned()),
-            outcome: if revoked { "ok" } else { "no such live token" }.into(),
-        })
+        .append_audit(&event(if revoked { "ok" } else { not_found }))
         .await?;
     Ok(revoked)
 }
@@ -138,6 +160,8 @@ pub async fn lookup(store: &dyn Store, presented: &str) -> Result<Option<TokenRo
     if !presented.starts_with(PREFIX) || presented.len() != PREFIX.len() + 43 {
         return Ok(None);
     }
-    let row = store.token_by_hash(&hash(presented)).await?;
+    let row = store
+        .token_by_hash(&crate::agent_pki::sha256_hex(presented.as_bytes()))
+        .await?;
     Ok(row.filter(|r| r.revoked_at.is_none()))
 }

@@ -107,10 +107,11 @@ async fn tokens_are_shown_once_and_audit_verify_names_each_kind_of_tampering() {
     let out = mayfly(&db_url, data, &["token", "revoke", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
-    // 5 rows: 3 creates, 2 revokes (one refused), all by cli:auditor.
+    // 7 rows: 3 creates, 2 revokes (one refused) each audited as requested and as done, all by
+    // cli:auditor.
     let out = mayfly(&db_url, data, &["audit", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("intact: 5 rows"), "{}", text(&out));
+    assert!(text(&out).contains("intact: 7 rows"), "{}", text(&out));
     let export = dir.path().join("audit.jsonl");
     let out = mayfly(
         &db_url,
@@ -123,16 +124,18 @@ async fn tokens_are_shown_once_and_audit_verify_names_each_kind_of_tampering() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 7);
     assert!(lines.iter().all(|l| l["actor"] == "cli:auditor"));
-    assert_eq!(lines[4]["action"], "token revoke");
-    assert_eq!(lines[4]["outcome"], "no such live token");
+    assert_eq!(lines[5]["action"], "token revoke");
+    assert_eq!(lines[5]["outcome"], "requested");
+    assert_eq!(lines[6]["action"], "token revoke");
+    assert_eq!(lines[6]["outcome"], "no such live token");
 
     let mut db = sqlx::PgConnection::connect(&db_url).await.unwrap();
     let snapshot = "CREATE TABLE audit_copy AS SELECT * FROM audit_log";
     sqlx::query(snapshot).execute(&mut db).await.unwrap();
     let tamperings: [(&str, &[&str], &str); 4] = [
-        ("edited", &["UPDATE audit_log SET outcome = 'ok' WHERE seq = 5"], "row 5"),
+        ("edited", &["UPDATE audit_log SET outcome = 'edited' WHERE seq = 5"], "row 5"),
         ("deleted", &["DELETE FROM audit_log WHERE seq = 3"], "row 4"),
         (
             "inserted",

@@ -104,21 +104,10 @@ pub async fn run(command: AgentsCommand) -> Result<(), Failure> {
         }
         AgentsCommand::Revoke(args) => {
             let store = open(&args.store).await?;
-            let revoked = store
-                .revoke_agent(&args.name, chrono::Utc::now())
-                .await
-                .runtime_err()?;
-            store
-                .append_audit(&mayfly_store::NewAudit {
-                    at: chrono::Utc::now(),
-                    actor: cli_actor(),
-                    source: None,
-                    action: "agent revoke".into(),
-                    target: Some(args.name.clone()),
-                    outcome: if revoked { "ok" } else { "no such live agent" }.into(),
-                })
-                .await
-                .runtime_err()?;
+            let revoked =
+                mayfly_server::agent_pki::revoke(store.as_ref(), &cli_actor(), &args.name)
+                    .await
+                    .runtime_err()?;
             store.close().await;
             if !revoked {
                 return Err(anyhow::anyhow!(
