@@ -3,7 +3,9 @@
 //! twice or after it expires; a token pinning another CA is refused by the agent; the agent
 //! listener refuses connections without a certificate, with a certificate of another CA, from
 //! an agent claiming another name, and from a revoked agent; an agent refuses a server whose
-//! certificate does not chain to its pinned CA. All of it is in the audit log.
+//! certificate does not chain to its pinned CA. Enrolling into a directory that holds
+//! credentials is refused without `--force` (the token stays unused) and replaces them with it;
+//! a replacement left half done is refused when the agent starts. All of it is in the audit log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +25,10 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn enrol_cli(server: &str, token: &str, dir: &Path) -> Output {
+    enrol_cli_with(server, token, dir, &[])
+}
+
+fn enrol_cli_with(server: &str, token: &str, dir: &Path, extra: &[&str]) -> Output {
     let token_file = dir.with_extension("token");
     std::fs::write(&token_file, token).unwrap();
     Command::new(env!("CARGO_BIN_EXE_mayfly"))
@@ -30,9 +36,19 @@ fn enrol_cli(server: &str, token: &str, dir: &Path) -> Output {
         .arg(&token_file)
         .arg("--credentials")
         .arg(dir)
+        .args(extra)
         .env_remove("MAYFLY_AGENT_TOKEN")
         .output()
         .unwrap()
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn text(out: &Output) -> String {
@@ -246,6 +262,104 @@ async fn enrolment_is_one_time_and_only_enrolled_agents_get_in() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("not the one the token pins"),
+        "{}",
+        text(&out)
+    );
+
+    // Enrolling into a directory that already holds credentials: refused without --force,
+    // before the token is spent; with --force the same token replaces them.
+    let bootstrap = |agent: &'static str| {
+        let store = store.clone();
+        let ca_sha = ca_sha.clone();
+        async move {
+            mayfly_server::agent_pki::create_bootstrap(
+                store.as_ref(),
+                "cli:test",
+                agent,
+                &ca_sha,
+                chrono::Duration::minutes(10),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    let reused = dir.path().join("reused");
+    let out = enrol_cli(&base, &bootstrap("host-4").await, &reused);
+    assert!(out.status.success(), "{}", text(&out));
+    let mode = std::fs::metadata(&reused).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the credentials directory is open to others"
+    );
+    let old_key = std::fs::read(reused.join("agent.key")).unwrap();
+    let old_cert = std::fs::read(reused.join("agent.crt")).unwrap();
+    let token_5 = bootstrap("host-5").await;
+    let out = enrol_cli(&base, &token_5, &reused);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("already holds the credentials of agent host-4")
+            && text(&out).contains("--force")
+            && text(&out).contains("the token was not used"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(reused.join("agent.key")).unwrap(), old_key);
+    let out = enrol_cli_with(&base, &token_5, &reused, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("replaced the credentials of host-4")
+            && text(&out).contains("mayfly agents revoke host-4"),
+        "{}",
+        text(&out)
+    );
+    let new_key = std::fs::read(reused.join("agent.key")).unwrap();
+    let new_cert = std::fs::read(reused.join("agent.crt")).unwrap();
+    assert_ne!(new_key, old_key);
+    let mode = std::fs::metadata(reused.join("agent.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        file_names(&reused),
+        ["agent.crt", "agent.json", "agent.key", "server-ca.pem"],
+        "temporary files were left"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reused.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(json["agent"], "host-5");
+    session(
+        agent_port,
+        "host-5",
+        Some(client_tls(&pinned, &new_cert, &new_key)),
+    )
+    .await
+    .unwrap();
+    // As --help says: the replaced agent's certificate is still good until it is revoked.
+    session(
+        agent_port,
+        "host-4",
+        Some(client_tls(&pinned, &old_cert, &old_key)),
+    )
+    .await
+    .unwrap();
+    // A replacement cut off halfway (a certificate of one enrolment, agent.json of another):
+    // the agent says so instead of presenting a key that does not match its certificate.
+    std::fs::write(reused.join("agent.crt"), &old_cert).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--credentials"])
+        .arg(&reused)
+        .args(["--accel", "tcg", "--state-root"])
+        .arg(dir.path().join("unused-state"))
+        .arg("--images")
+        .arg(dir.path().join("no-images"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("do not belong together") && text(&out).contains("--force"),
         "{}",
         text(&out)
     );

@@ -3,7 +3,10 @@
 //! SIGINT/SIGTERM, when every VM it runs is destroyed and reported before it exits.
 //! `mayfly agent enrol` trades a one-time bootstrap token for a client certificate; the agent
 //! then speaks mTLS and trusts only the server CA the token pinned. Without credentials the
-//! server must be on loopback: JIT configs never cross a network in clear.
+//! server must be on loopback: JIT configs never cross a network in clear. Enrolling over
+//! existing credentials needs `--force`; they are then replaced file by file, each atomically,
+//! and `agent.json`, written last, names the certificate it belongs to, so a set left half
+//! replaced is recognised instead of half used.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,6 +20,7 @@ use mayfly_vm::image::ImageStore;
 use mayfly_vm::{Accel, QemuConfig, QemuDriver};
 use tokio_util::sync::CancellationToken;
 
+use super::atomic_file::{self, Existing};
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
 /// Which accelerator VMs use.
@@ -42,6 +46,13 @@ pub struct AgentArgs {
 pub enum AgentCommand {
     /// Enrol this host: trade a one-time bootstrap token (from `mayfly agents bootstrap` on the
     /// server) for a client certificate, pinning the server CA the token names.
+    ///
+    /// A credentials directory that already holds credentials is left alone and the token is not
+    /// used, unless --force is given: then the new credentials replace the old ones (each file
+    /// atomically; an interrupted replacement is detected when the agent starts, and enrolling
+    /// again with --force repairs it). The server keeps accepting the old certificate of another
+    /// agent name until `mayfly agents revoke <name>`; under the same name, the new certificate
+    /// replaces the old one at once.
     Enrol(EnrolArgs),
 }
 
@@ -70,6 +81,9 @@ pub struct EnrolArgs {
         value_name = "DIR"
     )]
     credentials: PathBuf,
+    /// Replace the credentials already in the directory (see above).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Flags of `mayfly agent` (running).
@@ -141,6 +155,17 @@ async fn run_enrol(args: EnrolArgs) -> Result<(), Failure> {
             .config_err()
         }
     };
+    // Checked before the token is spent, so a refusal costs the operator nothing.
+    let previous = existing_enrolment(&args.credentials);
+    if let (Some(previous), false) = (&previous, args.force) {
+        return Err(anyhow!(
+            "{} already holds {}: give --force to replace them, or choose another --credentials \
+             directory; the token was not used",
+            args.credentials.display(),
+            previous.describe()
+        ))
+        .config_err();
+    }
     let credentials = enrol(&args.server, token.trim(), &args.credentials)
         .await
         .runtime_err()?;
@@ -150,7 +175,45 @@ async fn run_enrol(args: EnrolArgs) -> Result<(), Failure> {
         args.credentials.display(),
         args.credentials.display()
     );
+    match previous.and_then(|p| p.agent) {
+        Some(old) if old == credentials.agent => println!(
+            "replaced the previous credentials of {old}: the server no longer accepts its old \
+             certificate"
+        ),
+        Some(old) => println!(
+            "replaced the credentials of {old}; the server still accepts them: if no host runs \
+             as {old} any more, revoke it there with `mayfly agents revoke {old}`"
+        ),
+        None => {}
+    }
     Ok(())
+}
+
+/// Credentials found in a directory `enrol` would write to.
+#[derive(Debug)]
+struct PreviousEnrolment {
+    /// The agent they name, when `agent.json` is readable.
+    agent: Option<String>,
+}
+
+impl PreviousEnrolment {
+    fn describe(&self) -> String {
+        match &self.agent {
+            Some(agent) => format!("the credentials of agent {agent}"),
+            None => "agent credentials".to_owned(),
+        }
+    }
+}
+
+/// `Some` when `dir` holds any file of an enrolment (complete or not).
+fn existing_enrolment(dir: &std::path::Path) -> Option<PreviousEnrolment> {
+    let found = CREDENTIAL_FILES.iter().any(|name| dir.join(name).exists());
+    found.then(|| PreviousEnrolment {
+        agent: std::fs::read(dir.join(AGENT_JSON))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Credentials>(&bytes).ok())
+            .map(|c| c.agent),
+    })
 }
 
 /// What an enrolled agent keeps beside its key and certificate.
@@ -159,10 +222,22 @@ pub struct Credentials {
     pub agent: String,
     /// `https://host:port` of the agent listener.
     pub agent_url: String,
+    /// SHA-256 of `agent.crt` (DER): ties this file to the certificate and key written before
+    /// it. Absent in credentials written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
 }
 
-/// Enrols with the server at `server` (HTTPS) using a bootstrap token; writes `agent.key`
-/// (mode 600), `agent.crt`, `server-ca.pem` and `agent.json` into `dir`.
+const AGENT_KEY: &str = "agent.key";
+const AGENT_CRT: &str = "agent.crt";
+const SERVER_CA: &str = "server-ca.pem";
+const AGENT_JSON: &str = "agent.json";
+/// In the order `enrol` writes them: `agent.json` last, as the commit.
+const CREDENTIAL_FILES: [&str; 4] = [SERVER_CA, AGENT_CRT, AGENT_KEY, AGENT_JSON];
+
+/// Enrols with the server at `server` (HTTPS) using a bootstrap token; writes `server-ca.pem`,
+/// `agent.crt`, `agent.key` (mode 600) and `agent.json` into `dir` (made mode 700), replacing
+/// what is there, each file atomically.
 pub async fn enrol(
     server: &str,
     token: &str,
@@ -232,20 +307,45 @@ pub async fn enrol(
         s => return Err(anyhow!("enrolment failed: the server answered {s}")),
     }
     let enrolled: EnrolResponse = response.json().await?;
-    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
-    super::sim::write_private(&dir.join("agent.key"), key.serialize_pem().as_bytes())?;
-    std::fs::write(dir.join("agent.crt"), &enrolled.cert_pem)?;
-    std::fs::write(dir.join("server-ca.pem"), &ca_pem)?;
     let host = base.host_str().context("the server address has no host")?;
     let credentials = Credentials {
         agent: enrolled.agent,
         agent_url: format!("https://{host}:{}", enrolled.agent_port),
+        cert_sha256: Some(
+            pem_sha256(&enrolled.cert_pem)
+                .context("the server's answer holds no PEM certificate")?,
+        ),
     };
-    std::fs::write(
-        dir.join("agent.json"),
-        serde_json::to_vec_pretty(&credentials)?,
-    )?;
+    create_private_dir(dir)?;
+    atomic_file::remove_leftovers(dir);
+    let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+    for (name, bytes, mode) in [
+        (SERVER_CA, ca_pem.into_bytes(), 0o644),
+        (AGENT_CRT, enrolled.cert_pem.into_bytes(), 0o644),
+        (AGENT_KEY, key_pem.as_bytes().to_vec(), 0o600),
+        (AGENT_JSON, serde_json::to_vec_pretty(&credentials)?, 0o644),
+    ] {
+        let bytes = zeroize::Zeroizing::new(bytes);
+        atomic_file::write(&dir.join(name), &bytes, mode, Existing::Replace)?;
+    }
     Ok(credentials)
+}
+
+/// Makes `dir` (mode 700) if it is missing; its parents get the usual mode, since the agent's
+/// state may live beside it and must stay reachable.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("could not create {}", parent.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("could not create {}", dir.display()))
 }
 
 /// Reads what `enrol` wrote.
@@ -260,14 +360,26 @@ pub fn load_credentials(
             )
         })
     };
-    let credentials: Credentials = serde_json::from_slice(&read("agent.json")?)
-        .with_context(|| format!("{} is damaged", dir.join("agent.json").display()))?;
-    let key = zeroize::Zeroizing::new(mayfly_server::read_secret_file(&dir.join("agent.key"))?);
+    let credentials: Credentials = serde_json::from_slice(&read(AGENT_JSON)?)
+        .with_context(|| format!("{} is damaged", dir.join(AGENT_JSON).display()))?;
+    let key = zeroize::Zeroizing::new(mayfly_server::read_secret_file(&dir.join(AGENT_KEY))?);
     let tls = mayfly_agent::AgentTls {
-        server_ca_pem: read("server-ca.pem")?,
-        cert_pem: read("agent.crt")?,
+        server_ca_pem: read(SERVER_CA)?,
+        cert_pem: read(AGENT_CRT)?,
         key_pem: key,
     };
+    if let Some(expected) = &credentials.cert_sha256 {
+        let actual = std::str::from_utf8(&tls.cert_pem)
+            .ok()
+            .and_then(mayfly_server::agent_pki::pem_sha256);
+        if actual.as_ref() != Some(expected) {
+            return Err(anyhow!(
+                "the credentials in {} do not belong together (an enrolment was interrupted \
+                 while replacing them): enrol again with `mayfly agent enrol --force`",
+                dir.display()
+            ));
+        }
+    }
     Ok((credentials, tls))
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
+use super::atomic_file::Existing;
+
 /// Paths of the CA and server certificate files.
 #[derive(Debug, Clone)]
 pub struct LocalCa {
@@ -35,8 +37,6 @@ impl LocalCa {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
-        std::fs::write(&current, b"")
-            .with_context(|| format!("could not write {}", current.display()))?;
 
         let ca_key = KeyPair::generate().context("could not generate the CA key")?;
         let mut ca_params = CertificateParams::new(Vec::new()).context("CA parameters")?;
@@ -63,11 +63,21 @@ impl LocalCa {
             .signed_by(&server_key, &ca_cert, &ca_key)
             .context("could not sign the server certificate")?;
 
-        super::sim::write_private(&ca.server_key, server_key.serialize_pem().as_bytes())?;
-        std::fs::write(&ca.server_cert, server_cert.pem())
-            .with_context(|| format!("could not write {}", ca.server_cert.display()))?;
-        std::fs::write(&ca.ca_cert, ca_cert.pem())
-            .with_context(|| format!("could not write {}", ca.ca_cert.display()))?;
+        super::atomic_file::write_private(&ca.server_key, server_key.serialize_pem().as_bytes())?;
+        super::atomic_file::write(
+            &ca.server_cert,
+            server_cert.pem().as_bytes(),
+            0o644,
+            Existing::Refuse,
+        )?;
+        super::atomic_file::write(
+            &ca.ca_cert,
+            ca_cert.pem().as_bytes(),
+            0o644,
+            Existing::Refuse,
+        )?;
+        // The marker goes last: a run interrupted before it starts over with a new CA.
+        super::atomic_file::write(&current, b"", 0o644, Existing::Refuse)?;
         // The CA key is not kept: the quickstart needs one server certificate, made here.
         Ok(ca)
     }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod agents;
+pub mod atomic_file;
 pub mod audit;
 pub mod bench;
 pub mod doctor;
