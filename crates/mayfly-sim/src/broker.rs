@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::events;
 use crate::server::Shared;
-use crate::state::{Conclusion, StateError};
+use crate::state::{Conclusion, JobStep, StateError};
 
 /// Access tokens for the broker live an hour.
 const ACCESS_TOKEN_TTL_S: i64 = 3600;
@@ -169,8 +169,11 @@ pub struct AcquiredJob {
     pub run_id: u64,
     /// `owner/name`.
     pub repository: String,
+    /// The job's name (`build`).
+    pub name: String,
     pub labels: Vec<String>,
-    pub script: String,
+    /// The `run:` steps, in order.
+    pub steps: Vec<JobStep>,
     pub env: BTreeMap<String, String>,
 }
 
@@ -201,8 +204,9 @@ async fn acquire(
         job_id: job.id,
         run_id: job.run_id,
         repository,
+        name: job.name,
         labels: job.labels,
-        script: job.script,
+        steps: job.steps,
         env: job.env,
     };
     Ok(Json(body).into_response())

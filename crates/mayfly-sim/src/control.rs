@@ -19,7 +19,9 @@ use url::Url;
 use crate::events;
 use crate::faults::{FaultsError, RestFault};
 use crate::server::{lock, Shared};
-use crate::state::{AccountType, Conclusion, Job, JobStatus, NewJobSpec, StateError, World};
+use crate::state::{
+    AccountType, Conclusion, Job, JobStatus, JobStep, NewJobSpec, StateError, World,
+};
 use crate::webhooks::{Delivery, DeliveryOutcome, WebhooksError};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,11 @@ pub struct SimRepo {
     pub full_name: String,
 }
 
+/// The name of the one step that `NewJob::script` stands for.
+pub const SCRIPT_STEP_NAME: &str = "Run script";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// `owner/name` of an existing repository.
     pub repository: String,
@@ -105,8 +111,12 @@ pub struct NewJob {
     pub name: Option<String>,
     #[serde(default)]
     pub workflow_name: Option<String>,
-    /// What the stand-in runner should execute.
-    #[serde(default)]
+    /// The job's `run:` steps, in order; the runner stops at the first that fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<JobStep>,
+    /// Shorthand for one step named "Run script"; not together with `steps`. With neither, the
+    /// job has one step that echoes a greeting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -207,7 +217,7 @@ impl SimControl {
         })
     }
 
-    /// Creates a run with one job; sends `workflow_job.queued` (or `.waiting`).
+    /// Creates a run with one job of `steps` (or `script`); sends `workflow_job.queued` (or `.waiting`).
     pub fn create_job(&self, new: NewJob) -> Result<SimJob, ControlError> {
         let shared = &self.shared;
         let mut world = shared.world();
@@ -224,14 +234,28 @@ impl SimControl {
             None if repo.owner.kind == AccountType::User => repo.owner.clone(),
             None => world.account("octocat", AccountType::User),
         };
+        let steps = match (new.script, new.steps) {
+            (Some(_), steps) if !steps.is_empty() => {
+                return Err(ControlError::Invalid(
+                    "give either script or steps, not both".into(),
+                ))
+            }
+            (Some(run), _) => vec![JobStep {
+                name: SCRIPT_STEP_NAME.into(),
+                run,
+            }],
+            (None, steps) if steps.is_empty() => vec![JobStep {
+                name: SCRIPT_STEP_NAME.into(),
+                run: "echo hello from mayfly-sim".into(),
+            }],
+            (None, steps) => steps,
+        };
         let spec = NewJobSpec {
             repo_id: repo.id,
             name: new.name.unwrap_or_else(|| "build".into()),
             workflow_name: new.workflow_name.unwrap_or_else(|| "CI".into()),
             labels: new.labels,
-            script: new
-                .script
-                .unwrap_or_else(|| "echo hello from mayfly-sim".into()),
+            steps,
             env: new.env,
             sender,
             waiting: new.waiting,

@@ -26,11 +26,12 @@ mod webhooks;
 pub use config::{SimConfig, TlsFiles};
 pub use control::{
     ControlError, NewInstallation, NewJob, NewRepo, SimControl, SimInstallation, SimJob, SimRepo,
+    SCRIPT_STEP_NAME,
 };
 pub use faults::{FaultsError, RateLimitKind, RestFault, RestFaultKind};
 pub use jitconfig::{JitConfig, JitConfigError};
 pub use keys::{AppKeyPair, KeysError};
 pub use server::{Exchange, Sim, SimError, SimHandle};
-pub use state::{AccountType, Conclusion, JobStatus};
+pub use state::{AccountType, Conclusion, JobStatus, JobStep};
 pub use tls::TlsError;
 pub use webhooks::{Delivery, DeliveryOutcome, WebhooksError};

@@ -46,6 +46,15 @@ impl Conclusion {
     }
 }
 
+/// One `run:` step of a job, as a workflow declares it: the runner runs them in order with bash
+/// and stops at the first that fails.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStep {
+    pub name: String,
+    pub run: String,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct AssignedRunner {
     pub id: u64,
@@ -66,7 +75,7 @@ pub(crate) struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub runner: Option<AssignedRunner>,
-    pub script: String,
+    pub steps: Vec<JobStep>,
     pub env: BTreeMap<String, String>,
     pub output: Option<String>,
 }
@@ -100,6 +109,19 @@ impl World {
         if new.labels.is_empty() {
             return Err(StateError::Invalid("a job needs at least one label".into()));
         }
+        if new.steps.is_empty() {
+            return Err(StateError::Invalid("a job needs at least one step".into()));
+        }
+        if let Some(i) = new
+            .steps
+            .iter()
+            .position(|s| s.name.trim().is_empty() || s.run.trim().is_empty())
+        {
+            return Err(StateError::Invalid(format!(
+                "step {} needs a name and a non-empty run",
+                i + 1
+            )));
+        }
         let run_number = self.runs.values().filter(|r| r.repo_id == repo.id).count() as u64 + 1;
         let run = Run {
             id: bump(&mut self.next_run),
@@ -130,7 +152,7 @@ impl World {
             started_at: None,
             completed_at: None,
             runner: None,
-            script: new.script,
+            steps: new.steps,
             env: new.env,
             output: None,
         };
@@ -318,7 +340,7 @@ pub(crate) struct NewJobSpec {
     pub name: String,
     pub workflow_name: String,
     pub labels: Vec<String>,
-    pub script: String,
+    pub steps: Vec<JobStep>,
     pub env: BTreeMap<String, String>,
     pub sender: Account,
     pub waiting: bool,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod jobs;
-pub use jobs::{Conclusion, JobStatus};
+pub use jobs::{Conclusion, JobStatus, JobStep};
 pub(crate) use jobs::{Job, NewJobSpec, Run};
 
 use chrono::{DateTime, Utc};

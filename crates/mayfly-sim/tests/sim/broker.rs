@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use mayfly_sim::runner_client::{RunnerClient, RunnerClientError};
-use mayfly_sim::{Conclusion, JobStatus, NewJob};
+use mayfly_sim::{Conclusion, ControlError, JobStatus, JobStep, NewJob, SCRIPT_STEP_NAME};
 use reqwest::Method;
 
 use super::support::{bounded, Receiver, TestSim};
@@ -44,7 +44,14 @@ async fn a_runner_takes_one_matching_job_completes_it_and_is_spent() {
         let acquired = runner.acquire().await.unwrap().expect("a job");
         assert_eq!(acquired.job_id, created.id);
         assert_eq!(acquired.repository, repo);
-        assert_eq!(acquired.script, "echo hi");
+        assert_eq!(acquired.name, "build");
+        assert_eq!(
+            acquired.steps,
+            [JobStep {
+                name: SCRIPT_STEP_NAME.into(),
+                run: "echo hi".into()
+            }]
+        );
 
         let started = hooks.next_of("workflow_job.in_progress").await.json();
         assert_eq!(started["workflow_job"]["runner_name"], "vm-1");
@@ -192,6 +199,63 @@ async fn a_deleted_runner_cannot_authenticate() {
             runner.authenticate().await,
             Err(RunnerClientError::Unauthorized)
         ));
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_of_steps_is_handed_out_in_order_and_malformed_steps_are_refused() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let (_, repo, token) = t.org_with_repo().await;
+        let step = |name: &str, run: &str| JobStep {
+            name: name.into(),
+            run: run.into(),
+        };
+        let steps = vec![step("Build", "make"), step("Test", "make test\nmake lint")];
+        let created = t
+            .sim
+            .create_job(NewJob {
+                steps: steps.clone(),
+                ..job(&repo, &["self-hosted"])
+            })
+            .map(|_| ());
+        // `job()` sets `script` too: both at once are refused.
+        assert!(matches!(created, Err(ControlError::Invalid(_))), "{created:?}");
+        let no_script = |steps: Vec<JobStep>| NewJob {
+            steps,
+            script: None,
+            ..job(&repo, &["self-hosted"])
+        };
+        for bad in [vec![step("", "make")], vec![step("Build", "  \n")]] {
+            let refused = t.sim.create_job(no_script(bad)).map(|_| ());
+            assert!(matches!(refused, Err(ControlError::Invalid(_))), "{refused:?}");
+        }
+        let created = t.sim.create_job(no_script(steps.clone())).unwrap();
+
+        // Over HTTP the same rules hold, and unknown fields are refused rather than ignored.
+        for body in [
+            serde_json::json!({ "repository": repo, "labels": ["x"], "steps": [{ "name": "a" }] }),
+            serde_json::json!({ "repository": repo, "labels": ["x"], "steps": [{ "name": "a", "run": "b", "if": "c" }] }),
+            serde_json::json!({ "repository": repo, "labels": ["x"], "script": "a", "steps": [{ "name": "a", "run": "b" }] }),
+            serde_json::json!({ "repository": repo, "labels": ["x"], "scripts": "a" }),
+        ] {
+            let response = t
+                .http
+                .post(t.url("/_sim/jobs"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        }
+
+        let (_, encoded) = t.jit(&token, &repo, "vm-1", &["self-hosted"]).await;
+        let mut runner = RunnerClient::from_encoded_jit_config(&encoded, None).unwrap();
+        let acquired = runner.acquire().await.unwrap().unwrap();
+        assert_eq!(acquired.job_id, created.id);
+        assert_eq!(acquired.steps, steps);
         t.check_contract();
     })
     .await;
