@@ -31,6 +31,11 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// Run the whole loop on this machine with GitHub simulated: simulator, server (TLS, local
     /// CA), two organisations, N jobs, and a table of what happened to each.
+    ///
+    /// Run it as often as you like in the same --data-dir, also after a run was interrupted:
+    /// every run meets a new simulated GitHub, so it starts with a new server database and a
+    /// new agent enrolment, and keeps the local CA, the simulated App's key and the VM state
+    /// (from which VMs an interrupted run left are destroyed).
     Quickstart(cmd::quickstart::QuickstartArgs),
     /// Run the quickstart loop with many jobs and append p50/p99 of each phase, beside bare QEMU
     /// boots of the same image, to BENCHMARKS.md with the machine it ran on.

@@ -1,34 +1,45 @@
 //! `mayfly quickstart` as a user runs it (as root, with the test image): exit 0, one row per job
 //! from two organisations, three distinct VMs, all destroyed; and no secret it handled (the
 //! webhook secret, the App private key, any JIT config) in its debug output or the database.
+//! Run again in the same directory, after a run that finished and after one that was killed
+//! part-way, it works each time, with only that run's jobs in its database.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn images() -> PathBuf {
+    std::env::var_os("MAYFLY_TEST_IMAGE_STORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mayfly-images")
+        })
+}
+
+fn quickstart(data: &Path, jobs: u32) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mayfly"));
+    command
+        .args([
+            "quickstart",
+            "--jobs",
+            &jobs.to_string(),
+            "--timeout-secs",
+            "400",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--images")
+        .arg(images())
+        .env("MAYFLY_LOG", "debug");
+    command
+}
 
 #[test]
 fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("qs");
-    let images = std::env::var_os("MAYFLY_TEST_IMAGE_STORE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/mayfly-images")
-        });
-    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .args([
-            "quickstart",
-            "--jobs",
-            "3",
-            "--timeout-secs",
-            "400",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--images")
-        .arg(&images)
-        .env("MAYFLY_LOG", "debug")
-        .output()
-        .expect("mayfly runs");
+    let out = quickstart(&data, 3).output().expect("mayfly runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -157,4 +168,88 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
     // Nothing of the VMs is left on the host.
     let vm_dirs: Vec<_> = std::fs::read_dir(data.join("state/vms")).unwrap().collect();
     assert!(vm_dirs.is_empty(), "VM state left behind: {vm_dirs:?}");
+}
+
+#[test]
+fn quickstart_runs_again_in_the_same_directory_after_a_kill_and_after_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("qs");
+    // A run killed (SIGKILL: no clean-up at all) once its agent has enrolled and a VM exists.
+    let mut killed = quickstart(&data, 2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let vm_started = || {
+        std::fs::read_dir(data.join("state/vms"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    };
+    while !(data.join("agent-credentials/agent.json").exists() && vm_started()) {
+        assert!(Instant::now() < deadline, "the first run started no VM");
+        assert!(
+            killed.try_wait().unwrap().is_none(),
+            "the first run ended by itself"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let ca = std::fs::read(data.join("ca/ca.pem")).unwrap();
+
+    // Then two full runs: each succeeds with its own job, and neither stumbles over the
+    // earlier runs' credentials, installations or VMs.
+    for run in 1..=2 {
+        let out = quickstart(&data, 1).output().expect("mayfly runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "run {run}: exit {:?}\n{stdout}\n{stderr}",
+            out.status.code()
+        );
+        assert!(
+            stdout.contains("1 job(s), 1 distinct VM(s), every VM destroyed: true"),
+            "run {run}: {stdout}"
+        );
+        for trouble in [
+            "File exists",
+            "reconciling with GitHub failed",
+            "could not enrol",
+        ] {
+            assert!(!stderr.contains(trouble), "run {run}: {trouble}\n{stderr}");
+        }
+        assert!(
+            stderr.contains("database and enrolment new for this run"),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(data.join("ca/ca.pem")).unwrap(),
+            ca,
+            "the local CA changed"
+        );
+        let vm_dirs: Vec<_> = std::fs::read_dir(data.join("state/vms")).unwrap().collect();
+        assert!(
+            vm_dirs.is_empty(),
+            "run {run}: VM state left behind: {vm_dirs:?}"
+        );
+        let key =
+            mayfly_store::DbKey::from_hex(&std::fs::read(data.join("server/db.key")).unwrap())
+                .unwrap();
+        let jobs = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            use mayfly_store::Store;
+            let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
+                .await
+                .unwrap();
+            let jobs = store.jobs().await.unwrap();
+            store.close().await;
+            jobs
+        });
+        assert_eq!(
+            jobs.len(),
+            1,
+            "run {run}: the database holds other runs' jobs"
+        );
+    }
 }

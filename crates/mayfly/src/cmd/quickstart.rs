@@ -3,6 +3,10 @@
 //! reach github.com), the server (TLS with a local CA, embedded store), and a local agent that
 //! dials the server over gRPC; then it queues N jobs across two organisations and follows each
 //! one: webhook → VM started → runner started → job done → VM destroyed.
+//!
+//! The simulator's world lives in its memory, so each run meets a new GitHub; the data directory
+//! keeps only what does not depend on it (see `prepare_data_dir`), and a lock keeps two runs out
+//! of one directory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,7 +38,11 @@ pub struct QuickstartArgs {
     /// How many jobs to queue, spread over two simulated organisations (1–100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub jobs: u32,
-    /// Directory for the quickstart's state: local CA, simulator identity, database, VM state.
+    /// Directory for the quickstart's state. Kept between runs: the local CA, the simulated
+    /// App's key and webhook secret, and the VM state (where VMs of an interrupted run are
+    /// found and destroyed). Made afresh by every run, as the simulated GitHub is: the server's
+    /// database and the local agent's enrolment (the previous run's stay until the next run).
+    /// One run at a time per directory.
     #[arg(long, default_value = "mayfly-quickstart", value_name = "DIR")]
     data_dir: PathBuf,
     /// Image store holding the guest image (`scripts/build-guest-image` fills target/mayfly-images).
@@ -96,11 +104,8 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
             .config_err()?,
     };
     let image = images.get(&digest).config_err()?;
-    let dir = std::path::absolute(&args.data_dir).config_err()?;
-    std::fs::create_dir_all(&dir).config_err()?;
-    // passt (user nobody) must be able to traverse to its runtime directory.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-        .config_err()?;
+    let data_dir = prepare_data_dir(&std::path::absolute(&args.data_dir).config_err()?)?;
+    let dir = data_dir.root.clone();
     let ca = LocalCa::load_or_create(&dir.join("ca")).config_err()?;
     let sim_dir = dir.join("sim");
     let (_, webhook_secret) = ensure_identity(&sim_dir).config_err()?;
@@ -117,6 +122,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         .command(std::env::current_exe().config_err()?)
         .args([
             "sim",
+            "--exit-with-parent",
             "--listen",
             &format!("{}:{sim_port}", inet.addr()),
             "--data-dir",
@@ -178,7 +184,11 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         }),
         ..ServerConfig::default()
     };
-    std::fs::create_dir_all(&server_config.data_dir).config_err()?;
+    // Only root reads the server's state; `prepare_data_dir` removed the previous run's.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&server_config.data_dir)
+        .with_context(|| format!("could not create {}", server_config.data_dir.display()))
+        .config_err()?;
     let store = Arc::new(
         SqliteStore::open(
             &server_config.database_path(),
@@ -264,6 +274,10 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         agent_addr
     );
     eprintln!("acceleration:     {:?} ({})", accel.accel, accel.reason);
+    eprintln!(
+        "data directory:   {} (database and enrolment new for this run; CA and App key kept)",
+        dir.display()
+    );
 
     let result = drive(args, &sim_base, store.as_ref()).await;
     stop_agent.cancel();
@@ -271,6 +285,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     server.shutdown().await;
     let _ = sim.kill().await;
     store.close().await;
+    drop(data_dir);
     let (jobs, vms, queued_at) = result?;
     Ok(LoopOutcome {
         jobs,
@@ -281,12 +296,81 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     })
 }
 
-/// The quickstart's database key: a key file in its data directory, made on first run.
+/// Subdirectories that hold what one run's server knew: removed before each run.
+const PER_RUN: [&str; 2] = ["server", "agent-credentials"];
+const LOCK_FILE: &str = "quickstart.lock";
+
+/// The quickstart's data directory, held for one run (the lock goes with this value).
+#[derive(Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Readies `dir` for a run: creates it (mode 711: passt, running as nobody, must reach its
+/// runtime directory below), takes its lock, and removes the previous run's server state and
+/// agent credentials. The simulator keeps its installations, repositories and jobs in memory
+/// and counts their ids from the same start every time, so a database of an earlier run would
+/// disagree with it: repeated job ids would look finished, and the reconciler would ask about
+/// installations the new simulator does not have; the agent CA in that database would not know
+/// the new agent either. Kept: the local CA, the simulator's App key and webhook secret (the
+/// server is pointed at them anew each run), and the VM state directory with the agent's
+/// journal, from which the agent destroys what an interrupted run left.
+pub fn prepare_data_dir(dir: &std::path::Path) -> Result<DataDir, Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("could not create {}", dir.display()))
+        .config_err()?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("could not set the mode of {}", dir.display()))
+        .config_err()?;
+    let lock_path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("could not open {}", lock_path.display()))
+        .config_err()?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            Failure::Config(if errno == nix::errno::Errno::EWOULDBLOCK {
+                anyhow::anyhow!(
+                    "another mayfly quickstart is running with {}: wait for it to finish, or \
+                     give this one another --data-dir",
+                    dir.display()
+                )
+            } else {
+                anyhow::anyhow!("could not lock {}: {errno}", lock_path.display())
+            })
+        },
+    )?;
+    for name in PER_RUN {
+        let path = dir.join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| {
+                        format!("could not remove the previous run's {}", path.display())
+                    })
+                    .config_err()
+            }
+        }
+    }
+    Ok(DataDir {
+        root: dir.to_owned(),
+        _lock: lock,
+    })
+}
+
+/// The quickstart's database key: a key file in its data directory, made with the database.
 fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failure> {
     let file = dir.join("db.key");
     if !file.exists() {
         let key = mayfly_store::DbKey::random();
-        super::sim::write_private(&file, key.to_hex().as_bytes()).config_err()?;
+        super::atomic_file::write_private(&file, key.to_hex().as_bytes()).config_err()?;
     }
     let config = mayfly_server::DatabaseConfig {
         key_file: Some(file),
@@ -507,4 +591,78 @@ fn print_table(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// What a finished (or interrupted) run leaves in its data directory.
+    fn leave_a_run(dir: &std::path::Path) {
+        for sub in ["ca", "sim", "server", "agent-credentials", "state/vms/vm-1"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for file in [
+            "ca/ca.pem",
+            "sim/app-private-key.pem",
+            "server/mayfly.db",
+            "server/db.key",
+            "agent-credentials/agent.key",
+            "state/agent-journal.json",
+        ] {
+            std::fs::write(dir.join(file), file).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_run_starts_a_new_server_state_and_keeps_ca_app_key_and_vm_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        for run in 0..3 {
+            let prepared = prepare_data_dir(&dir).unwrap();
+            assert_eq!(prepared.root, dir);
+            for gone in ["server", "agent-credentials"] {
+                assert!(!dir.join(gone).exists(), "run {run}: {gone} was kept");
+            }
+            if run > 0 {
+                for kept in [
+                    "ca/ca.pem",
+                    "sim/app-private-key.pem",
+                    "state/agent-journal.json",
+                    "state/vms/vm-1",
+                ] {
+                    assert!(dir.join(kept).exists(), "run {run}: {kept} was removed");
+                }
+            }
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o711);
+            leave_a_run(&dir);
+            drop(prepared);
+        }
+    }
+
+    #[test]
+    fn a_second_run_in_the_same_directory_is_refused_while_the_first_holds_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("qs");
+        let first = prepare_data_dir(&dir).unwrap();
+        leave_a_run(&dir);
+        let Err(Failure::Config(err)) = prepare_data_dir(&dir) else {
+            panic!("a second run got the directory");
+        };
+        assert!(
+            err.to_string().contains("another mayfly quickstart"),
+            "{err}"
+        );
+        assert!(
+            dir.join("server/db.key").exists(),
+            "the refused run removed the running one's state"
+        );
+        drop(first);
+        prepare_data_dir(&dir).unwrap();
+    }
 }

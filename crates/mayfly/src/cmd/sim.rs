@@ -2,9 +2,7 @@
 //! data directory, what GitHub would hand a provider: the App's private key and a webhook secret
 //! (both mode 600), which `mayfly server` is then pointed at.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +15,7 @@ use rand::RngCore;
 use secrecy::ExposeSecret;
 use url::Url;
 
+use crate::cmd::atomic_file::{self, write_private, Existing};
 use crate::cmd::server::shutdown_signal;
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
@@ -48,6 +47,10 @@ pub struct SimArgs {
     /// Lifetime of installation tokens in seconds (GitHub: 3600).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     token_ttl_secs: u64,
+    /// Stop when the process that started this one dies, however it dies (the quickstart's
+    /// simulator must not outlive a quickstart that was killed).
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 /// File names inside the simulator's data directory.
@@ -56,6 +59,16 @@ pub const APP_PUBLIC_KEY: &str = "app-public-key.pem";
 pub const WEBHOOK_SECRET: &str = "webhook-secret";
 
 pub async fn run(args: SimArgs) -> Result<(), Failure> {
+    if args.exit_with_parent {
+        let parent = nix::unistd::getppid();
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+            .context("could not ask to be stopped with the parent process")
+            .config_err()?;
+        // The parent may have died before the request was made.
+        if nix::unistd::getppid() != parent {
+            return Ok(());
+        }
+    }
     let (public_pem, secret) = ensure_identity(&args.data_dir).config_err()?;
     let mut config = SimConfig::new(args.listen, public_pem, secret);
     config.app_id = args.app_id;
@@ -97,17 +110,28 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Loads the App public key and webhook secret from `dir`, creating them on first start.
+/// Loads the App public key and webhook secret from `dir`, creating them on first start (and
+/// again when a previous start was interrupted before both halves of the key pair were written).
 pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("could not create the simulator directory {}", dir.display()))?;
+    atomic_file::remove_leftovers(dir);
     let private_path = dir.join(APP_PRIVATE_KEY);
     let public_path = dir.join(APP_PUBLIC_KEY);
-    if !private_path.exists() {
+    if !private_path.exists() || !public_path.exists() {
         let pair = AppKeyPair::generate().context("could not generate the App key pair")?;
-        write_private(&private_path, pair.private_pem.expose_secret().as_bytes())?;
-        std::fs::write(&public_path, &pair.public_pem)
-            .with_context(|| format!("could not write {}", public_path.display()))?;
+        atomic_file::write(
+            &private_path,
+            pair.private_pem.expose_secret().as_bytes(),
+            0o600,
+            Existing::Replace,
+        )?;
+        atomic_file::write(
+            &public_path,
+            pair.public_pem.as_bytes(),
+            0o644,
+            Existing::Replace,
+        )?;
     }
     let public_pem = std::fs::read_to_string(&public_path)
         .with_context(|| format!("could not read {}", public_path.display()))?;
@@ -119,18 +143,4 @@ pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
     }
     let secret = read_secret_file(&secret_path)?;
     Ok((public_pem, WebhookSecret::new(secret)))
-}
-
-/// Writes a file only its owner can read, refusing to replace one that exists.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("could not write {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("could not write {}", path.display()))
 }
