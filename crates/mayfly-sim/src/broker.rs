@@ -174,6 +174,8 @@ pub struct AcquiredJob {
     pub labels: Vec<String>,
     /// The `run:` steps, in order.
     pub steps: Vec<JobStep>,
+    /// The job's env, with `GITHUB_SERVER_URL`: the simulator's base URL as the runner reached
+    /// it (that of its JIT config), without a trailing slash.
     pub env: BTreeMap<String, String>,
 }
 
@@ -200,6 +202,13 @@ async fn acquire(
         .get(&job.repo_id)
         .map(|r| r.full_name())
         .unwrap_or_default();
+    // As GitHub's default variables, it wins over the job's own env; without the trailing slash,
+    // as GitHub's `https://github.com`, so `$GITHUB_SERVER_URL/$GITHUB_REPOSITORY.git` clones.
+    let mut env = job.env;
+    env.insert(
+        "GITHUB_SERVER_URL".into(),
+        shared.base_url.as_str().trim_end_matches('/').to_owned(),
+    );
     let body = AcquiredJob {
         job_id: job.id,
         run_id: job.run_id,
@@ -207,7 +216,7 @@ async fn acquire(
         name: job.name,
         labels: job.labels,
         steps: job.steps,
-        env: job.env,
+        env,
     };
     Ok(Json(body).into_response())
 }

@@ -37,10 +37,18 @@ pub struct SimConfig {
     pub token_ttl: Duration,
     /// Keep every REST request/response pair for contract tests.
     pub record_exchanges: bool,
+    /// Where the bare git repositories of simulated repositories are made; emptied at start (the
+    /// simulator's world starts empty every time). `None`: a temporary directory, removed with
+    /// the simulator.
+    pub git_dir: Option<PathBuf>,
+    /// The `git` program that makes them (`git` on `PATH`). If it cannot be run, repositories
+    /// are still created, with a warning, and their git URLs answer 404.
+    pub git: PathBuf,
 }
 
 impl SimConfig {
-    /// A config with GitHub's defaults: App id 1, one-hour tokens, no webhook URL, plain HTTP.
+    /// A config with GitHub's defaults: App id 1, one-hour tokens, no webhook URL, plain HTTP,
+    /// git repositories in a temporary directory.
     pub fn new(
         listen: SocketAddr,
         app_public_key_pem: String,
@@ -56,6 +64,8 @@ impl SimConfig {
             webhook_ca_pem: None,
             token_ttl: Duration::from_secs(3600),
             record_exchanges: false,
+            git_dir: None,
+            git: PathBuf::from("git"),
         }
     }
 }

@@ -190,7 +190,9 @@ impl SimControl {
         })
     }
 
-    /// Creates a repository in the installation's account; sends `installation_repositories.added`.
+    /// Creates a repository in the installation's account; sends `installation_repositories.added`;
+    /// makes its git repository (served at `/OWNER/REPO.git`; if `git` fails, a warning is
+    /// logged and the repository exists without git contents).
     pub fn create_repo(&self, new: NewRepo) -> Result<SimRepo, ControlError> {
         let shared = &self.shared;
         let mut world = shared.world();
@@ -210,6 +212,15 @@ impl SimControl {
             AccountType::Organization => world.account("octocat", AccountType::User),
         };
         events::repositories_added(shared, &inst, std::slice::from_ref(&repo), &sender);
+        drop(world);
+        // Outside the world's lock: it runs a few `git` processes.
+        if let Err(err) = shared.git.create(repo.id, &repo.full_name()) {
+            tracing::warn!(
+                repository = %repo.full_name(),
+                error = %err,
+                "the repository has no git contents: its git URL answers 404"
+            );
+        }
         Ok(SimRepo {
             id: repo.id,
             installation_id: repo.installation_id,

@@ -1,6 +1,7 @@
 //! mayfly-sim: a GitHub simulator held to GitHub's published REST and webhook contract
 //! (`testdata/github/CONTRACTS.md`). It serves App auth, installation tokens, JIT runner configs,
-//! runners, jobs and runs, delivers signed webhooks, and brokers jobs to JIT runners.
+//! runners, jobs and runs, delivers signed webhooks, brokers jobs to JIT runners, and serves each
+//! simulated repository over git's dumb HTTP protocol.
 //! Invariant: every REST answer has a status and body shape GitHub's OpenAPI description allows.
 #![forbid(unsafe_code)]
 // `json!` of a full repository object (80 keys) needs a deeper macro recursion.
@@ -13,6 +14,7 @@ mod config;
 mod control;
 mod events;
 mod faults;
+mod git;
 mod jitconfig;
 mod keys;
 mod payloads;
@@ -29,6 +31,7 @@ pub use control::{
     SCRIPT_STEP_NAME,
 };
 pub use faults::{FaultsError, RateLimitKind, RestFault, RestFaultKind};
+pub use git::{GitError, CHECKOUT_MARKER, CHECKOUT_MARKER_CONTENT};
 pub use jitconfig::{JitConfig, JitConfigError};
 pub use keys::{AppKeyPair, KeysError};
 pub use server::{Exchange, Sim, SimError, SimHandle};

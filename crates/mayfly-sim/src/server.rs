@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::SimConfig;
 use crate::control::SimControl;
 use crate::faults::RestFaults;
+use crate::git::{self, GitError, GitRepos};
 use crate::keys::{self, KeysError};
 use crate::payloads::{AppInfo, Links};
 use crate::state::{Account, AccountType, World};
@@ -36,6 +37,8 @@ pub enum SimError {
     Webhooks(#[source] WebhooksError),
     #[error("the base URL could not be formed")]
     BaseUrl(#[source] url::ParseError),
+    #[error("git repository setup failed")]
+    Git(#[source] GitError),
 }
 
 /// One recorded REST exchange (with `record_exchanges`).
@@ -76,6 +79,7 @@ pub(crate) struct Shared {
     pub faults: Mutex<RestFaults>,
     pub rate: Mutex<crate::rest::RateBook>,
     pub webhooks: Arc<Webhooks>,
+    pub git: GitRepos,
     pub exchanges: Option<Mutex<Vec<Exchange>>>,
 }
 
@@ -121,6 +125,7 @@ impl Sim {
         let base_url =
             Url::parse(&format!("{scheme}://{local_addr}/")).map_err(SimError::BaseUrl)?;
 
+        let git = GitRepos::new(config.git_dir.as_deref(), &config.git).map_err(SimError::Git)?;
         let http =
             webhooks::client(config.webhook_ca_pem.as_deref()).map_err(SimError::Webhooks)?;
         let (webhooks, worker) = Webhooks::start(
@@ -145,11 +150,16 @@ impl Sim {
             faults: Mutex::new(RestFaults::default()),
             rate: Mutex::new(crate::rest::RateBook::default()),
             webhooks,
+            git,
             exchanges: config.record_exchanges.then(|| Mutex::new(Vec::new())),
         });
         let app: Router = crate::rest::router(Arc::clone(&shared))
             .merge(crate::broker::router(Arc::clone(&shared)))
-            .merge(crate::control::router(Arc::clone(&shared)));
+            .merge(crate::control::router(Arc::clone(&shared)))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                git::serve,
+            ));
 
         let handle = axum_server::Handle::new();
         let server = axum_server::from_tcp(listener)

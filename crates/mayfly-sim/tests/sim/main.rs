@@ -9,6 +9,7 @@ mod auth;
 mod broker;
 mod control;
 mod faults;
+mod git;
 mod github_client;
 mod jit;
 mod tls;
