@@ -1,17 +1,50 @@
-#!/bin/sh
+#!/bin/bash
 # The boot test's stand-in runner (crates/mayfly-vm/tests/guest_boot.rs): started by mayfly-guest
-# as `selftest.sh --jitconfig <config>` and as the runner user, it reports on the console (the
-# VM's serial log) what the test asserts. It never prints the config itself.
+# as GitHub's run.sh is — as user runner, the JIT config in ACTIONS_RUNNER_INPUT_JITCONFIG — it
+# reports on the console (the VM's serial log) what the test asserts: what the real
+# actions/runner needs and what jobs expect. It never prints the config itself.
 say() { echo "SELFTEST $*"; }
+root=$(cd "$(dirname "$0")" && pwd)
 
 say "kernel=$(uname -r)"
-say "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)"
-if [ "$1" = "--jitconfig" ] && [ -n "$2" ]; then
-    say "jitconfig-bytes=${#2}"
+say "uid=$(id -u) gid=$(id -g) home=$HOME user=$USER pwd=$(pwd)"
+say "groups=$(id -nG | tr ' ' ',')"
+say "jitconfig-bytes=${#ACTIONS_RUNNER_INPUT_JITCONFIG}"
+# The config is in the environment only, never in anyone's argv.
+if grep -qa -- "$ACTIONS_RUNNER_INPUT_JITCONFIG" /proc/[0-9]*/cmdline 2>/dev/null; then
+    say "jitconfig-in-argv=yes"
+else
+    say "jitconfig-in-argv=no"
 fi
+say "bash=${BASH_VERSINFO[0]}.${BASH_VERSINFO[1]}"
+say "glibc=$(getconf GNU_LIBC_VERSION | awk '{ print $2 }')"
+if python3 -c 'import ctypes; ctypes.CDLL("libicuuc.so.72"); ctypes.CDLL("libssl.so.3"); ctypes.CDLL("libkrb5.so.3"); ctypes.CDLL("libz.so.1")' 2>/dev/null; then
+    say "runner-libraries=loadable"
+else
+    say "runner-libraries=missing"
+fi
+say "clock=$(date +%s)"
+say "ImageOS=$ImageOS tool-cache=$RUNNER_TOOL_CACHE"
+for tool in git curl wget tar gzip zstd unzip xz jq sudo ssh python3 docker; do
+    command -v "$tool" >/dev/null || say "missing-tool=$tool"
+done
+say "git=$(git --version | awk '{ print $3 }')"
+
+# The runner root is writable by the runner (it writes .runner, .credentials, _diag there).
+if touch "$root/.selftest-probe" && rm "$root/.selftest-probe"; then
+    say "runner-root-writable=yes"
+else
+    say "runner-root-writable=no"
+fi
+say "root-fs=$(awk '$2 == "/" { print $3 }' /proc/mounts)"
+say "free-gib=$(df --output=avail -BG / | tail -n 1 | tr -dc 0-9)"
 
 marker="mayfly-selftest-marker-$(cat /proc/sys/kernel/random/uuid)"
-echo "$marker" > /home/runner/marker && say "marker-written=$(cat /home/runner/marker)"
+# Written to the scratch disk, and synced: the test then looks for it, in vain, in the host's
+# file (the guest encrypts it).
+for i in $(seq 1 64); do echo "$marker"; done > "$HOME/marker"
+sudo cp "$HOME/marker" /usr/local/marker-by-root && sync
+say "marker-written=$(head -n 1 "$HOME/marker")"
 say "sudo-uid=$(sudo id -u)"
 
 # The config port, found as the guest finds it; reading it again must yield nothing.
@@ -23,14 +56,6 @@ say "port=$port"
 bytes=$(sudo timeout 3 cat "$port" 2>/tmp/second-read.err | wc -c)
 say "second-read-bytes=$bytes ($(tr '\n' ' ' < /tmp/second-read.err))"
 
-# The base disk is read-only, even for root; scratch space is RAM.
-if sudo touch /opt/runner/selftest-write 2>/dev/null; then
-    say "opt-writable=yes"
-else
-    say "opt-writable=no"
-fi
-say "home-fs=$(awk '$2 == "/home" { print $3 }' /proc/mounts)"
-say "work-fs=$(awk '$2 == "/opt/runner/_work" { print $3 }' /proc/mounts)"
 # The network, when the VM has one (the boot test runs without).
 if [ -e /sys/class/net/eth0 ]; then
     say "eth0=$(ip -4 -o addr show dev eth0 | awk '{ print $4 }') route=$(ip route show default | head -n1 | awk '{ print $3 }') dns=$(awk '/^nameserver/ { print $2 }' /etc/resolv.conf | tr '\n' ' ')"

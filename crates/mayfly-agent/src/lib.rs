@@ -34,6 +34,8 @@ use connection::{ConnectionConfig, ConnectionShared, ServerCommand};
 use outbox::Outbox;
 use vm::{StartRequest, VmContext, VmTable};
 
+/// The scratch disk of a VM whose StartVm names no size (GitHub promises 14 GB free).
+pub const DEFAULT_DISK_GIB: u32 = 20;
 /// How the agent runs. [`AgentConfig::new`] fills in the defaults.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -86,7 +88,7 @@ impl AgentConfig {
             images: Vec::new(),
             driver,
             journal_path,
-            run: String::from("/opt/runner/run.sh"),
+            run: String::from("/home/runner/actions-runner/run.sh"),
             default_boot_timeout: Duration::from_secs(120),
             default_max_runtime: Duration::from_secs(6 * 3600),
             heartbeat: Duration::from_secs(10),
@@ -344,6 +346,11 @@ fn start_vm(
                 512
             } else {
                 start.memory_mib
+            },
+            disk_gib: if start.disk_gib == 0 {
+                DEFAULT_DISK_GIB
+            } else {
+                start.disk_gib
             },
         },
         jitconfig,

@@ -60,9 +60,10 @@ fn start_vm(start_id: &str) -> ServerBody {
         vcpus: 1,
         memory_mib: 256,
         jitconfig: JIT.into(),
-        run: "/opt/runner/run.sh".into(),
+        run: "/home/runner/actions-runner/run.sh".into(),
         boot_timeout_secs: 30,
         max_runtime_secs: 60,
+        disk_gib: 0,
     })
 }
 

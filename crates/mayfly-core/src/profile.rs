@@ -16,6 +16,13 @@ pub struct Profile {
     pub labels: Vec<String>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The VM's scratch disk (sparse, encrypted in the guest): the job's writable space.
+    #[serde(default = "default_disk_gib")]
+    pub disk_gib: u32,
+    /// The runner's entry point in the guest when the image needs another than the server's
+    /// `runner_entry` (GitHub's layout: `/home/runner/actions-runner/run.sh`).
+    #[serde(default)]
+    pub runner_entry: Option<String>,
     /// The image digest.
     pub image: String,
     #[serde(default = "default_max_runtime")]
@@ -32,6 +39,9 @@ fn default_labels() -> Vec<String> {
         .iter()
         .map(|s| (*s).to_owned())
         .collect()
+}
+fn default_disk_gib() -> u32 {
+    20
 }
 fn default_max_runtime() -> u32 {
     6 * 3600
@@ -105,6 +115,8 @@ mod tests {
             memory_mib: 2048,
             image: "img".into(),
             max_runtime_secs: 60,
+            disk_gib: 20,
+            runner_entry: None,
             boot_timeout_secs: 60,
             idle_timeout_secs: 60,
         }

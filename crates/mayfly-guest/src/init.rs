@@ -1,10 +1,11 @@
-//! PID 1: set the system up, report `ready`, read the one config line, run the runner as the
-//! `runner` user, report its exit, power off. Invariants: the config line is read exactly once
-//! and kept only in memory (never a file, never the console); PID 1 never returns.
+//! Stage 2, PID 1 in the job's root: report `ready`, read the one config line, set the clock
+//! from it, start the runner as GitHub launches it (`run.sh` as user `runner`, the JIT config
+//! in `ACTIONS_RUNNER_INPUT_JITCONFIG`, never in argv), start Docker when a job first uses its
+//! socket, report the runner's exit, power off. Invariants: the config line is read exactly
+//! once and kept only in memory (never a file, never the console); PID 1 never returns.
 
 use std::fs::{File, OpenOptions};
 use std::io::BufReader;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -13,8 +14,14 @@ use std::time::Duration;
 use crate::log;
 use crate::port::{self, CONFIG_PORT_NAME};
 use crate::protocol::{self, ConfigMessage, GuestEvent};
-use crate::system::{self, PATH, RUNNER_GID, RUNNER_HOME, RUNNER_UID};
+use crate::stage1::STAGE2_BUSYBOX;
+use crate::system::{self, PATH};
 
+/// The argument stage 1 starts stage 2 with.
+pub const STAGE2_ARG: &str = "stage2";
+const RUNNER_UID: u32 = 1001;
+const RUNNER_GID: u32 = 1001;
+const RUNNER_HOME: &str = "/home/runner";
 /// How long the last event may take to reach the host before the VM powers off anyway.
 const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -64,13 +71,6 @@ fn fatal(events: Option<&Events>, message: String) -> ! {
 }
 
 pub fn main() -> ! {
-    if let Err(e) = system::mount_basics() {
-        fatal(None, format!("mounting the basic filesystems failed: {e}"));
-    }
-    match system::load_modules() {
-        Ok(n) => log(&format!("{n} kernel modules loaded")),
-        Err(e) => fatal(None, format!("loading kernel modules failed: {e}")),
-    }
     let port_path = match port::wait_for_port(
         Path::new("/sys/class/virtio-ports"),
         Path::new("/dev"),
@@ -84,13 +84,10 @@ pub fn main() -> ! {
         Ok(pair) => pair,
         Err(e) => fatal(None, format!("opening {}: {e}", port_path.display())),
     };
-    if let Err(e) = system::mount_base_disk().and_then(|()| system::create_users()) {
-        fatal(Some(&events), e.to_string());
-    }
-    match system::bring_up_network() {
-        Ok(true) => log("network up"),
-        Ok(false) => log("no eth0: running without a network"),
-        Err(e) => fatal(Some(&events), e.to_string()),
+    match crate::docker::activate_on_first_use() {
+        Ok(true) => log("docker: starts when a job first uses /run/docker.sock"),
+        Ok(false) => log("docker: not installed in this image"),
+        Err(e) => log(&format!("docker: socket activation failed: {e}")),
     }
     let kernel = match system::kernel_release() {
         Ok(k) => k,
@@ -103,6 +100,13 @@ pub fn main() -> ! {
         Ok(config) => config,
         Err(e) => fatal(Some(&events), e.to_string()),
     };
+    if let Some(ms) = config.time_ms {
+        // The runner's login token lives 5 minutes: the clock must be right before it starts.
+        let at = format!("@{}", ms / 1000);
+        if let Err(e) = system::busybox_at(STAGE2_BUSYBOX, &["date", "-u", "-s", &at], &[]) {
+            log(&format!("setting the clock failed: {e}"));
+        }
+    }
     let code = match run_runner(config, &events) {
         Ok(code) => code,
         Err(message) => fatal(Some(&events), message),
@@ -129,32 +133,84 @@ fn read_config_once(port: File) -> Result<ConfigMessage, protocol::ProtocolError
     parsed
 }
 
-/// Runs `<run> --jitconfig <config>` as `runner`, output to the console. Returns its exit code
-/// (-1 when a signal ended it).
+/// `KEY=VALUE` lines of `/etc/environment` (quotes stripped; comments and junk skipped).
+pub fn parse_environment(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (key, value) = l.split_once('=')?;
+            let valid =
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            valid.then(|| {
+                let value = value.trim_matches('"').trim_matches('\'');
+                (key.to_owned(), value.to_owned())
+            })
+        })
+        .collect()
+}
+
+/// Runs `<run>` as `runner` (its groups, `docker` and `sudo` among them, through util-linux's
+/// `setpriv --init-groups`) with the JIT config in `ACTIONS_RUNNER_INPUT_JITCONFIG`, output to
+/// the console. Returns its exit code (-1 when a signal ended it).
 fn run_runner(config: ConfigMessage, events: &Events) -> Result<i32, String> {
-    let mut command = Command::new(&config.run);
+    if !Path::new(&config.run).is_file() {
+        let run = config.run.clone();
+        config.wipe();
+        return Err(format!(
+            "starting {run} failed: no such file in the image (is the profile's runner_entry right?)"
+        ));
+    }
+    let environment = std::fs::read_to_string("/etc/environment").unwrap_or_default();
+    let workdir = Path::new(&config.run)
+        .parent()
+        .map_or_else(|| RUNNER_HOME.into(), Path::to_path_buf);
+    let mut command = Command::new("setpriv");
     command
-        .arg("--jitconfig")
-        .arg(&config.jitconfig)
+        .arg(format!("--reuid={RUNNER_UID}"))
+        .arg(format!("--regid={RUNNER_GID}"))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(&config.run)
         .env_clear()
+        .envs(parse_environment(&environment))
         .env("PATH", PATH)
         .env("HOME", RUNNER_HOME)
         .env("USER", "runner")
         .env("LOGNAME", "runner")
-        .env("SHELL", "/bin/sh")
+        .env("SHELL", "/bin/bash")
         .env("LANG", "C.UTF-8")
-        .current_dir(RUNNER_HOME)
-        .uid(RUNNER_UID)
-        .gid(RUNNER_GID)
+        .env("ACTIONS_RUNNER_INPUT_JITCONFIG", &config.jitconfig)
+        .current_dir(workdir)
         .stdin(Stdio::null());
     let run = config.run.clone();
     let spawned = command.spawn();
     drop(command);
     config.wipe();
-    let mut child = spawned.map_err(|e| format!("starting {run} failed: {e}"))?;
+    let mut child = spawned.map_err(|e| format!("starting {run} (through setpriv) failed: {e}"))?;
     events.send(GuestEvent::Started, Some(FINAL_EVENT_TIMEOUT));
     let status = child
         .wait()
         .map_err(|e| format!("waiting for {run} failed: {e}"))?;
     Ok(status.code().unwrap_or(-1))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn environment_lines_are_parsed_and_junk_skipped() {
+        let text = "# comment\nImageOS=debian12\nexport LANG=\"C.UTF-8\"\nnot a line\n=x\nBAD-KEY=1\nTOOLS='/opt/x'\n";
+        assert_eq!(
+            parse_environment(text),
+            vec![
+                ("ImageOS".to_owned(), "debian12".to_owned()),
+                ("LANG".to_owned(), "C.UTF-8".to_owned()),
+                ("TOOLS".to_owned(), "/opt/x".to_owned()),
+            ]
+        );
+    }
 }

@@ -1,33 +1,26 @@
-//! `mayfly-guest`: PID 1 of a mayfly VM (see [`init`]), and — when invoked as `sudo` — the
-//! guest's passwordless sudo (see [`sudo`]). Built static, it links nothing of mayfly's and
-//! needs nothing in the guest but `/bin/busybox`.
+//! `mayfly-guest`: PID 1 of a mayfly VM, in two stages. As `/init` of the initramfs
+//! ([`stage1`]) it loads the modules, brings up the network, makes the writable root (the
+//! read-only base disk under an overlay whose upper layer is an encrypted scratch disk) and
+//! switches to it; there, as `/usr/lib/mayfly/mayfly-guest stage2` ([`init`]), it hands the
+//! one-time config to the runner and powers off when the runner ends. Built static, it links
+//! nothing of mayfly's.
 #![forbid(unsafe_code)]
 
+mod docker;
 mod init;
 mod port;
 mod protocol;
-mod sudo;
+mod stage1;
 mod system;
 
-use std::ffi::OsString;
-use std::path::Path;
 use std::process::ExitCode;
 
-/// A line on the console (ttyS0, captured by the host as the serial log).
+/// A line on the console (ttyS0, captured by the host in memory).
 pub(crate) fn log(message: &str) {
     eprintln!("mayfly-guest: {message}");
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let name = args
-        .first()
-        .and_then(|a| Path::new(a).file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name == "sudo" {
-        return sudo::main(args.get(1..).unwrap_or_default());
-    }
     if std::process::id() != 1 {
         eprintln!(
             "mayfly-guest is the init of a mayfly VM and runs only as PID 1 (as /init of the \
@@ -35,5 +28,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    init::main()
+    match std::env::args().nth(1).as_deref() {
+        Some(init::STAGE2_ARG) => init::main(),
+        _ => stage1::main(),
+    }
 }

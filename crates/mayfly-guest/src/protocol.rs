@@ -47,6 +47,9 @@ pub struct ConfigMessage {
     kind: String,
     pub jitconfig: String,
     pub run: String,
+    /// The host's clock (ms since the epoch) when it sent the config.
+    #[serde(default)]
+    pub time_ms: Option<u64>,
 }
 
 impl fmt::Debug for ConfigMessage {
@@ -200,10 +203,10 @@ mod tests {
     #[test]
     fn config_parses_and_debug_redacts() {
         let line =
-            "{\"type\":\"config\",\"jitconfig\":\"c2VjcmV0\",\"run\":\"/opt/runner/run.sh\"}\n";
+            "{\"type\":\"config\",\"jitconfig\":\"c2VjcmV0\",\"run\":\"/home/runner/actions-runner/run.sh\"}\n";
         let config = ConfigMessage::parse(line).unwrap();
         assert_eq!(config.jitconfig, "c2VjcmV0");
-        assert_eq!(config.run, "/opt/runner/run.sh");
+        assert_eq!(config.run, "/home/runner/actions-runner/run.sh");
         assert!(!format!("{config:?}").contains("c2VjcmV0"));
     }
 

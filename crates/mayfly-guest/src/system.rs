@@ -1,6 +1,6 @@
-//! The guest's system set-up, done by PID 1 through `busybox` (no unsafe code, no libc): mounts,
-//! kernel modules, users, network. Invariant: every place a job can write is guest RAM (rootfs,
-//! tmpfs); the base disk is mounted read-only, so nothing a job writes reaches the host's disk.
+//! The guest's system set-up through `busybox` (no unsafe code, no libc): mounts, kernel
+//! modules, disks by serial, network, power. Stage 1 runs busybox from the initramfs; stage 2
+//! from the copy stage 1 leaves in `/run/mayfly`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,29 +11,27 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Written by the image builder: one module path per line, in load order.
 pub const LOAD_ORDER_FILE: &str = "/lib/modules/load-order";
-/// The base disk (first virtio disk), mounted read-only at [`BASE_MOUNT`].
-pub const BASE_DISK: &str = "/dev/vda";
-pub const BASE_MOUNT: &str = "/opt";
-pub const RUNNER_UID: u32 = 1001;
-pub const RUNNER_GID: u32 = 1001;
-pub const RUNNER_HOME: &str = "/home/runner";
-/// Directories under the (read-only) runner dir where a runner writes: each gets a tmpfs.
-const RUNNER_WRITABLE: [&str; 2] = ["/opt/runner/_work", "/opt/runner/_diag"];
 const UDHCPC_SCRIPT: &str = include_str!("udhcpc.sh");
-const UDHCPC_SCRIPT_PATH: &str = "/run/mayfly/udhcpc.sh";
+const UDHCPC_SCRIPT_PATH: &str = "/run/udhcpc.sh";
 
 /// Runs `busybox <args>`; output goes to the console.
 pub fn busybox(args: &[&str]) -> Result<(), SystemError> {
+    busybox_at(BUSYBOX, args, &[])
+}
+
+/// Runs the busybox at `binary` with `args` and extra environment `env`.
+pub fn busybox_at(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), SystemError> {
     // Stdio::null opens /dev/null, which exists only once the image or devtmpfs provides it.
     let stdin = if Path::new("/dev/null").exists() {
         Stdio::null()
     } else {
         Stdio::inherit()
     };
-    let status = Command::new(BUSYBOX)
+    let status = Command::new(binary)
         .args(args)
         .env_clear()
         .env("PATH", PATH)
+        .envs(env.iter().copied())
         .stdin(stdin)
         .status()
         .map_err(|e| SystemError::Spawn(args.join(" "), e))?;
@@ -47,26 +45,17 @@ pub fn busybox(args: &[&str]) -> Result<(), SystemError> {
     }
 }
 
-fn mount(fstype: &str, source: &str, target: &str, options: &str) -> Result<(), SystemError> {
+pub fn mount(fstype: &str, source: &str, target: &str, options: &str) -> Result<(), SystemError> {
     std::fs::create_dir_all(target).map_err(|e| SystemError::Io(target.into(), e))?;
     busybox(&["mount", "-t", fstype, "-o", options, source, target])
 }
 
-/// proc, sysfs, devtmpfs and the RAM-backed scratch space.
+/// proc, sysfs and devtmpfs in the initramfs.
 pub fn mount_basics() -> Result<(), SystemError> {
     mount("proc", "proc", "/proc", "nosuid,nodev,noexec")?;
     mount("sysfs", "sysfs", "/sys", "nosuid,nodev,noexec")?;
     mount("devtmpfs", "devtmpfs", "/dev", "nosuid,mode=0755")?;
-    mount(
-        "devpts",
-        "devpts",
-        "/dev/pts",
-        "nosuid,noexec,gid=5,mode=620,ptmxmode=0666",
-    )?;
-    mount("tmpfs", "tmpfs", "/dev/shm", "nosuid,nodev,mode=1777")?;
-    mount("tmpfs", "tmpfs", "/tmp", "nosuid,nodev,mode=1777")?;
-    mount("tmpfs", "tmpfs", "/run", "nosuid,nodev,mode=0755")?;
-    mount("tmpfs", "tmpfs", "/home", "nosuid,nodev,mode=0755")
+    mount("tmpfs", "tmpfs", "/run", "nosuid,nodev,mode=0755")
 }
 
 /// Parses the load-order file: one absolute `.ko` path per line; blank lines and `#` comments
@@ -104,66 +93,44 @@ pub fn load_modules() -> Result<usize, SystemError> {
     Ok(loaded)
 }
 
-/// Waits for a device node that a module's probe creates.
-pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
+/// The block device whose virtio serial is `serial` (`/sys/block/vd*/serial`), waiting for it.
+pub fn wait_for_disk(serial: &str, timeout: Duration) -> Result<String, SystemError> {
     let deadline = Instant::now() + timeout;
-    while !path.exists() {
+    loop {
+        let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            let found = std::fs::read_to_string(format!("/sys/block/{name}/serial"))
+                .is_ok_and(|s| s.trim() == serial);
+            let device = format!("/dev/{name}");
+            if found && Path::new(&device).exists() {
+                return Ok(device);
+            }
+        }
         if Instant::now() >= deadline {
-            return false;
+            return Err(SystemError::NoDisk(serial.to_owned()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    true
 }
 
-/// Mounts the base disk read-only at `/opt` (the runner is `/opt/runner`), then a tmpfs over
-/// each directory a runner writes to.
-pub fn mount_base_disk() -> Result<(), SystemError> {
-    if !wait_for_path(Path::new(BASE_DISK), Duration::from_secs(10)) {
-        return Err(SystemError::NoBaseDisk);
-    }
-    mount("ext4", BASE_DISK, BASE_MOUNT, "ro,nodev")?;
-    let owner = format!("nosuid,nodev,mode=0755,uid={RUNNER_UID},gid={RUNNER_GID}");
-    for dir in RUNNER_WRITABLE {
-        if Path::new(dir).is_dir() {
-            busybox(&["mount", "-t", "tmpfs", "-o", &owner, "tmpfs", dir])?;
-        }
-    }
-    Ok(())
-}
-
-fn write(path: &str, content: &str) -> Result<(), SystemError> {
+pub fn write(path: &str, content: &str) -> Result<(), SystemError> {
     if let Some(parent) = Path::new(path).parent() {
         std::fs::create_dir_all(parent).map_err(|e| SystemError::Io(parent.into(), e))?;
     }
     std::fs::write(path, content).map_err(|e| SystemError::Io(path.into(), e))
 }
 
-/// root and `runner` (uid/gid 1001, home in tmpfs), hostname and hosts.
-pub fn create_users() -> Result<(), SystemError> {
-    write(
-        "/etc/passwd",
-        &format!(
-            "root:x:0:0:root:/root:/bin/sh\n\
-             runner:x:{RUNNER_UID}:{RUNNER_GID}:runner:{RUNNER_HOME}:/bin/sh\n\
-             nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-        ),
-    )?;
-    write(
-        "/etc/group",
-        &format!("root:x:0:\ntty:x:5:\nrunner:x:{RUNNER_GID}:\nnogroup:x:65534:\n"),
-    )?;
-    write("/etc/hostname", "mayfly\n")?;
-    write("/etc/hosts", "127.0.0.1 localhost mayfly\n::1 localhost\n")?;
-    busybox(&["hostname", "mayfly"])?;
-    std::fs::create_dir_all(RUNNER_HOME).map_err(|e| SystemError::Io(RUNNER_HOME.into(), e))?;
-    std::os::unix::fs::chown(RUNNER_HOME, Some(RUNNER_UID), Some(RUNNER_GID))
-        .map_err(|e| SystemError::Io(RUNNER_HOME.into(), e))
-}
-
-/// Brings up `lo`, and `eth0` with DHCP (passt answers it) when the VM has a network device.
-/// Returns whether the VM has a network.
-pub fn bring_up_network() -> Result<bool, SystemError> {
+/// Brings up `lo`, and `eth0` with DHCP (passt answers it) when the VM has a network device;
+/// the resolver goes to `resolv_conf`. Returns whether the VM has a network.
+pub fn bring_up_network(resolv_conf: &str) -> Result<bool, SystemError> {
     busybox(&["ip", "link", "set", "lo", "up"])?;
     if !Path::new("/sys/class/net/eth0").exists() {
         return Ok(false);
@@ -176,20 +143,24 @@ pub fn bring_up_network() -> Result<bool, SystemError> {
     .map_err(|e| SystemError::Io(UDHCPC_SCRIPT_PATH.into(), e))?;
     busybox(&["ip", "link", "set", "eth0", "up"])?;
     // -q: exit once bound; -n: fail if no lease after -t tries spaced -T seconds apart.
-    busybox(&[
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-s",
-        UDHCPC_SCRIPT_PATH,
-        "-q",
-        "-n",
-        "-f",
-        "-t",
-        "10",
-        "-T",
-        "1",
-    ])
+    busybox_at(
+        BUSYBOX,
+        &[
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-s",
+            UDHCPC_SCRIPT_PATH,
+            "-q",
+            "-n",
+            "-f",
+            "-t",
+            "10",
+            "-T",
+            "1",
+        ],
+        &[("RESOLV_CONF", resolv_conf)],
+    )
     .map_err(|_| SystemError::Dhcp)?;
     Ok(true)
 }
@@ -202,12 +173,12 @@ pub fn kernel_release() -> Result<String, SystemError> {
         .map_err(|e| SystemError::Io(path.into(), e))
 }
 
-/// Powers the VM off at once. Does not return normally: when poweroff itself cannot run, PID 1
-/// exits on purpose — the kernel panics, and with `panic=-1` and QEMU's `-no-reboot` the VM ends
-/// (without them the host's timeout destroys it).
+/// Powers the VM off at once (sysrq `o`: no userspace tool needed, in either stage). Does not
+/// return normally: when that fails, PID 1 exits on purpose — the kernel panics, and with
+/// `panic=-1` and QEMU's `-no-reboot` the VM ends (without them the host's timeout destroys it).
 pub fn power_off() -> ! {
     for _ in 0..3 {
-        if let Err(e) = busybox(&["poweroff", "-f"]) {
+        if let Err(e) = std::fs::write("/proc/sysrq-trigger", "o") {
             crate::log(&format!("poweroff failed: {e}"));
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -222,7 +193,8 @@ pub enum SystemError {
     Failed(String, i32),
     Io(PathBuf, std::io::Error),
     LoadOrder(String),
-    NoBaseDisk,
+    NoDisk(String),
+    NoStage2,
     Dhcp,
 }
 
@@ -233,10 +205,15 @@ impl fmt::Display for SystemError {
             Self::Failed(cmd, code) => write!(f, "`busybox {cmd}` exited with {code}"),
             Self::Io(path, e) => write!(f, "{}: {e}", path.display()),
             Self::LoadOrder(why) => write!(f, "{LOAD_ORDER_FILE}: {why}"),
-            Self::NoBaseDisk => write!(
+            Self::NoDisk(serial) => write!(
                 f,
-                "no base disk {BASE_DISK}: attach the image's rootfs.qcow2 as the first \
-                 virtio disk (-drive if=virtio,readonly=on)"
+                "no disk with serial {serial}: attach the image's rootfs.erofs and the VM's \
+                 scratch disk as virtio-blk devices with serial=mayfly-base and serial=mayfly-scratch"
+            ),
+            Self::NoStage2 => write!(
+                f,
+                "the root filesystem has no {}: build the image with `mayfly image build`",
+                crate::stage1::STAGE2
             ),
             Self::Dhcp => write!(
                 f,

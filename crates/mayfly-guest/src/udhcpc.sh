@@ -14,10 +14,11 @@ case "$1" in
             $bb ip route replace default via "$r" dev "$interface"
             break
         done
-        : > /etc/resolv.conf
-        [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
+        conf=${RESOLV_CONF:-/etc/resolv.conf}
+        : > "$conf"
+        [ -n "$domain" ] && echo "search $domain" >> "$conf"
         for d in $dns; do
-            echo "nameserver $d" >> /etc/resolv.conf
+            echo "nameserver $d" >> "$conf"
         done
         ;;
 esac

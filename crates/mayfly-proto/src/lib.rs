@@ -141,7 +141,7 @@ mod tests {
             start_id: "start-1".into(),
             image: "abc".into(),
             jitconfig: "eyJzZWNyZXQiOiJ0b3Agc2VjcmV0In0=".into(),
-            run: "/opt/runner/run.sh".into(),
+            run: "/home/runner/actions-runner/run.sh".into(),
             ..Default::default()
         };
         let message = v1::ServerMessage {

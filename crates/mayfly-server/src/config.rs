@@ -187,7 +187,7 @@ impl Default for ServerConfig {
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
             github: None,
             profiles: Vec::new(),
-            runner_entry: "/opt/runner/run.sh".to_owned(),
+            runner_entry: "/home/runner/actions-runner/run.sh".to_owned(),
             reconcile_interval_secs: 60,
             server_id: None,
             database: DatabaseConfig::default(),

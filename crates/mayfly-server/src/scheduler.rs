@@ -200,8 +200,12 @@ impl Scheduler {
             image: profile.image.clone(),
             vcpus: profile.vcpus,
             memory_mib: profile.memory_mib,
+            disk_gib: profile.disk_gib,
             jitconfig: jit.config.expose().to_owned(),
-            run: self.run.clone(),
+            run: profile
+                .runner_entry
+                .clone()
+                .unwrap_or_else(|| self.run.clone()),
             boot_timeout_secs: profile.boot_timeout_secs,
             max_runtime_secs: profile.max_runtime_secs,
         };

@@ -40,6 +40,8 @@ async fn world(idle_timeout_secs: u32) -> World {
             memory_mib: 2048,
             image: "test-image".into(),
             max_runtime_secs: 600,
+            disk_gib: 20,
+            runner_entry: None,
             boot_timeout_secs: 60,
             idle_timeout_secs,
         }];

@@ -24,7 +24,7 @@ const MAX_LINE: u64 = 16 * 1024;
 #[derive(Debug)]
 pub struct GuestConfig {
     pub jitconfig: SecretString,
-    /// The runner's entry point in the guest, e.g. `/opt/runner/run.sh`.
+    /// The runner's entry point in the guest, e.g. `/home/runner/actions-runner/run.sh`.
     pub run: String,
 }
 
@@ -118,6 +118,9 @@ impl GuestChannel {
             "type": "config",
             "jitconfig": config.jitconfig.expose_secret(),
             "run": config.run,
+            // The guest sets its clock from this before the runner starts (GitHub's runner
+            // tokens live 5 minutes).
+            "time_ms": chrono::Utc::now().timestamp_millis(),
         });
         let mut bytes = Zeroizing::new(message.to_string().into_bytes());
         bytes.push(b'\n');
@@ -165,7 +168,7 @@ mod tests {
         );
         let config = GuestConfig {
             jitconfig: SecretString::from("secret-jit".to_owned()),
-            run: "/opt/runner/run.sh".into(),
+            run: "/home/runner/actions-runner/run.sh".into(),
         };
         host.send_config(&config).await.unwrap();
         assert!(matches!(

@@ -17,6 +17,8 @@ pub struct VmSpec {
     pub image: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Size of the VM's scratch disk (sparse; the guest encrypts it): the job's writable space.
+    pub disk_gib: u32,
 }
 
 /// A VM the driver knows about.
@@ -63,7 +65,7 @@ pub enum VmError {
 /// Makes, runs and destroys VMs.
 #[async_trait]
 pub trait VmDriver: Send + Sync + std::fmt::Debug {
-    /// Prepares a VM (overlay disk, network, state directory) without starting it.
+    /// Prepares a VM (scratch disk, network, state directory) without starting it.
     async fn create(&self, spec: &VmSpec) -> Result<VmId, VmError>;
     /// Starts the VM's process.
     async fn start(&self, vm: &VmId) -> Result<(), VmError>;

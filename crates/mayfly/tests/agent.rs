@@ -61,9 +61,10 @@ fn start_vm(start_id: &str, jit: &SecretString) -> ServerBody {
         vcpus: 1,
         memory_mib: 512,
         jitconfig: jit.expose_secret().to_owned(),
-        run: "/opt/runner/run.sh".into(),
+        run: "/home/runner/actions-runner/run.sh".into(),
         boot_timeout_secs: 120,
         max_runtime_secs: 240,
+        disk_gib: 2,
     })
 }
 

@@ -1,7 +1,9 @@
-//! `mayfly image build`: Debian packages + `mayfly-guest` + a runner directory → a
-//! content-addressed image in the store. Reproducible (same inputs → same bytes → same digest);
-//! written in a `.build-*` temp dir inside the store and renamed into place, so no half-built
-//! image is ever visible.
+//! `mayfly image build`: a root filesystem (Debian by mmdebstrap, or the operator's tarball) +
+//! `mayfly-guest` + a runner directory + Debian's kernel → a content-addressed image in the
+//! store. Reproducible (same inputs → same bytes → same digest; `SOURCE_DATE_EPOCH` fixes every
+//! time); written in a `.build-*` temp dir inside the store and renamed into place, so no
+//! half-built image is ever visible; a root that cannot run GitHub's runner is refused before
+//! any of that.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,71 +11,73 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::debs;
 use super::elf::{self, ElfError};
+use super::source::{self, RootfsSource};
 use super::{
     digest_of, hash_file, initramfs, kernel, rootfs, Image, ImageError, ImageStore, Manifest,
     ARTIFACTS, FORMAT, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE,
 };
 
-/// The meta-package whose dependency names the kernel to use.
-const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
-const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// Searched for tools in addition to `$PATH` (mkfs.ext4 lives in /usr/sbin).
 pub const TOOL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Tools the builder runs, with the Debian package that provides each.
-const TOOLS: [(&str, &str); 6] = [
-    ("apt-get", "apt"),
-    ("apt-cache", "apt"),
-    ("dpkg-deb", "dpkg"),
-    ("mkfs.ext4", "e2fsprogs"),
-    ("debugfs", "e2fsprogs"),
-    ("qemu-img", "qemu-utils"),
+const TOOLS: [(&str, &str); 5] = [
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.erofs", "erofs-utils"),
+    ("depmod", "kmod"),
+    ("tar", "tar"),
+    ("cp", "coreutils"),
 ];
+/// The default `SOURCE_DATE_EPOCH` (2023-11-14): every timestamp in the image.
+pub const DEFAULT_SOURCE_DATE_EPOCH: i64 = 1_700_000_000;
 
 /// What an image is built from.
 #[derive(Debug, Clone)]
 pub struct BuildInputs {
-    /// The static `mayfly-guest` binary: `/init` and `/usr/bin/sudo` of the initramfs.
+    /// The static `mayfly-guest` binary: `/init` of the initramfs and the root's init.
     pub guest_binary: PathBuf,
-    /// Copied to `/runner` on the base disk, which the guest mounts read-only at `/opt`.
+    /// Copied to `/home/runner/actions-runner`; must hold `run.sh`.
     pub runner_dir: PathBuf,
-    /// Where `.deb`s are downloaded and unpacked; reused while their hashes match.
-    pub package_cache_dir: PathBuf,
+    /// The root filesystem.
+    pub source: RootfsSource,
+    /// Where the builder keeps the kernel packages and the Debian root's tar between builds.
+    pub work_dir: PathBuf,
+    /// Every timestamp in the image (and mmdebstrap's `SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: i64,
 }
 
 /// Progress of a build, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildStep {
     Checking,
-    Resolving,
-    Fetching { package: String, cached: bool },
-    Unpacking { package: String },
+    RootFs { detail: String },
+    Kernel,
+    Requirements { missing: Vec<String> },
+    Customizing,
     Modules { count: usize },
     Initramfs,
-    RootFs,
-    Qcow2,
+    Erofs,
     Digest,
     Done { digest: String, reused: bool },
 }
 
 impl BuildStep {
     /// Number of positions, for a progress bar.
-    pub const COUNT: u64 = 9;
+    pub const COUNT: u64 = 10;
 
-    /// 1-based position of this step; never decreases during a build (fetching and unpacking
-    /// each package share one).
+    /// 1-based position of this step; never decreases during a build.
     pub fn position(&self) -> u64 {
         match self {
             Self::Checking => 1,
-            Self::Resolving => 2,
-            Self::Fetching { .. } | Self::Unpacking { .. } => 3,
-            Self::Modules { .. } => 4,
-            Self::Initramfs => 5,
-            Self::RootFs => 6,
-            Self::Qcow2 => 7,
-            Self::Digest => 8,
-            Self::Done { .. } => 9,
+            Self::RootFs { .. } => 2,
+            Self::Kernel => 3,
+            Self::Requirements { .. } => 4,
+            Self::Customizing => 5,
+            Self::Modules { .. } => 6,
+            Self::Initramfs => 7,
+            Self::Erofs => 8,
+            Self::Digest => 9,
+            Self::Done { .. } => 10,
         }
     }
 }
@@ -82,17 +86,18 @@ impl fmt::Display for BuildStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Checking => write!(f, "checking tools and inputs"),
-            Self::Resolving => write!(f, "resolving Debian packages"),
-            Self::Fetching {
-                package,
-                cached: true,
-            } => write!(f, "{package}: cached"),
-            Self::Fetching { package, .. } => write!(f, "fetching {package}"),
-            Self::Unpacking { package } => write!(f, "unpacking {package}"),
-            Self::Modules { count } => write!(f, "{count} kernel modules resolved"),
+            Self::RootFs { detail } => write!(f, "root filesystem: {detail}"),
+            Self::Kernel => write!(f, "unpacking Debian's kernel and busybox (mmdebstrap)"),
+            Self::Requirements { missing } if missing.is_empty() => {
+                write!(f, "the root has everything the runner and jobs need")
+            }
+            Self::Requirements { missing } => {
+                write!(f, "warning: the root lacks {}", missing.join(", "))
+            }
+            Self::Customizing => write!(f, "adding mayfly's init, the runner user and directory"),
+            Self::Modules { count } => write!(f, "{count} kernel modules for the initramfs"),
             Self::Initramfs => write!(f, "writing the initramfs"),
-            Self::RootFs => write!(f, "making the base disk (ext4)"),
-            Self::Qcow2 => write!(f, "converting the base disk to qcow2"),
+            Self::Erofs => write!(f, "making the read-only base disk (EROFS)"),
             Self::Digest => write!(f, "hashing"),
             Self::Done {
                 digest,
@@ -121,10 +126,19 @@ pub enum BuildError {
         code: i32,
         stderr: String,
     },
-    #[error("apt-cache {query} found nothing usable ({stderr}): run `apt-get update` as root so apt knows Debian's packages")]
-    UnknownPackage { query: String, stderr: String },
-    #[error("{} does not have the SHA-256 apt expects ({expected}); delete it and build again", file.display())]
-    DebMismatch { file: PathBuf, expected: String },
+    #[error("--packages: {0}")]
+    Packages(String),
+    #[error("{}: {why}", path.display())]
+    RootfsTar { path: PathBuf, why: String },
+    #[error("the root filesystem cannot run GitHub's runner; it lacks: {}. Add them to the image (Debian/Ubuntu: apt-get install bash libc6 cryptsetup-bin e2fsprogs) and export it again", missing.join("; "))]
+    Unsuitable { missing: Vec<String> },
+    #[error("{needed} bytes are needed to unpack and build {} but {} has only {free} free", tar.display(), store.display())]
+    NoSpace {
+        tar: PathBuf,
+        store: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error("kernel package: {0}")]
     Kernel(String),
     #[error("{} is not a usable ELF file", file.display())]
@@ -224,41 +238,82 @@ pub fn build(
     progress(BuildStep::Checking);
     check_tools()?;
     let guest = read_guest(&inputs.guest_binary)?;
-    if !inputs.runner_dir.is_dir() {
+    if !inputs.runner_dir.join("run.sh").is_file() {
         return Err(BuildError::RunnerDir(format!(
-            "{} is not a directory",
+            "{} has no run.sh: the guest starts <runner root>/run.sh as GitHub launches it",
             inputs.runner_dir.display()
         )));
     }
     let runner_sha256 = rootfs::tree_digest(&inputs.runner_dir)?;
-    let cache = &inputs.package_cache_dir;
-    std::fs::create_dir_all(cache).map_err(BuildError::io(cache))?;
+    let work = &inputs.work_dir;
+    std::fs::create_dir_all(work).map_err(BuildError::io(work))?;
     std::fs::create_dir_all(store.root()).map_err(BuildError::io(store.root()))?;
 
-    progress(BuildStep::Resolving);
-    let kernel_name = debs::kernel_package(KERNEL_META_PACKAGE)?;
-    let packages = [
-        debs::resolve(&kernel_name)?,
-        debs::resolve(BUSYBOX_PACKAGE)?,
-    ];
-    let mut unpacked = Vec::new();
-    for package in &packages {
-        let (deb, downloaded) = debs::fetch(package, cache)?;
-        progress(BuildStep::Fetching {
-            package: format!("{} {}", package.name, package.version),
-            cached: !downloaded,
-        });
-        progress(BuildStep::Unpacking {
-            package: package.name.clone(),
-        });
-        unpacked.push(debs::unpack(package, &deb, cache)?);
-    }
-    let (kernel_root, busybox_root) = match unpacked.as_slice() {
-        [k, b] => (k.clone(), b.clone()),
-        _ => return Err(BuildError::Kernel("packages went missing".into())),
+    // The root filesystem as a tar: checked before anything is unpacked.
+    let tar = match &inputs.source {
+        RootfsSource::Tar { path } => path.clone(),
+        RootfsSource::Debian { extra, .. } => {
+            let out = source::debian_tar_path(work);
+            progress(BuildStep::RootFs {
+                detail: "mmdebstrap (a minute or two)".into(),
+            });
+            source::debian_tar(extra, inputs.source_date_epoch, &out, &mut |line| {
+                progress(BuildStep::RootFs { detail: line })
+            })?;
+            out
+        }
     };
-    let (kernel_version, vmlinuz) = kernel::find_kernel(&kernel_root)?;
-    let module_dir = kernel_root
+    progress(BuildStep::RootFs {
+        detail: format!("checking {}", tar.display()),
+    });
+    let info = source::inspect_tar(&tar)?;
+    // Unpacked tree + EROFS image + slack.
+    let needed = info.bytes * 2 + info.entries * 8192 + (256 << 20);
+    let free = source::free_bytes(store.root())?;
+    if needed > free {
+        return Err(BuildError::NoSpace {
+            tar,
+            store: store.root().to_path_buf(),
+            needed,
+            free,
+        });
+    }
+    let temp = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(store.root())
+        .map_err(BuildError::io(store.root()))?;
+    let image_dir = temp.path().join("image");
+    let root = temp.path().join("root");
+    std::fs::create_dir(&image_dir).map_err(BuildError::io(&image_dir))?;
+    progress(BuildStep::RootFs {
+        detail: format!(
+            "unpacking {} files ({} MiB)",
+            info.entries,
+            info.bytes >> 20
+        ),
+    });
+    source::extract(&tar, &root)?;
+    let req = rootfs::requirements(&root);
+    if !req.refused.is_empty() {
+        return Err(BuildError::Unsuitable {
+            missing: req.refused,
+        });
+    }
+
+    progress(BuildStep::Kernel);
+    let boot = work.join("boot");
+    kernel::fetch_boot_packages(source::DEBIAN_SUITE, &boot)?;
+    let (kernel_version, vmlinuz) = kernel::find_kernel(&boot)?;
+    progress(BuildStep::Requirements {
+        missing: req.missing,
+    });
+
+    progress(BuildStep::Customizing);
+    let image_version = format!("mayfly-{}", env!("CARGO_PKG_VERSION"));
+    rootfs::customize(&root, &guest, &inputs.runner_dir, &image_version)?;
+    kernel::install_modules(&boot, &kernel_version, &root)?;
+
+    let module_dir = boot
         .join("lib/modules")
         .join(&kernel_version)
         .join("kernel");
@@ -268,18 +323,8 @@ pub fn build(
         count: modules.len(),
     });
 
-    let temp = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(store.root())
-        .map_err(BuildError::io(store.root()))?;
-    let image_dir = temp.path().join("image");
-    let work = temp.path().join("work");
-    for dir in [&image_dir, &work] {
-        std::fs::create_dir(dir).map_err(BuildError::io(dir))?;
-    }
-
     progress(BuildStep::Initramfs);
-    let busybox = busybox_root.join("bin/busybox");
+    let busybox = kernel::find_busybox(&boot)?;
     let (archive, module_names) = initramfs::assemble(guest.clone(), &busybox, &modules)?;
     let initrd = image_dir.join(INITRD_FILE);
     let mut out =
@@ -292,13 +337,14 @@ pub fn build(
     let kernel_file = image_dir.join(KERNEL_FILE);
     std::fs::copy(&vmlinuz, &kernel_file).map_err(BuildError::io(&kernel_file))?;
 
-    progress(BuildStep::RootFs);
-    let stage = work.join("disk");
-    let bytes = rootfs::stage(&inputs.runner_dir, &stage)?;
-    let raw = work.join("rootfs.ext4");
-    rootfs::make_ext4(&stage, bytes, &raw, &work)?;
-    progress(BuildStep::Qcow2);
-    rootfs::to_qcow2(&raw, &image_dir.join(ROOTFS_FILE))?;
+    progress(BuildStep::Erofs);
+    rootfs::make_erofs(
+        &root,
+        &image_dir.join(ROOTFS_FILE),
+        inputs.source_date_epoch,
+    )?;
+    // The unpacked root is of no further use; free its space before hashing.
+    std::fs::remove_dir_all(&root).map_err(BuildError::io(&root))?;
 
     progress(BuildStep::Digest);
     let mut artifacts = BTreeMap::new();
@@ -318,7 +364,7 @@ pub fn build(
         digest: digest.clone(),
         kernel_version,
         modules: module_names,
-        packages: packages.to_vec(),
+        source: inputs.source.clone(),
         guest_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&guest)),
         runner_sha256,
         artifacts,

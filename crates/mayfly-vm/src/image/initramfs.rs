@@ -1,6 +1,7 @@
-//! The initramfs: `mayfly-guest` as `/init` and as setuid-root `/usr/bin/sudo`, static busybox
-//! with its applet links, the kernel modules with their load order, `/dev/console` (the kernel
-//! opens it for init before anything is mounted) and `/dev/null`, and the empty mount points.
+//! The initramfs: `mayfly-guest` as `/init` (its first stage: modules, network, the base and
+//! scratch disks, the overlay root, then `switch_root`), static busybox with its applet links,
+//! the kernel modules with their load order, `/dev/console` (the kernel opens it for init before
+//! anything is mounted) and `/dev/null`, and the empty mount points.
 
 use std::path::Path;
 use std::process::Command;
@@ -48,9 +49,10 @@ pub fn assemble(
     for dir in [
         "dev",
         "etc",
-        "home",
-        "opt",
+        "lower",
+        "newroot",
         "proc",
+        "scratch",
         "run",
         "sys",
         "usr/sbin",
@@ -63,13 +65,12 @@ pub fn assemble(
     archive.char_device("dev/console", 0o600, 5, 1);
     // Until devtmpfs is mounted this is the only /dev/null (std's Stdio::null opens it).
     archive.char_device("dev/null", 0o666, 1, 3);
-    archive.file("usr/bin/sudo", 0o4755, guest.clone());
     archive.file("init", 0o755, guest);
 
     let busybox_bytes = std::fs::read(busybox).map_err(BuildError::io(busybox))?;
     archive.file("bin/busybox", 0o755, busybox_bytes);
     for applet in applets(busybox)? {
-        // Never shadow our own entries (init, sudo).
+        // Never shadow our own entry (init).
         if !archive.contains(&applet) {
             archive.symlink(&applet, "/bin/busybox");
         }

@@ -1,22 +1,90 @@
-//! The unpacked kernel package: `boot/vmlinuz-<version>` and the modules the guest needs, with
-//! their dependencies resolved from each `.ko`'s `.modinfo` (`depends=`, and `softdep=pre:`) —
-//! the package ships no `modules.dep`. The load order is a dependency-first walk of
-//! [`ROOT_MODULES`], so it is the same on every build.
+//! The guest kernel: Debian's `linux-image-amd64` (and `busybox-static` for the initramfs),
+//! unpacked by `mmdebstrap --variant=extract`; `boot/vmlinuz-<version>`, the modules the
+//! initramfs loads to reach the root filesystem (dependencies resolved from each `.ko`'s
+//! `.modinfo`: `depends=`, and `softdep=pre:`; the package ships no `modules.dep`), and the whole
+//! module tree copied into the root filesystem with `depmod`, so `modprobe` works there (Docker
+//! loads bridge, veth, netfilter and overlay modules on demand). The load order is a
+//! dependency-first walk of [`ROOT_MODULES`], the same on every build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use super::build::BuildError;
+use super::build::{run_tool, BuildError, TOOL_PATH};
 use super::elf;
 
-/// What the guest needs: virtio PCI transport, disk, network, the config port, and ext4.
-pub const ROOT_MODULES: [&str; 5] = [
+/// What the initramfs loads: virtio PCI transport, disks, network, the config port, the base
+/// disk's EROFS, the scratch disk's dm-crypt (XTS-AES, AES-NI when the CPU has it) and ext4,
+/// and overlayfs for the writable root.
+pub const ROOT_MODULES: [&str; 10] = [
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    "erofs",
     "ext4",
+    "dm_crypt",
+    "xts",
+    "aesni_intel",
+    "overlay",
 ];
+
+/// Packages unpacked for the kernel and the initramfs's busybox.
+pub const BOOT_PACKAGES: [&str; 2] = ["linux-image-amd64", "busybox-static"];
+
+/// Unpacks [`BOOT_PACKAGES`] (with what they depend on) into `dir` with mmdebstrap.
+pub fn fetch_boot_packages(suite: &str, dir: &Path) -> Result<(), BuildError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(BuildError::io(dir))?;
+    }
+    run_tool(
+        Command::new("mmdebstrap")
+            .args(["--mode=root", "--variant=extract", "--format=directory"])
+            .arg(format!("--include={}", BOOT_PACKAGES.join(",")))
+            .arg("--aptopt=Acquire::Retries \"3\"")
+            .arg(suite)
+            .arg(dir)
+            .env("PATH", TOOL_PATH)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// The unpacked busybox.
+pub fn find_busybox(dir: &Path) -> Result<PathBuf, BuildError> {
+    ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| dir.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| BuildError::Kernel(format!("no busybox in {}", dir.display())))
+}
+
+/// Copies `lib/modules/<version>` of the unpacked kernel into the root's module directory
+/// (`/usr/lib/modules` on merged-/usr roots) and runs `depmod` there.
+pub fn install_modules(boot: &Path, version: &str, root: &Path) -> Result<(), BuildError> {
+    let from = boot.join("lib/modules").join(version);
+    let from = if from.is_dir() {
+        from
+    } else {
+        boot.join("usr/lib/modules").join(version)
+    };
+    let base = super::rootfs::resolve_in_root(root, "lib")
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| root.join("lib"));
+    let modules = base.join("modules");
+    std::fs::create_dir_all(&modules).map_err(BuildError::io(&modules))?;
+    let to = modules.join(version);
+    if to.exists() {
+        std::fs::remove_dir_all(&to).map_err(BuildError::io(&to))?;
+    }
+    run_tool(Command::new("cp").arg("-a").arg(&from).arg(&to))?;
+    run_tool(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(version)
+            .env("PATH", TOOL_PATH),
+    )
+}
 
 /// A kernel module to put in the initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
-//! Guest images: a kernel, an initramfs (busybox, the virtio/ext4 modules, `mayfly-guest` as
-//! `/init`) and a base disk holding `/runner`, stored content-addressed as
-//! `<store>/<digest>/{vmlinuz, initrd.img, rootfs.qcow2, manifest.json}`.
+//! Guest images: a kernel, an initramfs (busybox, the modules that reach the root,
+//! `mayfly-guest` as `/init`) and a read-only base disk holding the whole root filesystem
+//! (EROFS), stored content-addressed as
+//! `<store>/<digest>/{vmlinuz, initrd.img, rootfs.erofs, manifest.json}`.
 //!
 //! Invariants: the digest is SHA-256 over the three artifacts in a fixed framing
 //! ([`digest_of`]), so equal inputs give equal digests (the builder is reproducible); an image
@@ -9,11 +10,11 @@
 
 mod build;
 mod cpio;
-mod debs;
 pub mod elf;
 mod initramfs;
 mod kernel;
-mod rootfs;
+pub mod rootfs;
+mod source;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -22,17 +23,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub use build::{build, BuildError, BuildInputs, BuildStep};
-pub use debs::PackageRef;
+pub use build::{build, BuildError, BuildInputs, BuildStep, DEFAULT_SOURCE_DATE_EPOCH};
+pub use source::{RootfsSource, DEBIAN_PACKAGES, DEBIAN_SUITE};
 
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
-pub const ROOTFS_FILE: &str = "rootfs.qcow2";
+pub const ROOTFS_FILE: &str = "rootfs.erofs";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The artifacts the digest covers, in framing order.
 pub const ARTIFACTS: [&str; 3] = [KERNEL_FILE, INITRD_FILE, ROOTFS_FILE];
 /// Version of the image layout and digest framing.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// Size and SHA-256 of one artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +51,8 @@ pub struct Manifest {
     pub kernel_version: String,
     /// Kernel modules in the initramfs, in load order.
     pub modules: Vec<String>,
-    /// The Debian packages the kernel and busybox came from.
-    pub packages: Vec<PackageRef>,
+    /// What the root filesystem was made from.
+    pub source: RootfsSource,
     /// SHA-256 of the `mayfly-guest` binary.
     pub guest_sha256: String,
     /// SHA-256 over the runner directory's paths, modes and contents.

@@ -1,33 +1,32 @@
-//! The base disk: a copy of the runner directory at `/runner` in an ext4 filesystem (the guest
-//! mounts it read-only at `/opt`), made reproducible — every mtime fixed, a fixed UUID and hash
-//! seed, `E2FSPROGS_FAKE_TIME`, and our own `mke2fs.conf` so the host's defaults do not leak in —
-//! then converted to qcow2 (checked byte-stable with QEMU 7.2's `qemu-img convert`).
+//! The base disk: a root filesystem (Debian from mmdebstrap, or the operator's tarball) with
+//! what mayfly adds — its init at [`GUEST_PATH`], the user `runner` (uid 1001, groups `docker`
+//! and `sudo`, passwordless sudo), the runner directory at [`RUNNER_ROOT`] owned by `runner`,
+//! `/etc/environment` with `ImageOS` and the tool cache — as a read-only EROFS image.
 //!
-//! `mkfs.ext4 -d` copies each source file's atime and ctime, which no build can hold still (the
-//! copy sets ctime, mkfs's own reads move atime under relatime), and the builder's uid/gid; so
-//! afterwards `debugfs` sets both times to the fixed time and the owner to root on every inode
-//! it populated. The digest then depends only on the runner directory's names, modes, contents.
+//! Invariants: mayfly adds nothing else and refuses a root that cannot run GitHub's runner
+//! ([`requirements`]: bash, glibc ≥ 2.28, and what the init uses) before building; paths inside
+//! the root are resolved inside it (an absolute symlink in a tarball never points at the
+//! host); the EROFS image is reproducible (sorted entries, one fixed time, fixed UUID).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use nix::sys::stat::lutimes;
-use nix::sys::time::TimeVal;
 use sha2::{Digest as _, Sha256};
 
-use super::build::{run_tool, BuildError};
+use super::build::{run_tool, BuildError, TOOL_PATH};
 
-/// Timestamp of every file on the disk (and of the filesystem itself).
-const FIXED_TIME: i64 = 1_700_000_000;
+/// Where mayfly's init lives in the root (the initramfs switches to it).
+pub const GUEST_PATH: &str = "usr/lib/mayfly/mayfly-guest";
+/// The runner's root directory (GitHub's images: `/home/runner/actions-runner`).
+pub const RUNNER_ROOT: &str = "home/runner/actions-runner";
+pub const RUNNER_UID: u32 = 1001;
+pub const RUNNER_GID: u32 = 1001;
+/// The tool cache actions/setup-* install into.
+const TOOL_CACHE: &str = "opt/hostedtoolcache";
 const FIXED_UUID: &str = "6d617966-6c79-4000-8000-000000000001";
-/// Directories a runner writes to; the guest mounts a tmpfs on each.
-pub const RUNNER_WRITABLE_DIRS: [&str; 2] = ["_work", "_diag"];
-const MKE2FS_CONF: &str = "[defaults]\n\
-    \tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr\n\
-    \tblocksize = 4096\n\tinode_size = 256\n\tinode_ratio = 16384\n\
-    [fs_types]\n\text4 = {\n\t\tfeatures = extent,flex_bg,64bit,dir_nlink,extra_isize,huge_file\n\t}\n\
-    \tsmall = {\n\t\tinode_ratio = 16384\n\t}\n\tfloppy = {\n\t\tinode_ratio = 16384\n\t}\n";
+/// glibc the real runner needs (its bundled Node 20).
+const MIN_GLIBC: (u32, u32) = (2, 28);
 
 /// Walks `dir` in sorted order: (relative path, metadata) for everything below it.
 fn walk(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, BuildError> {
@@ -74,18 +73,426 @@ pub fn tree_digest(dir: &Path) -> Result<String, BuildError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Copies `runner_dir` to `<stage>/runner` (files, directories, symlinks; modes kept), adds the
-/// runner's writable directories, and fixes every timestamp. Returns the bytes staged.
-pub fn stage(runner_dir: &Path, stage: &Path) -> Result<u64, BuildError> {
-    let target = stage.join("runner");
-    std::fs::create_dir_all(&target).map_err(BuildError::io(&target))?;
+/// `path` (absolute inside the root, or relative to it) resolved inside `root`: symlinks are
+/// followed with `root` as `/`, and `..` never leaves it. `None` when it does not exist.
+pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .rev()
+        .map(str::to_owned)
+        .collect();
+    let mut resolved = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = resolved.join(&part);
+        let meta = std::fs::symlink_metadata(root.join(&candidate)).ok()?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = std::fs::read_link(root.join(&candidate)).ok()?;
+            if target.is_absolute() {
+                resolved = PathBuf::new();
+            }
+            for component in target.components().rev() {
+                match component {
+                    Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
+                    Component::ParentDir => pending.push("..".into()),
+                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                }
+            }
+        } else {
+            resolved = candidate;
+        }
+    }
+    Some(root.join(resolved))
+}
+
+fn exists_in_root(root: &Path, paths: &[&str]) -> bool {
+    paths.iter().any(|p| resolve_in_root(root, p).is_some())
+}
+
+/// Files matching `prefix*` in any of the library directories.
+fn library_present(root: &Path, prefix: &str) -> bool {
+    [
+        "lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu",
+        "lib64",
+        "usr/lib64",
+        "lib",
+        "usr/lib",
+    ]
+    .iter()
+    .filter_map(|dir| resolve_in_root(root, dir))
+    .filter_map(|dir| std::fs::read_dir(dir).ok())
+    .flatten()
+    .filter_map(Result::ok)
+    .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+}
+
+/// glibc's version from its `libc.so.6` ("… release version 2.36").
+pub fn glibc_version(root: &Path) -> Option<(u32, u32)> {
+    let libc = [
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/libc.so.6",
+        "usr/lib64/libc.so.6",
+    ]
+    .iter()
+    .find_map(|p| resolve_in_root(root, p))?;
+    let data = std::fs::read(libc).ok()?;
+    parse_glibc_banner(&data)
+}
+
+fn parse_glibc_banner(data: &[u8]) -> Option<(u32, u32)> {
+    let needle = b"release version ";
+    let start = data.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let text: String = data
+        .get(start..)?
+        .iter()
+        .take(12)
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|b| char::from(*b))
+        .collect();
+    let mut parts = text.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// What a root filesystem lacks for GitHub's runner and for jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// Without these the runner (or mayfly's init) cannot start: the build is refused.
+    pub refused: Vec<String>,
+    /// Jobs or the runner will miss these: the build warns.
+    pub missing: Vec<String>,
+}
+
+/// Checks `root` for what the real actions/runner and mayfly's init need.
+pub fn requirements(root: &Path) -> Requirements {
+    let mut req = Requirements::default();
+    let mut need = |ok: bool, what: &str, refuse: bool| {
+        if !ok {
+            if refuse {
+                req.refused.push(what.to_owned());
+            } else {
+                req.missing.push(what.to_owned());
+            }
+        }
+    };
+    need(
+        exists_in_root(root, &["bin/bash", "usr/bin/bash"]),
+        "bash (/bin/bash: every script of actions/runner is #!/bin/bash)",
+        true,
+    );
+    match glibc_version(root) {
+        Some(v) if v >= MIN_GLIBC => {}
+        Some((major, minor)) => need(
+            false,
+            &format!(
+                "glibc ≥ {}.{} (the root has {major}.{minor}; the runner's Node 20 needs 2.28)",
+                MIN_GLIBC.0, MIN_GLIBC.1
+            ),
+            true,
+        ),
+        None => need(
+            false,
+            "glibc (libc.so.6: the runner has no musl build)",
+            true,
+        ),
+    }
+    need(
+        exists_in_root(root, &["sbin/cryptsetup", "usr/sbin/cryptsetup"]),
+        "cryptsetup (package cryptsetup-bin: mayfly's init encrypts the scratch disk)",
+        true,
+    );
+    need(
+        exists_in_root(root, &["sbin/mkfs.ext4", "usr/sbin/mkfs.ext4"]),
+        "mkfs.ext4 (package e2fsprogs: mayfly's init formats the scratch disk)",
+        true,
+    );
+    need(
+        exists_in_root(root, &["usr/bin/setpriv", "bin/setpriv"]),
+        "setpriv (package util-linux: mayfly's init starts the runner as user runner with it)",
+        true,
+    );
+    for (prefix, what) in [
+        (
+            "libicuuc.so",
+            "libicu (the runner aborts without it unless DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1)",
+        ),
+        ("libssl.so", "libssl"),
+        ("libkrb5.so", "libkrb5"),
+        ("libz.so", "zlib"),
+        ("liblttng-ust.so", "liblttng-ust"),
+        ("libstdc++.so", "libstdc++"),
+    ] {
+        need(library_present(root, prefix), what, false);
+    }
+    for (paths, what) in [
+        (&["usr/bin/sudo", "bin/sudo"][..], "sudo"),
+        (&["usr/bin/git", "bin/git"][..], "git"),
+        (&["usr/bin/curl", "bin/curl"][..], "curl"),
+        (&["usr/bin/tar", "bin/tar"][..], "tar"),
+        (&["usr/bin/zstd", "bin/zstd"][..], "zstd"),
+        (&["usr/bin/python3", "bin/python3"][..], "python3"),
+        (
+            &["usr/bin/dockerd", "usr/sbin/dockerd"][..],
+            "dockerd (Docker)",
+        ),
+        (
+            &["usr/sbin/modprobe", "sbin/modprobe"][..],
+            "modprobe (kmod: Docker's kernel modules)",
+        ),
+        (
+            &["etc/ssl/certs/ca-certificates.crt"][..],
+            "ca-certificates",
+        ),
+    ] {
+        need(exists_in_root(root, paths), what, false);
+    }
+    req
+}
+
+/// `ImageOS` as GitHub's images spell it (`ubuntu22`, here `debian12`), from os-release.
+pub fn image_os(root: &Path) -> String {
+    let text = resolve_in_root(root, "etc/os-release")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    let id: String = field("ID")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let major: String = field("VERSION_ID")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    if id.is_empty() {
+        "linux".into()
+    } else {
+        format!("{id}{major}")
+    }
+}
+
+/// A path inside the root for writing: its parent resolved inside the root.
+fn in_root(root: &Path, path: &str) -> Result<PathBuf, BuildError> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = match resolve_in_root(root, parent) {
+        Some(dir) => dir,
+        None => {
+            // Create missing parents one level at a time, each resolved inside the root.
+            let mut dir = root.to_path_buf();
+            for part in parent.split('/').filter(|s| !s.is_empty()) {
+                let next = resolve_in_root(root, &format!("{}/{part}", rel(root, &dir)))
+                    .unwrap_or_else(|| dir.join(part));
+                if !next.exists() {
+                    std::fs::create_dir(&next).map_err(BuildError::io(&next))?;
+                    set_mode(&next, 0o755)?;
+                }
+                dir = next;
+            }
+            dir
+        }
+    };
+    Ok(dir.join(name))
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(BuildError::io(path))
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), BuildError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(BuildError::io(path))
+}
+
+fn write_file(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<PathBuf, BuildError> {
+    let file = in_root(root, path)?;
+    // Never write through a symlink the root brought (it could point anywhere once resolved).
+    if std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&file).map_err(BuildError::io(&file))?;
+    }
+    std::fs::write(&file, content).map_err(BuildError::io(&file))?;
+    set_mode(&file, mode)?;
+    Ok(file)
+}
+
+fn read_text(root: &Path, path: &str) -> String {
+    resolve_in_root(root, path)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
+
+/// Adds `runner` to a `/etc/group`-style line's member list.
+fn add_member(line: &str, user: &str) -> String {
+    let members = line.rsplit_once(':').map_or("", |(_, m)| m);
+    if members.split(',').any(|m| m == user) {
+        line.to_owned()
+    } else if members.is_empty() {
+        format!("{line}{user}")
+    } else {
+        format!("{line},{user}")
+    }
+}
+
+/// The lowest system gid (999 down to 100) not in use.
+fn free_gid(group: &str) -> u32 {
+    let used: Vec<u32> = group
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    (100..1000).rev().find(|g| !used.contains(g)).unwrap_or(999)
+}
+
+/// The user `runner` in passwd, shadow, group (own group, `docker`, `sudo`) and sudoers.
+fn add_runner_user(root: &Path) -> Result<(), BuildError> {
+    let passwd = read_text(root, "etc/passwd");
+    let mut passwd: Vec<String> = passwd
+        .lines()
+        .filter(|l| !l.starts_with("runner:"))
+        .map(str::to_owned)
+        .collect();
+    passwd.push(format!(
+        "runner:x:{RUNNER_UID}:{RUNNER_GID}:GitHub Actions runner:/home/runner:/bin/bash"
+    ));
+    write_file(
+        root,
+        "etc/passwd",
+        (passwd.join("\n") + "\n").as_bytes(),
+        0o644,
+    )?;
+
+    let shadow = read_text(root, "etc/shadow");
+    let mut shadow: Vec<String> = shadow
+        .lines()
+        .filter(|l| !l.starts_with("runner:"))
+        .map(str::to_owned)
+        .collect();
+    // No password: sudo is NOPASSWD, and nobody logs in.
+    shadow.push("runner:*:19000:0:99999:7:::".into());
+    let file = write_file(
+        root,
+        "etc/shadow",
+        (shadow.join("\n") + "\n").as_bytes(),
+        0o640,
+    )?;
+    if let Some(gid) = read_text(root, "etc/group")
+        .lines()
+        .find_map(|l| l.strip_prefix("shadow:x:"))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+    {
+        chown(&file, 0, gid)?;
+    }
+
+    let group_text = read_text(root, "etc/group");
+    let mut group: Vec<String> = group_text
+        .lines()
+        .filter(|l| !l.starts_with("runner:"))
+        .map(str::to_owned)
+        .collect();
+    for wanted in ["docker", "sudo"] {
+        if !group.iter().any(|l| l.starts_with(&format!("{wanted}:"))) {
+            group.push(format!("{wanted}:x:{}:", free_gid(&group.join("\n"))));
+        }
+    }
+    for line in &mut group {
+        if line.starts_with("docker:") || line.starts_with("sudo:") {
+            *line = add_member(line, "runner");
+        }
+    }
+    group.push(format!("runner:x:{RUNNER_GID}:"));
+    write_file(
+        root,
+        "etc/group",
+        (group.join("\n") + "\n").as_bytes(),
+        0o644,
+    )?;
+    if resolve_in_root(root, "etc/gshadow").is_some() {
+        let gshadow = read_text(root, "etc/gshadow");
+        let mut lines: Vec<String> = gshadow
+            .lines()
+            .filter(|l| !l.starts_with("runner:"))
+            .map(str::to_owned)
+            .collect();
+        lines.push("runner:!::".into());
+        write_file(
+            root,
+            "etc/gshadow",
+            (lines.join("\n") + "\n").as_bytes(),
+            0o640,
+        )?;
+    }
+    if exists_in_root(root, &["usr/bin/sudo", "bin/sudo"]) {
+        write_file(
+            root,
+            "etc/sudoers.d/mayfly-runner",
+            b"# Added by mayfly image build: the job user has passwordless sudo, as on GitHub's runners.\nrunner ALL=(ALL) NOPASSWD:ALL\nDefaults:runner !requiretty, env_keep += \"ImageOS ImageVersion RUNNER_TOOL_CACHE AGENT_TOOLSDIRECTORY\"\n",
+            0o440,
+        )?;
+    }
+    Ok(())
+}
+
+/// `/etc/environment` lines mayfly sets (others are kept).
+fn environment(existing: &str, image_os: &str, version: &str) -> String {
+    let ours = [
+        ("ImageOS", image_os.to_owned()),
+        ("ImageVersion", version.to_owned()),
+        ("RUNNER_TOOL_CACHE", format!("/{TOOL_CACHE}")),
+        ("AGENT_TOOLSDIRECTORY", format!("/{TOOL_CACHE}")),
+    ];
+    let mut lines: Vec<String> = existing
+        .lines()
+        .filter(|l| !ours.iter().any(|(k, _)| l.starts_with(&format!("{k}="))))
+        .map(str::to_owned)
+        .collect();
+    lines.extend(ours.iter().map(|(k, v)| format!("{k}={v}")));
+    lines.join("\n") + "\n"
+}
+
+/// Copies the runner directory to [`RUNNER_ROOT`] (modes kept, owned by `runner`). Returns the
+/// bytes copied.
+fn copy_runner(runner_dir: &Path, root: &Path) -> Result<u64, BuildError> {
+    let home = in_root(root, "home/runner")?;
+    std::fs::create_dir_all(&home).map_err(BuildError::io(&home))?;
+    set_mode(&home, 0o750)?;
+    chown(&home, RUNNER_UID, RUNNER_GID)?;
+    let target = home.join("actions-runner");
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(BuildError::io(&target))?;
+    }
+    std::fs::create_dir(&target).map_err(BuildError::io(&target))?;
+    chown(&target, RUNNER_UID, RUNNER_GID)?;
     let mut bytes = 0;
     for (rel, meta) in walk(runner_dir)? {
         let from = runner_dir.join(&rel);
         let to = target.join(&rel);
         let file_type = meta.file_type();
         if file_type.is_dir() {
-            std::fs::create_dir_all(&to).map_err(BuildError::io(&to))?;
+            std::fs::create_dir(&to).map_err(BuildError::io(&to))?;
         } else if file_type.is_file() {
             bytes += std::fs::copy(&from, &to).map_err(BuildError::io(&to))?;
         } else if file_type.is_symlink() {
@@ -98,106 +505,77 @@ pub fn stage(runner_dir: &Path, stage: &Path) -> Result<u64, BuildError> {
             )));
         }
         if !file_type.is_symlink() {
-            let mode = std::fs::Permissions::from_mode(meta.mode() & 0o7777);
-            std::fs::set_permissions(&to, mode).map_err(BuildError::io(&to))?;
+            set_mode(&to, meta.mode() & 0o7777)?;
         }
-    }
-    for dir in RUNNER_WRITABLE_DIRS {
-        let path = target.join(dir);
-        std::fs::create_dir_all(&path).map_err(BuildError::io(&path))?;
-    }
-    // Children before parents: creating an entry changes its directory's mtime.
-    let mut all: Vec<PathBuf> = walk(stage)?.into_iter().map(|(rel, _)| rel).collect();
-    all.reverse();
-    all.push(PathBuf::new());
-    let time = TimeVal::new(FIXED_TIME, 0);
-    for rel in all {
-        let path = stage.join(rel);
-        lutimes(&path, &time, &time).map_err(|e| BuildError::io(&path)(e.into()))?;
+        chown(&to, RUNNER_UID, RUNNER_GID)?;
     }
     Ok(bytes)
 }
 
-/// Size of the filesystem for `bytes` of content in `entries` files: room for every file's
-/// blocks and inodes, plus slack, rounded up to a MiB.
-fn fs_size(bytes: u64, entries: u64) -> u64 {
-    const MIB: u64 = 1 << 20;
-    let blocks = bytes + entries * 4096;
-    let size = blocks + blocks / 4 + 16 * MIB;
-    size.div_ceil(MIB) * MIB
-}
-
-/// `mkfs.ext4` of `stage` into `raw`, reproducibly.
-pub fn make_ext4(stage: &Path, bytes: u64, raw: &Path, work: &Path) -> Result<(), BuildError> {
-    let entries = walk(stage)?.len() as u64 + 1;
-    let size = fs_size(bytes, entries);
-    let file = std::fs::File::create(raw).map_err(BuildError::io(raw))?;
-    file.set_len(size).map_err(BuildError::io(raw))?;
-    drop(file);
-    let conf = work.join("mke2fs.conf");
-    std::fs::write(&conf, MKE2FS_CONF).map_err(BuildError::io(&conf))?;
-    let extended = format!("hash_seed={FIXED_UUID},root_owner=0:0,lazy_itable_init=0,nodiscard");
-    run_tool(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-t", "ext4", "-m", "0", "-L", "mayfly-base"])
-            .args(["-U", FIXED_UUID, "-E", &extended, "-d"])
-            .arg(stage)
-            .arg(raw)
-            .env("MKE2FS_CONFIG", &conf)
-            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
-            .env("PATH", super::build::TOOL_PATH),
+/// Adds what mayfly needs to the root: its init, the runner user and directory, the tool
+/// cache, `/etc/environment`, hostname, and the mount points the init uses.
+pub fn customize(
+    root: &Path,
+    guest: &[u8],
+    runner_dir: &Path,
+    image_version: &str,
+) -> Result<(), BuildError> {
+    for dir in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var/lib/docker",
+        "usr/lib/mayfly",
+    ] {
+        let path = in_root(root, dir)?;
+        if !path.exists() {
+            std::fs::create_dir_all(&path).map_err(BuildError::io(&path))?;
+            set_mode(&path, if dir == "tmp" { 0o1777 } else { 0o755 })?;
+        }
+    }
+    write_file(root, GUEST_PATH, guest, 0o755)?;
+    add_runner_user(root)?;
+    copy_runner(runner_dir, root)?;
+    let cache = in_root(root, TOOL_CACHE)?;
+    std::fs::create_dir_all(&cache).map_err(BuildError::io(&cache))?;
+    chown(&cache, RUNNER_UID, RUNNER_GID)?;
+    let env = environment(
+        &read_text(root, "etc/environment"),
+        &image_os(root),
+        image_version,
+    );
+    write_file(root, "etc/environment", env.as_bytes(), 0o644)?;
+    write_file(root, "etc/hostname", b"mayfly\n", 0o644)?;
+    write_file(
+        root,
+        "etc/hosts",
+        b"127.0.0.1 localhost mayfly\n::1 localhost ip6-localhost ip6-loopback\n",
+        0o644,
     )?;
-    fix_inode_times(stage, raw, work)
+    // The init writes the resolver it gets by DHCP; a symlink into systemd-resolved's runtime
+    // directory (Ubuntu) would lead nowhere in a VM without systemd.
+    write_file(root, "etc/resolv.conf", b"", 0o644)?;
+    // docker export leaves this marker; inside a VM it would mislead tools into thinking they
+    // run in a container.
+    if let Some(marker) = resolve_in_root(root, ".dockerenv") {
+        std::fs::remove_file(&marker).map_err(BuildError::io(&marker))?;
+    }
+    Ok(())
 }
 
-/// A path as a double-quoted debugfs argument; names debugfs cannot quote are refused.
-fn debugfs_quote(path: &str) -> Result<String, BuildError> {
-    if path.contains(['"', '\\', '\n', '\r']) {
-        return Err(BuildError::RunnerDir(format!(
-            "{path:?}: file names with quotes, backslashes or line breaks are not supported"
-        )));
-    }
-    Ok(format!("\"{path}\""))
-}
-
-/// Sets atime and ctime of `/`, `/lost+found` and everything staged to the fixed time, and the
-/// owner to root.
-fn fix_inode_times(stage: &Path, raw: &Path, work: &Path) -> Result<(), BuildError> {
-    let mut paths = vec!["/".to_string(), "/lost+found".to_string()];
-    for (rel, _) in walk(stage)? {
-        paths.push(format!("/{}", rel.to_string_lossy()));
-    }
-    let mut commands = String::new();
-    for path in paths {
-        let quoted = debugfs_quote(&path)?;
-        for field in ["atime", "ctime"] {
-            commands.push_str(&format!("set_inode_field {quoted} {field} @{FIXED_TIME}\n"));
-        }
-        // Owned by root whoever builds: mkfs copies the staged files' owner (the builder).
-        for field in ["uid", "gid"] {
-            commands.push_str(&format!("set_inode_field {quoted} {field} 0\n"));
-        }
-    }
-    let file = work.join("debugfs.cmds");
-    std::fs::write(&file, commands).map_err(BuildError::io(&file))?;
+/// `mkfs.erofs` of `root` into `out`: uncompressed (the guest reads it at memory speed under
+/// TCG), every timestamp `time`, a fixed UUID, entries sorted by name.
+pub fn make_erofs(root: &Path, out: &Path, time: i64) -> Result<(), BuildError> {
     run_tool(
-        Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&file)
-            .arg(raw)
-            .env("E2FSPROGS_FAKE_TIME", FIXED_TIME.to_string())
-            .env("PATH", super::build::TOOL_PATH),
-    )
-}
-
-/// `qemu-img convert` of the raw filesystem to qcow2.
-pub fn to_qcow2(raw: &Path, qcow2: &Path) -> Result<(), BuildError> {
-    run_tool(
-        Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-            .arg(raw)
-            .arg(qcow2),
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(format!("-T{time}"))
+            .arg(format!("-U{FIXED_UUID}"))
+            .arg(out)
+            .arg(root)
+            .env("PATH", TOOL_PATH),
     )
 }
 
@@ -207,57 +585,107 @@ mod tests {
     use super::*;
 
     #[test]
-    fn staging_copies_modes_links_and_fixes_times() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(src.path().join("bin")).unwrap();
-        std::fs::write(src.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+    fn paths_resolve_inside_the_root_whatever_the_links_say() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("usr/bin/bash"), "").unwrap();
+        std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+        // An absolute link means the root's /, never the host's.
+        std::os::unix::fs::symlink("/usr/bin/bash", r.join("usr/bin/sh")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", r.join("up")).unwrap();
+        assert_eq!(
+            resolve_in_root(r, "/bin/bash").unwrap(),
+            r.join("usr/bin/bash")
+        );
+        assert_eq!(
+            resolve_in_root(r, "bin/sh").unwrap(),
+            r.join("usr/bin/bash")
+        );
+        assert_eq!(resolve_in_root(r, "passwd"), None);
+        assert_eq!(
+            resolve_in_root(r, "up/usr/bin/bash").unwrap(),
+            r.join("usr/bin/bash")
+        );
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(resolve_in_root(r, "loop"), None);
+    }
+
+    #[test]
+    fn glibc_banner_is_read() {
+        let data =
+            b"\0\0GNU C Library (Debian GLIBC 2.36-9+deb12u4) stable release version 2.36.\n\0";
+        assert_eq!(parse_glibc_banner(data), Some((2, 36)));
+        assert_eq!(parse_glibc_banner(b"musl libc"), None);
+    }
+
+    #[test]
+    fn an_empty_root_is_refused_naming_bash_and_glibc() {
+        let root = tempfile::tempdir().unwrap();
+        let req = requirements(root.path());
+        let refused = req.refused.join("; ");
+        assert!(refused.contains("bash"), "{refused}");
+        assert!(refused.contains("glibc"), "{refused}");
+        assert!(refused.contains("cryptsetup"), "{refused}");
+        assert!(req.missing.iter().any(|m| m.contains("libicu")), "{req:?}");
+    }
+
+    #[test]
+    fn the_runner_joins_docker_and_sudo_and_environment_keeps_other_lines() {
+        assert_eq!(add_member("sudo:x:27:", "runner"), "sudo:x:27:runner");
+        assert_eq!(
+            add_member("docker:x:998:alice", "runner"),
+            "docker:x:998:alice,runner"
+        );
+        assert_eq!(add_member("sudo:x:27:runner", "runner"), "sudo:x:27:runner");
+        assert_eq!(free_gid("a:x:999:\nb:x:998:\n"), 997);
+        let env = environment("PATH=/usr/bin\nImageOS=old\n", "debian12", "mayfly-1");
+        assert_eq!(
+            env,
+            "PATH=/usr/bin\nImageOS=debian12\nImageVersion=mayfly-1\n\
+             RUNNER_TOOL_CACHE=/opt/hostedtoolcache\nAGENT_TOOLSDIRECTORY=/opt/hostedtoolcache\n"
+        );
+    }
+
+    #[test]
+    fn customizing_adds_the_runner_user_directory_and_init() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        std::fs::write(r.join("etc/group"), "root:x:0:\nsudo:x:27:\n").unwrap();
+        std::fs::write(r.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+        // A resolv.conf that points out of the root must not be written through.
+        std::os::unix::fs::symlink("/etc/hostname", r.join("etc/resolv.conf")).unwrap();
+        let runner = tempfile::tempdir().unwrap();
+        std::fs::write(runner.path().join("run.sh"), "#!/bin/bash\n").unwrap();
         std::fs::set_permissions(
-            src.path().join("run.sh"),
+            runner.path().join("run.sh"),
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        std::os::unix::fs::symlink("../run.sh", src.path().join("bin/run")).unwrap();
-        let digest = tree_digest(src.path()).unwrap();
+        customize(r, b"guest", runner.path(), "mayfly-test").unwrap();
 
-        let out = tempfile::tempdir().unwrap();
-        let bytes = stage(src.path(), out.path()).unwrap();
-        assert_eq!(bytes, 10);
-        let runner = out.path().join("runner");
-        let meta = std::fs::metadata(runner.join("run.sh")).unwrap();
-        assert_eq!(meta.mode() & 0o777, 0o755);
-        assert_eq!(meta.mtime(), FIXED_TIME);
-        assert_eq!(
-            std::fs::read_link(runner.join("bin/run")).unwrap(),
-            PathBuf::from("../run.sh")
+        let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+        assert!(passwd.contains("runner:x:1001:1001:"), "{passwd}");
+        let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+        assert!(group.contains("sudo:x:27:runner"), "{group}");
+        assert!(
+            group
+                .lines()
+                .any(|l| l.starts_with("docker:") && l.ends_with(":runner")),
+            "{group}"
         );
-        assert_eq!(
-            std::fs::symlink_metadata(runner.join("bin/run"))
-                .unwrap()
-                .mtime(),
-            FIXED_TIME
-        );
-        assert!(runner.join("_work").is_dir() && runner.join("_diag").is_dir());
-        assert_eq!(std::fs::metadata(&runner).unwrap().mtime(), FIXED_TIME);
-        assert_eq!(std::fs::metadata(out.path()).unwrap().mtime(), FIXED_TIME);
-
-        // The digest sees content changes.
-        std::fs::write(src.path().join("run.sh"), "#!/bin/sh\nexit 1\n").unwrap();
-        assert_ne!(tree_digest(src.path()).unwrap(), digest);
-    }
-
-    #[test]
-    fn debugfs_arguments_are_quoted_or_refused() {
-        assert_eq!(debugfs_quote("/runner/a b").unwrap(), "\"/runner/a b\"");
-        for bad in ["/a\"b", "/a\\b", "/a\nb"] {
-            assert!(debugfs_quote(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn fs_size_leaves_room_and_is_whole_mebibytes() {
-        let size = fs_size(100 << 20, 1000);
-        assert!(size > (100 << 20) + 1000 * 4096);
-        assert_eq!(size % (1 << 20), 0);
-        assert_eq!(fs_size(0, 1), 17 << 20);
+        let run = r.join(RUNNER_ROOT).join("run.sh");
+        let meta = std::fs::metadata(&run).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (RUNNER_UID, 0o755));
+        assert_eq!(std::fs::read(r.join(GUEST_PATH)).unwrap(), b"guest");
+        let env = std::fs::read_to_string(r.join("etc/environment")).unwrap();
+        assert!(env.contains("ImageOS=debian12"), "{env}");
+        assert!(!std::fs::symlink_metadata(r.join("etc/resolv.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

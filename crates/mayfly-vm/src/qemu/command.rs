@@ -15,7 +15,8 @@ pub struct QemuLaunch<'a> {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub image: &'a Image,
-    pub overlay: &'a Path,
+    /// The VM's scratch disk (raw, sparse): the guest's writable layer, encrypted inside.
+    pub scratch: &'a Path,
     pub channel_socket: &'a Path,
     pub pidfile: &'a Path,
     /// `-netdev …`/`-device …` of the VM's network; empty for a VM without a NIC.
@@ -86,13 +87,26 @@ impl QemuLaunch<'_> {
         args.push(self.image.initrd.display().to_string());
         args.push("-append".into());
         args.push("console=ttyS0 panic=-1 quiet".into());
-        // The base disk is attached read-only: the guest keeps all writes in RAM, so no job byte
-        // reaches the host's disk through it.
-        args.push("-drive".into());
-        args.push(format!(
-            "file={},if=virtio,format=qcow2,readonly=on",
-            self.overlay.display()
-        ));
+        // The base disk is shared by every VM of the image and attached read-only; the scratch
+        // disk is the VM's own, and the guest encrypts it under a key the host never sees. The
+        // guest finds each by its serial. Flushes to the scratch disk are ignored: it does not
+        // outlive the VM, so there is nothing to keep consistent across a crash.
+        args.extend([
+            "-drive".to_owned(),
+            format!(
+                "if=none,id=base,file={},format=raw,readonly=on",
+                self.image.rootfs.display()
+            ),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=base,serial=mayfly-base".to_owned(),
+            "-drive".to_owned(),
+            format!(
+                "if=none,id=scratch,file={},format=raw,cache=unsafe,aio=threads",
+                self.scratch.display()
+            ),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=scratch,serial=mayfly-scratch".to_owned(),
+        ]);
         args.extend([
             "-device".to_owned(),
             "virtio-serial-pci".to_owned(),

@@ -1,9 +1,10 @@
 //! `QemuDriver`: one QEMU process per VM, started inside the VM's network namespace, booting the
-//! image's kernel and initramfs with a read-only copy-on-write overlay of its base disk. The
-//! runner config goes over the virtio-serial channel only; the console stays in memory.
+//! image's kernel and initramfs with the image's base disk read-only and a sparse scratch disk
+//! of its own (the guest encrypts it with a key that never leaves the guest). The runner config
+//! goes over the virtio-serial channel only; the console stays in memory.
 //!
 //! State on disk, per VM, under `<state_root>/vms/<vm-id>/` (mode 700: the config socket must be
-//! reachable by root only): `vm.json` (the record a reaper needs), `overlay.qcow2`, `cfg.sock`,
+//! reachable by root only): `vm.json` (the record a reaper needs), `scratch.raw`, `cfg.sock`,
 //! `qemu.pid`; and `<state_root>/net/<vm-id>/` (mode 711) for passt, which runs as `nobody`.
 //! `destroy` removes all of it.
 
@@ -13,7 +14,7 @@ mod record;
 mod teardown;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -89,8 +90,8 @@ pub enum SetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not create the copy-on-write overlay: {0}")]
-    Overlay(String),
+    #[error("could not create the scratch disk: {0}")]
+    Scratch(String),
     #[error("could not set up the VM's network: {0}")]
     Network(String),
     #[error("could not start QEMU")]
@@ -242,8 +243,7 @@ impl QemuDriver {
             channel: None,
             console: ConsoleTail::default(),
         };
-        self.make_overlay(&entry.image, &dir.join("overlay.qcow2"))
-            .await?;
+        make_scratch(&dir.join(SCRATCH_FILE), spec.disk_gib)?;
         if self.config.network == NetworkMode::Isolated {
             let net_dir = net_dir(&self.config.state_root, id);
             std::fs::DirBuilder::new()
@@ -276,31 +276,9 @@ impl QemuDriver {
         Ok(entry)
     }
 
-    /// A qcow2 overlay backed by the image's base disk: O(1), whatever the base's size.
-    async fn make_overlay(&self, image: &Image, overlay: &Path) -> Result<(), SetupError> {
-        // qemu-img resolves a relative backing path against the overlay's directory.
-        let backing = std::path::absolute(&image.rootfs)
-            .map_err(|e| SetupError::Overlay(format!("{}: {e}", image.rootfs.display())))?;
-        let output = Command::new(&self.config.qemu_img)
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&backing)
-            .arg(overlay)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|_| SetupError::MissingBinary(self.config.qemu_img.display().to_string()))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(SetupError::Overlay(
-                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            ))
-        }
-    }
-
     fn spawn(&self, entry: &mut Entry) -> Result<(), SetupError> {
         let dir = entry.dir.clone();
-        let overlay = dir.join("overlay.qcow2");
+        let scratch = dir.join(SCRATCH_FILE);
         let socket = dir.join("cfg.sock");
         let pidfile = dir.join("qemu.pid");
         let name = entry.record.id.to_string();
@@ -319,7 +297,7 @@ impl QemuDriver {
             vcpus: entry.spec.vcpus,
             memory_mib: entry.spec.memory_mib,
             image: &entry.image,
-            overlay: &overlay,
+            scratch: &scratch,
             channel_socket: &socket,
             pidfile: &pidfile,
             network_args: entry
@@ -558,6 +536,25 @@ impl VmDriver for QemuDriver {
         let ours: HashSet<VmId> = self.vms.lock().await.keys().cloned().collect();
         teardown::reap(&self.config.state_root, &ours, self.config.stop_grace).await
     }
+}
+
+/// The scratch disk's file in a VM's state directory.
+pub(crate) const SCRATCH_FILE: &str = "scratch.raw";
+
+/// A sparse file of `gib` GiB: O(1) to make, whatever its size; blocks are allocated only as
+/// the guest writes (encrypted) data.
+fn make_scratch(path: &Path, gib: u32) -> Result<(), SetupError> {
+    let fail = |e: std::io::Error| SetupError::Scratch(format!("{}: {e}", path.display()));
+    if gib == 0 {
+        return Err(SetupError::Scratch("the profile's disk_gib is 0".into()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    file.set_len(u64::from(gib) << 30).map_err(fail)
 }
 
 /// Whether `program` names an executable file, directly or on `PATH`.

@@ -1,5 +1,5 @@
 //! Destroying a VM, step by step, with a record of each step: QEMU stopped (SIGTERM, then
-//! SIGKILL after the grace period), the channel closed, the network torn down, the overlay and
+//! SIGKILL after the grace period), the channel closed, the network torn down, the scratch disk and
 //! every other per-VM file removed. The same steps run from the on-disk record when the owner
 //! is gone (the reaper).
 
@@ -191,11 +191,11 @@ async fn remove_files(
             std::fs::remove_dir_all(net_dir).map_err(|e| e.to_string()),
         ));
     }
-    let overlay = dir.join("overlay.qcow2");
-    if overlay.exists() {
+    let scratch = dir.join(super::SCRATCH_FILE);
+    if scratch.exists() {
         steps.push(step(
-            "overlay removed",
-            std::fs::remove_file(&overlay).map_err(|e| e.to_string()),
+            "scratch disk removed",
+            std::fs::remove_file(&scratch).map_err(|e| e.to_string()),
         ));
     }
     if dir.exists() {

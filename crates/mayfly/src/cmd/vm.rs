@@ -54,6 +54,9 @@ pub struct BootArgs {
     /// Memory in MiB.
     #[arg(long, default_value_t = 512)]
     memory_mib: u32,
+    /// Size of the VM's scratch disk (sparse; the guest encrypts it).
+    #[arg(long, value_name = "GIB", default_value_t = 20)]
+    disk_gib: u32,
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     accel: AccelChoice,
@@ -107,6 +110,7 @@ async fn boot(args: BootArgs) -> Result<(), Failure> {
         image: args.image.clone(),
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
+        disk_gib: args.disk_gib,
     };
     let vm = driver.create(&spec).await.runtime_err()?;
     println!("{vm}");

@@ -86,6 +86,7 @@ async fn two_root_guests_reach_the_internet_but_not_each_other_nor_the_host() {
             image,
             vcpus: 1,
             memory_mib: 512,
+            disk_gib: 4,
         };
         let a = driver.create(&spec).await.unwrap();
         let b = driver.create(&spec).await.unwrap();
@@ -157,7 +158,7 @@ async fn two_root_guests_reach_the_internet_but_not_each_other_nor_the_host() {
                         &vm,
                         GuestConfig {
                             jitconfig: jit,
-                            run: "/opt/runner/run.sh".into(),
+                            run: "/home/runner/actions-runner/run.sh".into(),
                         },
                     )
                     .await

@@ -28,7 +28,7 @@ nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep 
         let root = state_root();
         let driver = driver(root.path(), NetworkMode::Isolated);
         let (_, image) = test_image();
-        let vm = driver.create(&VmSpec { image, vcpus: 1, memory_mib: 512 }).await.unwrap();
+        let vm = driver.create(&VmSpec { image, vcpus: 1, memory_mib: 512, disk_gib: 4 }).await.unwrap();
         let vm_dir = root.path().join("vms").join(vm.as_str());
         assert!(vm_dir.join("overlay.qcow2").exists());
         driver.start(&vm).await.unwrap();
@@ -36,7 +36,7 @@ nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep 
         assert!(kernel.starts_with("6.1."), "{kernel}");
 
         let jit = sim.jit(installation, &repo, "mayfly-lifecycle", &LABELS).await;
-        driver.hand_over(&vm, GuestConfig { jitconfig: jit, run: "/opt/runner/run.sh".into() }).await.unwrap();
+        driver.hand_over(&vm, GuestConfig { jitconfig: jit, run: "/home/runner/actions-runner/run.sh".into() }).await.unwrap();
         let exit = driver.wait_exit(&vm, Duration::from_secs(180)).await.unwrap();
         assert_eq!(exit, GuestExit::Exited { code: 0 });
 
@@ -81,6 +81,7 @@ async fn a_guest_that_never_reports_ready_is_destroyed_at_the_boot_timeout() {
                 image,
                 vcpus: 1,
                 memory_mib: 256,
+                disk_gib: 4,
             })
             .await
             .unwrap();
@@ -160,6 +161,7 @@ async fn a_start_that_fails_halfway_leaks_nothing() {
                 image,
                 vcpus: 1,
                 memory_mib: 256,
+                disk_gib: 4,
             })
             .await
             .unwrap();
