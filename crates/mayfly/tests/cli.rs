@@ -251,3 +251,40 @@ fn an_agent_without_credentials_stays_on_loopback() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mayfly agent enrol"), "{stderr}");
 }
+
+/// A bad `--workflow` file is a configuration error (exit 3) that names the file and what is
+/// wrong, before anything starts; `--workflow` and `--jobs` do not go together.
+#[test]
+fn a_bad_quickstart_workflow_exits_3_naming_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = dir.path().join("wf.json");
+    std::fs::write(&workflow, r#"{"jobs":[{"name":"lint","steps":[]}]}"#).unwrap();
+    let data = dir.path().join("qs");
+    let out = mayfly(&[
+        "quickstart",
+        "--workflow",
+        workflow.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(workflow.to_str().unwrap()) && stderr.contains("\"lint\") has no steps"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "the quickstart started anyway");
+
+    let out = mayfly(&[
+        "quickstart",
+        "--workflow",
+        workflow.to_str().unwrap(),
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let help = String::from_utf8_lossy(&mayfly(&["quickstart", "--help"]).stdout).into_owned();
+    assert_every_flag_explained(&help, &["--workflow", "--jobs"]);
+    assert!(help.contains("exits 1"), "{help}");
+}

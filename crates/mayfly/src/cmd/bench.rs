@@ -149,6 +149,11 @@ fn machine() -> String {
 
 #[allow(clippy::print_stdout)] // the report is the command's output
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if args.run.workflow().is_some() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "mayfly bench measures --jobs N identical jobs; --workflow is for mayfly quickstart"
+        )));
+    }
     let outcome = run_loop(&args.run).await?;
     let mut to_vm = Vec::new();
     let mut boot = Vec::new();

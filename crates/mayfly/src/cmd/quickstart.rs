@@ -1,15 +1,18 @@
 //! `mayfly quickstart`: the whole loop on one machine, GitHub simulated. It starts the GitHub
 //! simulator inside the internet stand-in namespace (where guests can reach it, as they would
 //! reach github.com), the server (TLS with a local CA, embedded store), and a local agent that
-//! dials the server over gRPC; then it queues N jobs across two organisations and follows each
-//! one: webhook → VM started → runner started → job done → VM destroyed.
+//! dials the server over gRPC; then it queues N jobs (or a `--workflow` file's jobs) across two
+//! organisations and follows each one: webhook → VM started → runner started → job done → VM
+//! destroyed.
 //!
 //! The simulator's world lives in its memory, so each run meets a new GitHub; the data directory
 //! keeps only what does not depend on it (see `prepare_data_dir`), and a lock keeps two runs out
 //! of one directory.
 
+mod workflow;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +24,7 @@ use mayfly_core::{JobId, JobStatus, Profile, SystemClock};
 use mayfly_server::{
     Dependencies, GitHubConfig, ServerConfig, TlsFiles as ServerTls, WebhookConfig,
 };
-use mayfly_sim::{AccountType, NewInstallation, NewJob, NewRepo};
+use mayfly_sim::{AccountType, JobStep, NewInstallation, NewJob, NewRepo, SCRIPT_STEP_NAME};
 use mayfly_store::{JobRecord, SqliteStore, Store, VmRow};
 use mayfly_vm::image::ImageStore;
 use mayfly_vm::network::InternetStandIn;
@@ -38,6 +41,14 @@ pub struct QuickstartArgs {
     /// How many jobs to queue, spread over two simulated organisations (1–100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub jobs: u32,
+    /// Queue the jobs of this JSON file instead, each once:
+    /// {"jobs":[{"name":"build","steps":[{"name":"Test","run":"make test"}]}]}. Each step runs
+    /// with `bash -eo pipefail`; a job stops at its first failing step. The table shows each
+    /// job's conclusion, and the quickstart exits 1 unless every job succeeded, so a workflow
+    /// with a failing job exits 1: that is how to see it fail. Example:
+    /// testdata/quickstart-workflow.json.
+    #[arg(long, value_name = "FILE", conflicts_with = "jobs")]
+    workflow: Option<PathBuf>,
     /// Directory for the quickstart's state. Kept between runs: the local CA, the simulated
     /// App's key and webhook secret, and the VM state (where VMs of an interrupted run are
     /// found and destroyed). Made afresh by every run, as the simulated GitHub is: the server's
@@ -66,6 +77,34 @@ impl QuickstartArgs {
     pub fn slots(&self) -> u32 {
         self.slots
     }
+
+    pub fn workflow(&self) -> Option<&Path> {
+        self.workflow.as_deref()
+    }
+
+    /// The jobs to queue, as (name, steps): the workflow file's, or `--jobs` greeting jobs.
+    fn planned_jobs(&self) -> Result<Vec<(String, Vec<JobStep>)>, Failure> {
+        let Some(path) = &self.workflow else {
+            return Ok((1..=self.jobs)
+                .map(|i| {
+                    let run = format!(
+                        "echo job {i} ran on $(uname -r); echo quickstart-marker > $HOME/marker"
+                    );
+                    let step = JobStep {
+                        name: SCRIPT_STEP_NAME.to_owned(),
+                        run,
+                    };
+                    (format!("build-{i}"), vec![step])
+                })
+                .collect());
+        };
+        let workflow = workflow::load(path).config_err()?;
+        Ok(workflow
+            .jobs
+            .iter()
+            .map(|job| (job.name.clone(), job.job_steps()))
+            .collect())
+    }
 }
 
 /// What one run of the loop produced.
@@ -85,6 +124,8 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
 
 /// Runs the loop and returns every job and VM row, without judging them.
 pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
+    // A bad workflow file is refused before anything starts.
+    let planned = args.planned_jobs()?;
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::Config(anyhow::anyhow!(
             "the quickstart boots VMs in their own network namespaces: run it as root (sudo)"
@@ -279,7 +320,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         dir.display()
     );
 
-    let result = drive(args, &sim_base, store.as_ref()).await;
+    let result = drive(args, &planned, &sim_base, store.as_ref()).await;
     stop_agent.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     server.shutdown().await;
@@ -388,7 +429,12 @@ fn free_port_hint() -> u16 {
 
 type Rows = (Vec<JobRecord>, Vec<VmRow>, BTreeMap<i64, DateTime<Utc>>);
 
-async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Rows, Failure> {
+async fn drive(
+    args: &QuickstartArgs,
+    planned: &[(String, Vec<JobStep>)],
+    sim: &str,
+    store: &dyn Store,
+) -> Result<Rows, Failure> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -447,17 +493,14 @@ async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Ro
         );
     }
     let mut queued_at: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
-    for i in 0..args.jobs as usize {
+    for (i, (name, steps)) in planned.iter().enumerate() {
         let job = post(
             "_sim/jobs",
             serde_json::to_value(NewJob {
                 repository: repos[i % repos.len()].clone(),
                 labels: vec!["self-hosted".into(), PROFILE.into()],
-                name: Some(format!("build-{}", i + 1)),
-                script: Some(format!(
-                    "echo job {} ran on $(uname -r); echo quickstart-marker > $HOME/marker",
-                    i + 1
-                )),
+                name: Some(name.clone()),
+                steps: steps.clone(),
                 sender: Some(["alice", "bob"][i % 2].to_owned()),
                 ..NewJob::default()
             })
@@ -469,7 +512,7 @@ async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Ro
         queued_at.insert(id, Utc::now());
     }
 
-    let bar = ProgressBar::new(u64::from(args.jobs) * 4);
+    let bar = ProgressBar::new(planned.len() as u64 * 4);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -517,6 +560,20 @@ async fn drive(args: &QuickstartArgs, sim: &str, store: &dyn Store) -> Result<Ro
     Ok((jobs, vms, queued_at))
 }
 
+/// A job name from the workflow file as one terminal-safe word: control characters and spaces
+/// become `_` (the table's columns are split on whitespace).
+fn terminal_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn ran_on<'a>(job: &JobRecord, vms: &'a [VmRow]) -> Option<&'a VmRow> {
     let start = job.dispatch.vm_start_id.as_deref()?;
     vms.iter().find(|v| v.start_id == start)
@@ -540,8 +597,8 @@ fn print_table(
 ) -> Result<(), Failure> {
     println!();
     println!(
-        "{:<20} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  conclusion",
-        "org/repo", "profile", "VM", "→VM start", "→runner", "→job done", "→VM gone"
+        "{:<20} {:<14} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  conclusion",
+        "org/repo", "job", "profile", "VM", "→VM start", "→runner", "→job done", "→VM gone"
     );
     let mut bad = 0;
     let mut seen_vms = std::collections::BTreeSet::new();
@@ -565,8 +622,9 @@ fn print_table(
             seen_vms.insert(vm.vm_id.clone());
         }
         println!(
-            "{:<20} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<20} {:<14} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  {}",
             job.repo.to_string(),
+            terminal_safe(&job.job_name),
             job.dispatch.profile.as_deref().unwrap_or("—"),
             vm.and_then(|v| v.vm_id.clone())
                 .unwrap_or_else(|| "—".to_owned()),

@@ -1,6 +1,7 @@
 //! `mayfly sim`: runs the GitHub simulator as its own process. On first start it creates, in its
 //! data directory, what GitHub would hand a provider: the App's private key and a webhook secret
-//! (both mode 600), which `mayfly server` is then pointed at.
+//! (both mode 600), which `mayfly server` is then pointed at. The simulated repositories' git
+//! repositories live in its `git/` subdirectory, made afresh at every start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ pub struct SimArgs {
     /// Address to listen on. Keep it on loopback: the control API under /_sim has no auth.
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     listen: SocketAddr,
-    /// Directory for the App key pair and webhook secret; created with them on first start.
+    /// Directory for the App key pair and webhook secret, created with them on first start; and
+    /// for the simulated repositories' git repositories (`git/`, emptied at every start).
     #[arg(long, default_value = "mayfly-sim", value_name = "DIR")]
     data_dir: PathBuf,
     /// Where to deliver signed webhooks, e.g. https://127.0.0.1:8443/webhooks/github.
@@ -74,6 +76,7 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
     config.app_id = args.app_id;
     config.webhook_url = args.webhook_url.clone();
     config.token_ttl = Duration::from_secs(args.token_ttl_secs);
+    config.git_dir = Some(args.data_dir.join("git"));
     if let Some(ca) = &args.webhook_ca_file {
         let pem = std::fs::read_to_string(ca)
             .with_context(|| format!("could not read the webhook CA file {}", ca.display()))
