@@ -189,6 +189,8 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         memory_mib: 512,
         image: digest.clone(),
         max_runtime_secs: 600,
+        disk_gib: 20,
+        runner_entry: None,
         boot_timeout_secs: 180,
         idle_timeout_secs: 300,
     };
