@@ -141,7 +141,7 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
             record
                 .steps
                 .iter()
-                .any(|s| s.what.contains("overlay removed")),
+                .any(|s| s.what.contains("scratch disk removed")),
             "{record:#?}"
         );
         for event in &events {

@@ -43,14 +43,18 @@ fn host_main_addr() -> Ipv4Addr {
 fn script(loop_port: u16, any_port: u16, host: Ipv4Addr, other: Ipv4Addr, inet: &str) -> String {
     let (inet_host, inet_port) = inet.rsplit_once(':').unwrap();
     format!(
-        r#"GW=$(ip route | awk '/default/ {{print $3; exit}}')
+        r#"# Probes are expected to fail: GitHub's `bash -eo pipefail` would end the script at the first.
+set +eo pipefail
+# netcat from the busybox mayfly's init leaves in the guest (Debian's image has none).
+BB=/run/mayfly/busybox
+GW=$(ip route | awk '/default/ {{print $3; exit}}')
 echo "gateway $GW"
 # In the background with its output elsewhere: the runner waits for the job's output to end.
-(while true; do sudo nc -l -p 7777 -e echo OTHER-VM-REACHED; done </dev/null >/dev/null 2>&1 &) ; sleep 1
+(while true; do sudo $BB nc -l -p 7777 -e echo OTHER-VM-REACHED; done </dev/null >/dev/null 2>&1 &) ; sleep 1
 # stdin stays open a while: busybox nc may stop reading the socket once its stdin ends.
-probe() {{ out=$( (printf 'GET / HTTP/1.0\r\n\r\n'; sleep 3) | timeout 5 nc $1 $2 2>/dev/null | head -c 200); echo "PROBE $1:$2 -> [$out]"; }}
+probe() {{ out=$( (printf 'GET / HTTP/1.0\r\n\r\n'; sleep 3) | timeout 5 $BB nc $1 $2 2>/dev/null | head -c 200); echo "PROBE $1:$2 -> [$out]"; }}
 probe {inet_host} {inet_port}
-echo "SELF [$(timeout 5 nc 127.0.0.1 7777 </dev/null 2>/dev/null)]"
+echo "SELF [$(timeout 5 $BB nc 127.0.0.1 7777 </dev/null 2>/dev/null)]"
 probe 127.0.0.1 {loop_port}
 probe {host} {any_port}
 probe $GW {any_port}

@@ -21,7 +21,7 @@ async fn a_job_runs_in_its_own_vm_and_nothing_is_left() {
         let marker = format!("mayfly-marker-{}", std::process::id());
         let script = format!(
             "echo {marker} > $HOME/marker && cat $HOME/marker && echo kernel=$(uname -r) && echo uid=$(sudo id -u)
-nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep -q Address; then echo dns-ok; else echo dns-failed; cat /tmp/dns; fi"
+if getent hosts deb.debian.org > /tmp/dns 2>&1; then echo dns-ok; else echo dns-failed; cat /tmp/dns /etc/resolv.conf; fi"
         );
         let job = sim.job(&repo, &LABELS, &script).await;
 
@@ -30,7 +30,7 @@ nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep 
         let (_, image) = test_image();
         let vm = driver.create(&VmSpec { image, vcpus: 1, memory_mib: 512, disk_gib: 4 }).await.unwrap();
         let vm_dir = root.path().join("vms").join(vm.as_str());
-        assert!(vm_dir.join("overlay.qcow2").exists());
+        assert!(vm_dir.join("scratch.raw").exists());
         driver.start(&vm).await.unwrap();
         let kernel = driver.wait_ready(&vm, Duration::from_secs(120)).await.unwrap();
         assert!(kernel.starts_with("6.1."), "{kernel}");
@@ -42,7 +42,7 @@ nslookup deb.debian.org > /tmp/dns 2>&1; if sed -n '/^Name/,$p' /tmp/dns | grep 
 
         let record = driver.destroy(&vm, "job finished").await;
         assert!(record.complete(), "{record:#?}");
-        assert!(record.steps.iter().any(|s| s.what.contains("overlay removed")), "{record:#?}");
+        assert!(record.steps.iter().any(|s| s.what.contains("scratch disk removed")), "{record:#?}");
 
         let done = sim.job_state(job.id).await;
         assert_eq!(done.conclusion, Some(mayfly_sim::Conclusion::Success), "{done:?}");
@@ -140,7 +140,7 @@ async fn a_start_that_fails_halfway_leaks_nothing() {
         let (store, image) = test_image();
         let root = state_root();
         // A "QEMU" that exits at once: start fails fast with what it said, and destroy
-        // removes the overlay, the network and the directories create made.
+        // removes the scratch disk, the network and the directories create made.
         let fake = root.path().join("fake-qemu");
         std::fs::write(
             &fake,

@@ -1,4 +1,4 @@
-//! SIGKILL the process that owns a running VM, run the reaper: QEMU, the overlay, the network
+//! SIGKILL the process that owns a running VM, run the reaper: QEMU, the scratch disk, the network
 //! namespace and every per-VM file are gone.
 
 use std::time::Duration;
