@@ -90,7 +90,8 @@ impl QemuLaunch<'_> {
         // The base disk is shared by every VM of the image and attached read-only; the scratch
         // disk is the VM's own, and the guest encrypts it under a key the host never sees. The
         // guest finds each by its serial. Flushes to the scratch disk are ignored: it does not
-        // outlive the VM, so there is nothing to keep consistent across a crash.
+        // outlive the VM, so there is nothing to keep consistent across a crash. A host disk
+        // that fills up is an I/O error in the guest (the job fails), not a paused VM.
         args.extend([
             "-drive".to_owned(),
             format!(
@@ -101,7 +102,7 @@ impl QemuLaunch<'_> {
             "virtio-blk-pci,drive=base,serial=mayfly-base".to_owned(),
             "-drive".to_owned(),
             format!(
-                "if=none,id=scratch,file={},format=raw,cache=unsafe,aio=threads",
+                "if=none,id=scratch,file={},format=raw,cache=unsafe,aio=threads,werror=report,rerror=report",
                 self.scratch.display()
             ),
             "-device".to_owned(),

@@ -48,22 +48,17 @@ fn secs(
     Some((to? - from?).num_milliseconds() as f64 / 1000.0)
 }
 
-/// One bare boot: QEMU with the image's kernel, initramfs and a read-only overlay, no network,
-/// timed from spawn to the guest's `ready` on the channel.
+/// One bare boot: QEMU with the image's kernel, initramfs, read-only base disk and a sparse
+/// scratch disk, no network, no namespace, no driver, timed from spawn to the guest's `ready`
+/// on the channel (the guest's own work — dm-crypt, mkfs, overlay, switch_root — included).
 async fn bare_boot(
     image: &mayfly_vm::image::Image,
     accel: mayfly_vm::Accel,
     dir: &Path,
 ) -> anyhow::Result<f64> {
-    let overlay = dir.join("bare.qcow2");
-    let _ = std::fs::remove_file(&overlay);
-    let status = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&image.rootfs)
-        .arg(&overlay)
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "qemu-img create failed");
+    let scratch = dir.join("bare-scratch.raw");
+    let _ = std::fs::remove_file(&scratch);
+    std::fs::File::create(&scratch)?.set_len(20 << 30)?;
     let socket = dir.join("bare.sock");
     let _ = std::fs::remove_file(&socket);
     let started = Instant::now();
@@ -87,9 +82,22 @@ async fn bare_boot(
         .arg(&image.initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet", "-drive"])
         .arg(format!(
-            "file={},if=virtio,format=qcow2,readonly=on",
-            overlay.display()
+            "if=none,id=base,file={},format=raw,readonly=on",
+            image.rootfs.display()
         ))
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=base,serial=mayfly-base",
+            "-drive",
+        ])
+        .arg(format!(
+            "if=none,id=scratch,file={},format=raw,cache=unsafe",
+            scratch.display()
+        ))
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=scratch,serial=mayfly-scratch",
+        ])
         .args(["-device", "virtio-serial-pci", "-chardev"])
         .arg(format!(
             "socket,id=cfg,path={},server=on,wait=off",
@@ -116,7 +124,7 @@ async fn bare_boot(
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     let _ = qemu.kill().await;
-    let _ = std::fs::remove_file(&overlay);
+    let _ = std::fs::remove_file(&scratch);
     ready.context("the bare guest did not report ready")?;
     Ok(elapsed)
 }
@@ -196,9 +204,30 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         (Some(b), Some(r)) if r > 0.0 => format!("{:.2}", b / r),
         _ => "—".to_owned(),
     };
+    let size: u64 = outcome
+        .image
+        .manifest
+        .artifacts
+        .values()
+        .map(|a| a.size)
+        .sum();
+    // scripts/build-guest-image records how long the image's build took.
+    let build_secs = outcome
+        .image
+        .dir
+        .parent()
+        .and_then(|store| std::fs::read_to_string(store.join("test-image.build-secs")).ok())
+        .map_or_else(|| "not recorded".to_owned(), |s| format!("{} s", s.trim()));
+    let source = match &outcome.image.manifest.source {
+        mayfly_vm::image::RootfsSource::Debian { suite, .. } => {
+            format!("Debian {suite} (mmdebstrap)")
+        }
+        mayfly_vm::image::RootfsSource::Tar { path } => format!("the tarball {}", path.display()),
+    };
     let report = format!(
         "\n## {date} — {jobs} jobs, {slots} VM slots\n\nMachine: {machine}; acceleration: {accel:?} ({reason}).\n\
-         Image {digest}.\n\n| phase | n | p50 | p99 |\n|---|---|---|---|\n{a}\n{b}\n{c}\n{d}\n\n\
+         Image {digest}: {source}, kernel {kernel}, {size_mib} MiB (base disk, kernel, initramfs); \
+         its build (`scripts/build-guest-image`, mmdebstrap included) took {build_secs}.\n\n| phase | n | p50 | p99 |\n|---|---|---|---|\n{a}\n{b}\n{c}\n{d}\n\n\
          Ratio of mayfly's boot (VM started → runner started, p50) to a bare QEMU boot of the same \
          image (spawn → guest ready, p50): **{ratio}**. Jobs without a VM: {failed}.\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
@@ -208,6 +237,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         accel = outcome.accel.accel,
         reason = outcome.accel.reason,
         digest = &outcome.image.digest[..16],
+        kernel = outcome.image.manifest.kernel_version,
+        size_mib = size >> 20,
         a = row("webhook received → VM process started", to_vm),
         b = row("VM started → runner started (guest ready, config handed over)", boot),
         c = row("job end → VM destroyed", teardown),
