@@ -1,6 +1,7 @@
 //! One job, one VM: boot → config over the channel → the runner claims and runs the job (writes
 //! a marker, reports `uname -r`) → poweroff → destroy → nothing left. And a guest that never
-//! reports ready is destroyed at the boot timeout.
+//! reports ready is destroyed at the boot timeout; a job that fills its scratch disk fails, the
+//! host's file stays at the disk's size.
 
 use std::time::Duration;
 
@@ -64,6 +65,93 @@ if getent hosts deb.debian.org > /tmp/dns 2>&1; then echo dns-ok; else echo dns-
         assert!(hits.is_empty(), "the marker is on the host: {hits:?}");
         let leftover_netns = record.steps.iter().any(|s| s.what.contains("network") && s.error.is_some());
         assert!(!leftover_netns, "{record:#?}");
+        sim.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fills_its_scratch_disk_fails_and_the_host_keeps_its_space() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let sim = SimProcess::start().await;
+        let (installation, repo) = sim.tenant("org-full-disk").await;
+        // 1.5 GiB into a 1 GiB scratch disk: the write fails with "No space left on device".
+        let script =
+            "dd if=/dev/zero of=$HOME/fill bs=1M count=1536 status=none; echo dd-exit=$?; exit 1";
+        let job = sim.job(&repo, &LABELS, script).await;
+
+        let root = state_root();
+        let driver = driver(root.path(), NetworkMode::Isolated);
+        let (_, image) = test_image();
+        let vm = driver
+            .create(&VmSpec {
+                image,
+                vcpus: 1,
+                memory_mib: 512,
+                disk_gib: 1,
+            })
+            .await
+            .unwrap();
+        let scratch = root
+            .path()
+            .join("vms")
+            .join(vm.as_str())
+            .join("scratch.raw");
+        driver.start(&vm).await.unwrap();
+        driver
+            .wait_ready(&vm, Duration::from_secs(120))
+            .await
+            .unwrap();
+        let jit = sim
+            .jit(installation, &repo, "mayfly-full-disk", &LABELS)
+            .await;
+        driver
+            .hand_over(
+                &vm,
+                GuestConfig {
+                    jitconfig: jit,
+                    run: "/home/runner/actions-runner/run.sh".into(),
+                },
+            )
+            .await
+            .unwrap();
+        // While the runner works, the host's file never grows past the disk's size.
+        let mut largest = 0;
+        let wait = driver.wait_exit(&vm, Duration::from_secs(240));
+        tokio::pin!(wait);
+        let exit = loop {
+            tokio::select! {
+                exit = &mut wait => break exit.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Ok(meta) = std::fs::metadata(&scratch) {
+                        use std::os::unix::fs::MetadataExt;
+                        largest = largest.max(meta.blocks() * 512);
+                    }
+                }
+            }
+        };
+        assert_eq!(
+            exit,
+            GuestExit::Exited { code: 0 },
+            "the runner itself carries on"
+        );
+        assert!(
+            largest <= 1 << 30,
+            "the scratch file took {largest} bytes on the host"
+        );
+        let record = driver.destroy(&vm, "job finished").await;
+        assert!(record.complete(), "{record:#?}");
+
+        let done = sim.job_state(job.id).await;
+        assert_eq!(
+            done.conclusion,
+            Some(mayfly_sim::Conclusion::Failure),
+            "{done:?}"
+        );
+        let output = done.output.unwrap_or_default();
+        assert!(output.contains("No space left on device"), "{output}");
+        assert!(!output.contains("dd-exit=0"), "{output}");
         sim.stop().await;
     })
     .await
