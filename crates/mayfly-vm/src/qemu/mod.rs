@@ -194,6 +194,12 @@ impl QemuDriver {
             .ok_or_else(|| VmError::Unknown(vm.clone()))
     }
 
+    /// Checks an image against its digest now (an agent does this at start, so no VM start
+    /// pays for hashing a multi-GB base disk).
+    pub async fn verify_image(&self, digest: &str) -> Result<(), SetupError> {
+        self.image(digest).await.map(drop)
+    }
+
     /// The image, checked against its digest the first time this driver uses it.
     async fn image(&self, digest: &str) -> Result<Image, SetupError> {
         let mut verified = self.verified_images.lock().await;

@@ -415,21 +415,30 @@ async fn run_agent(args: RunArgs) -> Result<(), Failure> {
     let accel = match args.accel {
         AgentAccel::Kvm => Accel::Kvm,
         AgentAccel::Tcg => Accel::Tcg,
-        AgentAccel::Auto => match images.first().map(|digest| store.get(digest)) {
-            Some(Ok(image)) => {
-                let probe = mayfly_vm::accel::probe(
-                    std::path::Path::new("qemu-system-x86_64"),
-                    &image.kernel,
-                )
-                .await;
+        AgentAccel::Auto => match images.first() {
+            Some(digest) => {
+                let kernel = args.images.join(digest).join(mayfly_vm::image::KERNEL_FILE);
+                let probe =
+                    mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &kernel)
+                        .await;
                 tracing::info!(accel = ?probe.accel, reason = probe.reason, "acceleration");
                 probe.accel
             }
-            _ => Accel::Tcg,
+            None => Accel::Tcg,
         },
     };
     let driver =
         QemuDriver::new(QemuConfig::new(args.state_root.clone(), store, accel)).config_err()?;
+    // Each image is hashed once, here, not when a VM starts (a base disk is about a GB); one
+    // that does not match its digest is not offered to the server.
+    let mut verified = Vec::new();
+    for digest in images {
+        match driver.verify_image(&digest).await {
+            Ok(()) => verified.push(digest),
+            Err(e) => tracing::error!(image = %digest, error = %e, "image refused"),
+        }
+    }
+    let images = verified;
     let id = match (args.id, enrolled_as) {
         (Some(id), Some(enrolled)) if id != enrolled => {
             return Err(anyhow!(
