@@ -278,8 +278,9 @@ pub fn build(
             free,
         });
     }
+    remove_abandoned_builds(store.root());
     let temp = tempfile::Builder::new()
-        .prefix(".build-")
+        .prefix(&format!(".build-{}-", std::process::id()))
         .tempdir_in(store.root())
         .map_err(BuildError::io(store.root()))?;
     let image_dir = temp.path().join("image");
@@ -380,6 +381,27 @@ pub fn build(
     Ok(store.get(&digest)?)
 }
 
+/// Removes what an interrupted build left in the store: `.build-<pid>-*` directories whose
+/// process is gone (a build that is still running keeps its own).
+fn remove_abandoned_builds(store: &Path) {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(".build-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), BuildError> {
     let path = dir.join(MANIFEST_FILE);
     let mut text = serde_json::to_string_pretty(manifest)
@@ -404,5 +426,54 @@ fn publish(image_dir: &Path, store: &ImageStore, digest: &str) -> Result<bool, B
         // A concurrent build of the same inputs won the race.
         Err(_) if store.get(digest).is_ok() => Ok(true),
         Err(e) => Err(BuildError::io(&target)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn an_interrupted_build_is_cleaned_up_and_a_running_one_is_not() {
+        let store = tempfile::tempdir().unwrap();
+        // No process has this pid (above Linux's pid_max).
+        let abandoned = store.path().join(".build-999999999-abc");
+        let running = store
+            .path()
+            .join(format!(".build-{}-def", std::process::id()));
+        let image = store.path().join("a".repeat(64));
+        for dir in [&abandoned, &running, &image] {
+            std::fs::create_dir_all(dir.join("root/etc")).unwrap();
+        }
+        remove_abandoned_builds(store.path());
+        assert!(!abandoned.exists());
+        assert!(running.exists() && image.exists());
+    }
+
+    #[test]
+    fn steps_are_ordered_and_say_what_happens() {
+        let steps = [
+            BuildStep::Checking,
+            BuildStep::RootFs {
+                detail: "mmdebstrap".into(),
+            },
+            BuildStep::Kernel,
+            BuildStep::Requirements {
+                missing: vec!["libicu".into()],
+            },
+            BuildStep::Customizing,
+            BuildStep::Modules { count: 30 },
+            BuildStep::Initramfs,
+            BuildStep::Erofs,
+            BuildStep::Digest,
+            BuildStep::Done {
+                digest: "d".into(),
+                reused: false,
+            },
+        ];
+        let positions: Vec<u64> = steps.iter().map(BuildStep::position).collect();
+        assert_eq!(positions, (1..=BuildStep::COUNT).collect::<Vec<_>>());
+        assert_eq!(steps[3].to_string(), "warning: the root lacks libicu");
     }
 }

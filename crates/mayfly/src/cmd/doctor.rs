@@ -71,29 +71,27 @@ pub async fn run(args: DoctorArgs) -> Result<(), Failure> {
         .await,
         tool("passt", "passt", &["--version"], "apt-get install passt").await,
         tool(
-            "mkfs.ext4 (image build)",
-            "mkfs.ext4",
-            &["-V"],
-            "apt-get install e2fsprogs",
+            "mmdebstrap (image build)",
+            "mmdebstrap",
+            &["--version"],
+            "apt-get install mmdebstrap",
         )
         .await,
         tool(
-            "dpkg (image build)",
-            "dpkg",
+            "mkfs.erofs (image build)",
+            "mkfs.erofs",
+            &["--help"],
+            "apt-get install erofs-utils",
+        )
+        .await,
+        tool(
+            "depmod (image build)",
+            "depmod",
             &["--version"],
-            "a Debian-based host",
+            "apt-get install kmod",
         )
         .await,
     ];
-    checks.push(
-        tool(
-            "apt-get (image build)",
-            "apt-get",
-            &["--version"],
-            "a Debian-based host",
-        )
-        .await,
-    );
     let root = nix::unistd::geteuid().is_root();
     checks.push(Check {
         what: "root (network namespaces, nftables)",
@@ -106,11 +104,13 @@ pub async fn run(args: DoctorArgs) -> Result<(), Failure> {
     });
 
     let store = ImageStore::new(args.images.clone());
-    let kernel = store
-        .list()
-        .ok()
-        .and_then(|images| images.into_iter().find_map(|i| store.get(&i.digest).ok()))
-        .map(|i| i.kernel);
+    // The probe needs a kernel, not a verified image (hashing a GB base disk is not needed).
+    let kernel = store.list().ok().and_then(|images| {
+        images
+            .into_iter()
+            .map(|i| i.dir.join(mayfly_vm::image::KERNEL_FILE))
+            .find(|k| k.is_file())
+    });
     let accel = match kernel {
         Some(kernel) => {
             let probe = mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &kernel).await;
