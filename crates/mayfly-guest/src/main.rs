@@ -15,9 +15,14 @@ mod system;
 
 use std::process::ExitCode;
 
-/// A line on the console (ttyS0, captured by the host in memory).
+/// A line on the console (ttyS0, captured by the host in memory), with the seconds since the
+/// kernel started (where the boot's time goes).
 pub(crate) fn log(message: &str) {
-    eprintln!("mayfly-guest: {message}");
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
+    eprintln!("mayfly-guest: [{uptime:>7}] {message}");
 }
 
 fn main() -> ExitCode {

@@ -39,6 +39,7 @@ pub fn main() -> ! {
 
 fn run() -> Result<(), SystemError> {
     system::mount_basics()?;
+    log("stage 1 started");
     let loaded = system::load_modules()?;
     log(&format!("{loaded} kernel modules loaded"));
     let base = system::wait_for_disk(BASE_SERIAL, Duration::from_secs(10))?;
@@ -53,7 +54,9 @@ fn run() -> Result<(), SystemError> {
     ] {
         mount(fstype, fstype, &format!("{LOWER}/{target}"), options)?;
     }
+    log("base disk mounted; encrypting the scratch disk");
     open_encrypted(&scratch)?;
+    log("scratch disk open; making its filesystem");
     let mapped = format!("/dev/mapper/{CRYPT_NAME}");
     chroot_tool(&[
         "mkfs.ext4",
@@ -72,6 +75,7 @@ fn run() -> Result<(), SystemError> {
     // noinit_itable: the inode tables stay uninitialised (flagged so), instead of a kernel
     // thread writing hundreds of MB through dm-crypt during the job.
     mount("ext4", &mapped, SCRATCH, "noinit_itable,nodev")?;
+    log("scratch filesystem mounted");
     for dir in ["upper", "work", "docker"] {
         let path = format!("{SCRATCH}/{dir}");
         std::fs::create_dir_all(&path).map_err(|e| SystemError::Io(path.clone().into(), e))?;

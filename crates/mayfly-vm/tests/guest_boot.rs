@@ -289,6 +289,13 @@ fn the_guest_boots_runs_its_job_once_and_powers_off() {
         );
         vm.wait_for_poweroff();
         eprintln!("ready after {boot_time:?}");
+        for line in vm
+            .serial_log()
+            .lines()
+            .filter(|l| l.contains("mayfly-guest:"))
+        {
+            eprintln!("{line}");
+        }
 
         let log = vm.serial_log();
         let kernel = TestImage::find().image.manifest.kernel_version;
@@ -371,9 +378,7 @@ fn a_bad_config_is_reported_and_the_guest_powers_off() {
         vm.wait_for_poweroff();
         let log = vm.serial_log();
         assert!(
-            log.contains(
-                "mayfly-guest: fatal: starting /home/runner/actions-runner/no-such-runner.sh"
-            ),
+            log.contains("fatal: starting /home/runner/actions-runner/no-such-runner.sh"),
             "{log}"
         );
     });

@@ -130,7 +130,7 @@ pub enum BuildError {
     Packages(String),
     #[error("{}: {why}", path.display())]
     RootfsTar { path: PathBuf, why: String },
-    #[error("the root filesystem cannot run GitHub's runner; it lacks: {}. Add them to the image (Debian/Ubuntu: apt-get install bash libc6 cryptsetup-bin e2fsprogs) and export it again", missing.join("; "))]
+    #[error("the root filesystem cannot run GitHub's runner; it lacks: {}. Add them to the image (Debian/Ubuntu: apt-get install bash libc6 cryptsetup-bin e2fsprogs util-linux) and export it again", missing.join("; "))]
     Unsuitable { missing: Vec<String> },
     #[error("{needed} bytes are needed to unpack and build {} but {} has only {free} free", tar.display(), store.display())]
     NoSpace {
