@@ -15,6 +15,7 @@ mod initramfs;
 mod kernel;
 pub mod rootfs;
 mod source;
+mod users;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -118,7 +118,7 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
     Some(root.join(resolved))
 }
 
-fn exists_in_root(root: &Path, paths: &[&str]) -> bool {
+pub(super) fn exists_in_root(root: &Path, paths: &[&str]) -> bool {
     paths.iter().any(|p| resolve_in_root(root, p).is_some())
 }
 
@@ -325,11 +325,16 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
         .map_err(BuildError::io(path))
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), BuildError> {
+pub(super) fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), BuildError> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(BuildError::io(path))
 }
 
-fn write_file(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<PathBuf, BuildError> {
+pub(super) fn write_file(
+    root: &Path,
+    path: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<PathBuf, BuildError> {
     let file = in_root(root, path)?;
     // Never write through a symlink the root brought (it could point anywhere once resolved).
     if std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -340,120 +345,10 @@ fn write_file(root: &Path, path: &str, content: &[u8], mode: u32) -> Result<Path
     Ok(file)
 }
 
-fn read_text(root: &Path, path: &str) -> String {
+pub(super) fn read_text(root: &Path, path: &str) -> String {
     resolve_in_root(root, path)
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default()
-}
-
-/// Adds `runner` to a `/etc/group`-style line's member list.
-fn add_member(line: &str, user: &str) -> String {
-    let members = line.rsplit_once(':').map_or("", |(_, m)| m);
-    if members.split(',').any(|m| m == user) {
-        line.to_owned()
-    } else if members.is_empty() {
-        format!("{line}{user}")
-    } else {
-        format!("{line},{user}")
-    }
-}
-
-/// The lowest system gid (999 down to 100) not in use.
-fn free_gid(group: &str) -> u32 {
-    let used: Vec<u32> = group
-        .lines()
-        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
-        .collect();
-    (100..1000).rev().find(|g| !used.contains(g)).unwrap_or(999)
-}
-
-/// The user `runner` in passwd, shadow, group (own group, `docker`, `sudo`) and sudoers.
-fn add_runner_user(root: &Path) -> Result<(), BuildError> {
-    let passwd = read_text(root, "etc/passwd");
-    let mut passwd: Vec<String> = passwd
-        .lines()
-        .filter(|l| !l.starts_with("runner:"))
-        .map(str::to_owned)
-        .collect();
-    passwd.push(format!(
-        "runner:x:{RUNNER_UID}:{RUNNER_GID}:GitHub Actions runner:/home/runner:/bin/bash"
-    ));
-    write_file(
-        root,
-        "etc/passwd",
-        (passwd.join("\n") + "\n").as_bytes(),
-        0o644,
-    )?;
-
-    let shadow = read_text(root, "etc/shadow");
-    let mut shadow: Vec<String> = shadow
-        .lines()
-        .filter(|l| !l.starts_with("runner:"))
-        .map(str::to_owned)
-        .collect();
-    // No password: sudo is NOPASSWD, and nobody logs in.
-    shadow.push("runner:*:19000:0:99999:7:::".into());
-    let file = write_file(
-        root,
-        "etc/shadow",
-        (shadow.join("\n") + "\n").as_bytes(),
-        0o640,
-    )?;
-    if let Some(gid) = read_text(root, "etc/group")
-        .lines()
-        .find_map(|l| l.strip_prefix("shadow:x:"))
-        .and_then(|rest| rest.split(':').next()?.parse().ok())
-    {
-        chown(&file, 0, gid)?;
-    }
-
-    let group_text = read_text(root, "etc/group");
-    let mut group: Vec<String> = group_text
-        .lines()
-        .filter(|l| !l.starts_with("runner:"))
-        .map(str::to_owned)
-        .collect();
-    for wanted in ["docker", "sudo"] {
-        if !group.iter().any(|l| l.starts_with(&format!("{wanted}:"))) {
-            group.push(format!("{wanted}:x:{}:", free_gid(&group.join("\n"))));
-        }
-    }
-    for line in &mut group {
-        if line.starts_with("docker:") || line.starts_with("sudo:") {
-            *line = add_member(line, "runner");
-        }
-    }
-    group.push(format!("runner:x:{RUNNER_GID}:"));
-    write_file(
-        root,
-        "etc/group",
-        (group.join("\n") + "\n").as_bytes(),
-        0o644,
-    )?;
-    if resolve_in_root(root, "etc/gshadow").is_some() {
-        let gshadow = read_text(root, "etc/gshadow");
-        let mut lines: Vec<String> = gshadow
-            .lines()
-            .filter(|l| !l.starts_with("runner:"))
-            .map(str::to_owned)
-            .collect();
-        lines.push("runner:!::".into());
-        write_file(
-            root,
-            "etc/gshadow",
-            (lines.join("\n") + "\n").as_bytes(),
-            0o640,
-        )?;
-    }
-    if exists_in_root(root, &["usr/bin/sudo", "bin/sudo"]) {
-        write_file(
-            root,
-            "etc/sudoers.d/mayfly-runner",
-            b"# Added by mayfly image build: the job user has passwordless sudo, as on GitHub's runners.\nrunner ALL=(ALL) NOPASSWD:ALL\nDefaults:runner !requiretty, env_keep += \"ImageOS ImageVersion RUNNER_TOOL_CACHE AGENT_TOOLSDIRECTORY\"\n",
-            0o440,
-        )?;
-    }
-    Ok(())
 }
 
 /// `/etc/environment` lines mayfly sets (others are kept).
@@ -536,7 +431,7 @@ pub fn customize(
         }
     }
     write_file(root, GUEST_PATH, guest, 0o755)?;
-    add_runner_user(root)?;
+    super::users::add_runner_user(root)?;
     copy_runner(runner_dir, root)?;
     let cache = in_root(root, TOOL_CACHE)?;
     std::fs::create_dir_all(&cache).map_err(BuildError::io(&cache))?;
@@ -632,14 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn the_runner_joins_docker_and_sudo_and_environment_keeps_other_lines() {
-        assert_eq!(add_member("sudo:x:27:", "runner"), "sudo:x:27:runner");
-        assert_eq!(
-            add_member("docker:x:998:alice", "runner"),
-            "docker:x:998:alice,runner"
-        );
-        assert_eq!(add_member("sudo:x:27:runner", "runner"), "sudo:x:27:runner");
-        assert_eq!(free_gid("a:x:999:\nb:x:998:\n"), 997);
+    fn environment_keeps_other_lines() {
         let env = environment("PATH=/usr/bin\nImageOS=old\n", "debian12", "mayfly-1");
         assert_eq!(
             env,
