@@ -8,6 +8,8 @@
 #[allow(dead_code)] // the agent crate's tests use all of it
 #[path = "../../mayfly-agent/tests/support/fake_server.rs"]
 mod fake_server;
+#[path = "../../mayfly-agent/tests/support/journal.rs"]
+mod journal;
 #[allow(dead_code)] // shared with the VM tests, which use more of it
 #[path = "vm/support.rs"]
 mod support;
@@ -157,7 +159,7 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
         );
         assert!(done.output.unwrap_or_default().contains(&marker));
         assert_gone(root.path(), &vm);
-        assert!(Journal::load(&journal).unwrap().vms().is_empty());
+        journal::wait_until_empty(&journal).await;
         let on_disk = support::files_containing(root.path(), jit.expose_secret().as_bytes());
         assert!(on_disk.is_empty(), "the JIT config is on disk: {on_disk:?}");
         agent.stop().await;
@@ -286,7 +288,7 @@ async fn an_agent_restarted_after_its_run_was_dropped_leaves_nothing_of_the_old_
         assert!(record.reason.contains("agent restarted"), "{record:#?}");
         assert!(record.complete(), "{record:#?}");
         assert_gone(root.path(), &vm);
-        assert!(Journal::load(&journal).unwrap().vms().is_empty());
+        journal::wait_until_empty(&journal).await;
         second.stop().await;
         sim.stop().await;
     })
@@ -358,7 +360,7 @@ async fn a_killed_agent_process_leaves_a_vm_the_next_agent_reaps_and_reports() {
         assert!(record.reason.starts_with("reaped"), "{record:#?}");
         assert!(record.complete(), "{record:#?}");
         assert_gone(root.path(), &vm);
-        assert!(Journal::load(&journal).unwrap().vms().is_empty());
+        journal::wait_until_empty(&journal).await;
         second.stop().await;
         sim.stop().await;
     })
