@@ -235,7 +235,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         slots = args.run.slots(),
         machine = machine(),
         accel = outcome.accel.accel,
-        reason = outcome.accel.reason,
+        reason = outcome.accel.reason.replace('\n', " / "),
         digest = &outcome.image.digest[..16],
         kernel = outcome.image.manifest.kernel_version,
         size_mib = size >> 20,
