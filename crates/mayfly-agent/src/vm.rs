@@ -257,8 +257,28 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
     });
     tracing::info!(vm = %vm, start_id, phase = "booted", kernel, "guest booted; runner config handed over");
 
-    // The driver does not say when the runner starts (it reads `started` inside wait_exit), so
-    // RUNNER_STARTED is not sent; RUNNER_EXITED follows the exit.
+    // The guest says when the runner process started; a guest that ends first goes straight to
+    // the exit below (the driver keeps how it ended).
+    match unless_stopped(
+        handle,
+        ctx.driver.wait_runner_started(vm, request.boot_timeout),
+    )
+    .await
+    {
+        None => return stopped(),
+        Some(Ok(true)) => {
+            ctx.outbox
+                .push(outbox::event(Some(vm), start_id, EventKind::RunnerStarted));
+            tracing::info!(vm = %vm, start_id, phase = "runner started", "runner started");
+        }
+        Some(Ok(false)) => {}
+        Some(Err(e)) => {
+            return failed(
+                format!("the runner did not start: {e}"),
+                "runner start timeout",
+            )
+        }
+    }
     let exit = match unless_stopped(handle, ctx.driver.wait_exit(vm, request.max_runtime)).await {
         None => return stopped(),
         Some(exit) => exit,

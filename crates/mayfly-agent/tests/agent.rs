@@ -118,6 +118,10 @@ async fn a_job_vm_reports_started_booted_runner_exited_and_destroyed_in_order() 
         let booted = server.event().await;
         assert_eq!(kind(&booted), EventKind::Booted);
         assert_eq!(booted.detail, "6.1.0-fake");
+        let runner = server.event().await;
+        assert_eq!(kind(&runner), EventKind::RunnerStarted);
+        assert_eq!(runner.vm_id, vm.as_str());
+        assert!(booted.at_unix_ms <= runner.at_unix_ms);
         // While it runs, the journal knows the VM, and holds nothing secret.
         let on_disk = std::fs::read_to_string(&journal).unwrap();
         assert!(
@@ -172,7 +176,15 @@ async fn a_start_beyond_the_free_slots_is_refused_and_heartbeats_count_free_slot
         server.hello().await;
 
         server.send(start_vm("first")).await;
-        let first = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let first = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         server.send(start_vm("second")).await;
         let refused = server.event().await;
         assert_eq!(kind(&refused), EventKind::Failed);
@@ -214,7 +226,15 @@ async fn destroy_vm_mid_run_destroys_it_at_once_and_reports_destroyed_exactly_on
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let vm = events[0].vm_id.clone();
 
         server
@@ -271,19 +291,20 @@ async fn a_runner_past_its_max_runtime_fails_and_is_destroyed_for_max_runtime() 
             &[
                 EventKind::Started,
                 EventKind::Booted,
+                EventKind::RunnerStarted,
                 EventKind::Failed,
                 EventKind::Destroyed,
             ],
         )
         .await;
         assert!(
-            events[2].detail.contains("max runtime"),
+            events[3].detail.contains("max runtime"),
             "{}",
-            events[2].detail
+            events[3].detail
         );
-        assert!(!events[2].detail.contains(JIT));
+        assert!(!events[3].detail.contains(JIT));
         assert_eq!(
-            events[3].destruction_record().unwrap().unwrap().reason,
+            events[4].destruction_record().unwrap().unwrap().reason,
             "max runtime"
         );
         agent.stop().await.unwrap();
@@ -330,7 +351,15 @@ async fn events_from_while_the_server_was_away_arrive_in_order_after_reconnectin
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
 
         server.go_away();
@@ -369,7 +398,15 @@ async fn a_reconnecting_agent_names_its_running_vms_in_hello() {
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         server.go_away();
         server.come_back().await;
         let hello = server.hello().await;
@@ -400,7 +437,7 @@ async fn stopping_the_agent_destroys_every_vm_and_reports_each() {
         server.send(start_vm("b")).await;
         let mut booted = 0;
         while booted < 2 {
-            if kind(&server.event().await) == EventKind::Booted {
+            if kind(&server.event().await) == EventKind::RunnerStarted {
                 booted += 1;
             }
         }
@@ -437,7 +474,7 @@ async fn a_restarted_agent_destroys_and_reports_what_the_previous_one_left() {
         let mut vms = std::collections::BTreeMap::new();
         while vms.len() < 2 {
             let event = server.event().await;
-            if kind(&event) == EventKind::Booted {
+            if kind(&event) == EventKind::RunnerStarted {
                 vms.insert(event.start_id.clone(), VmId::parse(&event.vm_id).unwrap());
             }
         }
@@ -565,7 +602,15 @@ async fn the_jit_config_never_reaches_a_log_line_or_the_journal() {
         let agent = Agent::start(config(&server, driver.clone(), &journal));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let journal_bytes = std::fs::read(&journal).unwrap();
         driver.finish(&VmId::parse(&events[0].vm_id).unwrap(), 0);
         expect(

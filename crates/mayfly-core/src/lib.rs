@@ -16,6 +16,8 @@ pub use event::{InstallationChange, InstallationChangeKind, IntakeEvent, JobEven
 pub mod vm;
 
 pub use vm::{DestroyStep, DestructionRecord, VmId};
+pub mod phases;
+pub use phases::{Phase, PhaseTimes};
 pub mod profile;
 
 pub use profile::{match_profile, place, HostSlots, Profile};

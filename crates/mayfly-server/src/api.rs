@@ -298,7 +298,14 @@ pub struct VmView {
     /// `requested`, `started`, `booted`, `exited`, `destroyed` or `failed`
     pub state: String,
     pub requested_at: DateTime<Utc>,
+    /// The VM process started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// The guest was ready and took the runner's config.
     pub booted_at: Option<DateTime<Utc>>,
+    /// The guest started the runner process.
+    pub runner_started_at: Option<DateTime<Utc>>,
+    /// The runner exited.
+    pub exited_at: Option<DateTime<Utc>>,
     pub destroyed_at: Option<DateTime<Utc>>,
     pub failure: Option<String>,
 }
@@ -330,7 +337,10 @@ async fn list_vms(
                 ran_job_id: v.ran_job_id,
                 state: v.state,
                 requested_at: v.requested_at,
+                started_at: v.started_at,
                 booted_at: v.booted_at,
+                runner_started_at: v.runner_started_at,
+                exited_at: v.exited_at,
                 destroyed_at: v.destroyed_at,
                 failure: v.failure,
             })

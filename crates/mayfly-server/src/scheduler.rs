@@ -183,6 +183,7 @@ impl Scheduler {
             requested_at: self.clock.now(),
             started_at: None,
             booted_at: None,
+            runner_started_at: None,
             exited_at: None,
             destroyed_at: None,
             exit_code: None,
@@ -398,7 +399,10 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
             advance("booted");
             vm.booted_at.get_or_insert(at);
         }
-        Ok(EventKind::RunnerStarted) => advance("booted"),
+        Ok(EventKind::RunnerStarted) => {
+            advance("booted");
+            vm.runner_started_at.get_or_insert(at);
+        }
         Ok(EventKind::RunnerExited) => {
             advance("exited");
             vm.exited_at.get_or_insert(at);
@@ -452,4 +456,97 @@ fn destroy_reason(
 fn uuid_like() -> String {
     let bits: u128 = rand::random();
     format!("{bits:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vm_row() -> VmRow {
+        VmRow {
+            start_id: "s".into(),
+            vm_id: None,
+            host: "h".into(),
+            profile: "p".into(),
+            installation_id: 1,
+            repo: "o/r".into(),
+            runner_name: "mayfly-s".into(),
+            runner_id: None,
+            for_job_id: 1,
+            ran_job_id: Some(1),
+            state: "requested".into(),
+            requested_at: DateTime::from_timestamp_millis(1_000).unwrap(),
+            started_at: None,
+            booted_at: None,
+            runner_started_at: None,
+            exited_at: None,
+            destroyed_at: None,
+            exit_code: None,
+            destroy_requested: false,
+            runner_deleted: false,
+            destruction: None,
+            failure: None,
+        }
+    }
+
+    const LIFE: [EventKind; 5] = [
+        EventKind::Started,
+        EventKind::Booted,
+        EventKind::RunnerStarted,
+        EventKind::RunnerExited,
+        EventKind::Destroyed,
+    ];
+
+    proptest! {
+        /// However the agent's events arrive — reordered, or resent after a reconnect (the
+        /// outbox resends an event with its original time) — each moment is the one its event
+        /// carried, the state ends where the furthest event put it, and the job's moments are
+        /// in order.
+        #[test]
+        fn vm_moments_hold_under_any_order_and_repeats(
+            gaps in proptest::collection::vec(1i64..5_000, 5),
+            order in Just((0..5usize).collect::<Vec<_>>()).prop_shuffle(),
+            repeats in proptest::collection::vec(0..5usize, 0..6),
+        ) {
+            let mut at = 2_000i64;
+            let times: Vec<i64> = gaps.iter().map(|g| { at += g; at }).collect();
+            let event = |i: usize| VmEvent {
+                vm_id: "vm-0000000000000001".into(),
+                start_id: "s".into(),
+                kind: LIFE[i] as i32,
+                at_unix_ms: times[i],
+                ..VmEvent::default()
+            };
+            let mut vm = vm_row();
+            for i in order.iter().chain(repeats.iter()) {
+                apply_event(&mut vm, &event(*i));
+            }
+            let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+            prop_assert_eq!(ms(vm.started_at), Some(times[0]));
+            prop_assert_eq!(ms(vm.booted_at), Some(times[1]));
+            prop_assert_eq!(ms(vm.runner_started_at), Some(times[2]));
+            prop_assert_eq!(ms(vm.exited_at), Some(times[3]));
+            prop_assert_eq!(ms(vm.destroyed_at), Some(times[4]));
+            prop_assert_eq!(vm.state.as_str(), "destroyed");
+
+            // With GitHub's whole-second moments beside them, the job's phases stay in order.
+            let job_started = DateTime::from_timestamp(times[2] / 1000, 0);
+            let times = mayfly_core::PhaseTimes {
+                webhook_received: Some(vm.requested_at),
+                vm_requested: Some(vm.requested_at),
+                vm_started: vm.started_at,
+                guest_ready: vm.booted_at,
+                runner_started: vm.runner_started_at,
+                job_started,
+                job_completed: DateTime::from_timestamp(times[3] / 1000, 0),
+                runner_exited: vm.exited_at,
+                vm_destroyed: vm.destroyed_at,
+                ..Default::default()
+            };
+            let ordered: Vec<_> = times.ordered().into_iter().filter_map(|(_, at)| at).collect();
+            prop_assert!(ordered.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
 }

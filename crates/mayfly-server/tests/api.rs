@@ -123,6 +123,7 @@ async fn seed(store: &dyn Store) {
                 requested_at: Utc::now(),
                 started_at: None,
                 booted_at: None,
+                runner_started_at: None,
                 exited_at: None,
                 destroyed_at: Some(Utc::now()),
                 exit_code: Some(0),

@@ -102,7 +102,10 @@ pub struct VmRow {
     pub state: String,
     pub requested_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
+    /// Guest ready and the runner's config handed over.
     pub booted_at: Option<DateTime<Utc>>,
+    /// The guest started the runner process.
+    pub runner_started_at: Option<DateTime<Utc>>,
     pub exited_at: Option<DateTime<Utc>>,
     pub destroyed_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
@@ -111,6 +114,25 @@ pub struct VmRow {
     /// The destruction record (JSON of `mayfly_core::DestructionRecord`).
     pub destruction: Option<String>,
     pub failure: Option<String>,
+}
+
+impl JobRecord {
+    /// The job's moments, from this row and the row of the VM that ran it (see
+    /// [`mayfly_core::PhaseTimes::ordered`] for them in order).
+    pub fn phase_times(&self, vm: Option<&VmRow>) -> mayfly_core::PhaseTimes {
+        mayfly_core::PhaseTimes {
+            queued_at_github: self.created_at,
+            webhook_received: Some(self.first_seen_at),
+            vm_requested: vm.map(|v| v.requested_at),
+            vm_started: vm.and_then(|v| v.started_at),
+            guest_ready: vm.and_then(|v| v.booted_at),
+            runner_started: vm.and_then(|v| v.runner_started_at),
+            job_started: self.started_at,
+            job_completed: self.completed_at,
+            runner_exited: vm.and_then(|v| v.exited_at),
+            vm_destroyed: vm.and_then(|v| v.destroyed_at),
+        }
+    }
 }
 
 /// An installation (tenant) and the repositories it covers.

@@ -558,9 +558,9 @@ impl Store for PgStore {
                 "INSERT INTO vms (vm_id, host, profile, installation_id, repo, runner_name,
                    runner_id, for_job_id, ran_job_id, state, requested_at, started_at, booted_at,
                    exited_at, destroyed_at, exit_code, destroy_requested, runner_deleted,
-                   destruction, failure, start_id)
+                   destruction, failure, runner_started_at, start_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                   $17, $18, $19, $20, $21)",
+                   $17, $18, $19, $20, $21, $22)",
             ),
             vm,
         )
@@ -577,8 +577,9 @@ impl Store for PgStore {
                    repo = $5, runner_name = $6, runner_id = $7, for_job_id = $8, ran_job_id = $9,
                    state = $10, requested_at = $11, started_at = $12, booted_at = $13,
                    exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
-                   runner_deleted = $18, destruction = $19, failure = $20
-                 WHERE start_id = $21",
+                   runner_deleted = $18, destruction = $19, failure = $20,
+                   runner_started_at = $21
+                 WHERE start_id = $22",
             ),
             vm,
         )
@@ -769,6 +770,7 @@ fn bind_vm<'q>(query: PgQuery<'q>, vm: &'q VmRow) -> PgQuery<'q> {
         .bind(vm.runner_deleted)
         .bind(&vm.destruction)
         .bind(&vm.failure)
+        .bind(vm.runner_started_at)
         .bind(&vm.start_id)
 }
 
@@ -789,6 +791,7 @@ fn vm_from_row(row: &PgRow) -> Result<VmRow, StoreError> {
         requested_at: row.try_get("requested_at").op(op)?,
         started_at: row.try_get("started_at").op(op)?,
         booted_at: row.try_get("booted_at").op(op)?,
+        runner_started_at: row.try_get("runner_started_at").op(op)?,
         exited_at: row.try_get("exited_at").op(op)?,
         destroyed_at: row.try_get("destroyed_at").op(op)?,
         exit_code: row.try_get("exit_code").op(op)?,

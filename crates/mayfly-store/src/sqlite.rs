@@ -582,8 +582,8 @@ impl Store for SqliteStore {
             "INSERT INTO vms (vm_id, host, profile, installation_id, repo, runner_name, runner_id,
                for_job_id, ran_job_id, state, requested_at, started_at, booted_at, exited_at,
                destroyed_at, exit_code, destroy_requested, runner_deleted, destruction, failure,
-               start_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               runner_started_at, start_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ), vm)
         .execute(&self.pool)
         .await
@@ -596,7 +596,8 @@ impl Store for SqliteStore {
             "UPDATE vms SET vm_id = ?, host = ?, profile = ?, installation_id = ?, repo = ?,
                runner_name = ?, runner_id = ?, for_job_id = ?, ran_job_id = ?, state = ?,
                requested_at = ?, started_at = ?, booted_at = ?, exited_at = ?, destroyed_at = ?,
-               exit_code = ?, destroy_requested = ?, runner_deleted = ?, destruction = ?, failure = ?
+               exit_code = ?, destroy_requested = ?, runner_deleted = ?, destruction = ?, failure = ?,
+               runner_started_at = ?
              WHERE start_id = ?",
         ), vm)
         .execute(&self.pool)
@@ -781,6 +782,7 @@ fn bind_vm<'q>(query: SqliteQuery<'q>, vm: &'q VmRow) -> SqliteQuery<'q> {
         .bind(vm.runner_deleted)
         .bind(&vm.destruction)
         .bind(&vm.failure)
+        .bind(vm.runner_started_at)
         .bind(&vm.start_id)
 }
 
@@ -801,6 +803,7 @@ fn vm_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<VmRow, StoreError> {
         requested_at: row.try_get("requested_at").op(op)?,
         started_at: row.try_get("started_at").op(op)?,
         booted_at: row.try_get("booted_at").op(op)?,
+        runner_started_at: row.try_get("runner_started_at").op(op)?,
         exited_at: row.try_get("exited_at").op(op)?,
         destroyed_at: row.try_get("destroyed_at").op(op)?,
         exit_code: row.try_get("exit_code").op(op)?,

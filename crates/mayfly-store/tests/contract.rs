@@ -207,6 +207,7 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
         requested_at: now_micros(),
         started_at: None,
         booted_at: None,
+        runner_started_at: None,
         exited_at: None,
         destroyed_at: None,
         exit_code: None,
@@ -223,6 +224,7 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
     assert_eq!(store.vms(true).await.unwrap(), [vm.clone()]);
     vm.state = "destroyed".into();
     vm.vm_id = Some("vm-0000000000000001".into());
+    vm.runner_started_at = Some(now_micros());
     vm.destroyed_at = Some(now_micros());
     vm.destruction = Some("{}".into());
     store.update_vm(&vm).await.unwrap();

@@ -73,6 +73,9 @@ pub trait VmDriver: Send + Sync + std::fmt::Debug {
     async fn wait_ready(&self, vm: &VmId, timeout: Duration) -> Result<String, VmError>;
     /// Hands the runner config to the guest, once.
     async fn hand_over(&self, vm: &VmId, config: GuestConfig) -> Result<(), VmError>;
+    /// Waits until the guest says the runner process started. `Ok(false)` when the guest
+    /// ended first (the ending is kept for `wait_exit`).
+    async fn wait_runner_started(&self, vm: &VmId, timeout: Duration) -> Result<bool, VmError>;
     /// Waits until the runner ends and the guest powers off.
     async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError>;
     /// Stops the VM (gracefully, then by force) and removes everything it had.

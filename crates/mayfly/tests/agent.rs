@@ -123,6 +123,7 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
             &[
                 EventKind::Started,
                 EventKind::Booted,
+                EventKind::RunnerStarted,
                 EventKind::RunnerExited,
                 EventKind::Destroyed,
             ],
@@ -134,8 +135,15 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
             "guest kernel: {}",
             events[1].detail
         );
-        assert_eq!(events[2].exit_code, 0);
-        let record = events[3].destruction_record().unwrap().unwrap();
+        // The moments only move forward: started, booted, runner started, exited, destroyed.
+        assert!(
+            events
+                .windows(2)
+                .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms),
+            "{events:?}"
+        );
+        assert_eq!(events[3].exit_code, 0);
+        let record = events[4].destruction_record().unwrap().unwrap();
         assert_eq!(record.vm, vm);
         assert_eq!(record.reason, "job finished");
         assert!(record.complete(), "{record:#?}");
@@ -189,7 +197,15 @@ async fn destroy_vm_during_a_job_stops_the_vm_at_once_and_leaves_nothing() {
         );
         server.hello().await;
         server.send(start_vm("start-cancel", &jit)).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         assert!(root.path().join("vms").join(vm.as_str()).exists());
 
@@ -256,7 +272,15 @@ async fn an_agent_restarted_after_its_run_was_dropped_leaves_nothing_of_the_old_
         );
         server.hello().await;
         server.send(start_vm("start-dropped", &jit)).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         // The agent's future (and with it its driver) is dropped mid-job: QEMU dies with the
         // driver, but the VM's network and files are left, and the journal names the VM.
@@ -332,7 +356,15 @@ async fn a_killed_agent_process_leaves_a_vm_the_next_agent_reaps_and_reports() {
         let hello = server.hello().await;
         assert_eq!(hello.agent_id, "killed-host");
         server.send(start_vm("start-killed", &jit)).await;
-        let events = expect(&mut server, &[EventKind::Started, EventKind::Booted]).await;
+        let events = expect(
+            &mut server,
+            &[
+                EventKind::Started,
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+            ],
+        )
+        .await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         first.start_kill().unwrap();
         first.wait().await.unwrap();

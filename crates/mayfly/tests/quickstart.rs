@@ -66,6 +66,21 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
         .filter_map(|r| r.split_whitespace().find(|w| w.starts_with("vm-")))
         .collect();
     assert_eq!(vms.len(), 3, "three distinct VMs: {stdout}");
+    // Each row's moments (→VM start, →ready, →runner, →job run, →job done, →VM gone) are all
+    // there and in order.
+    for row in &rows {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let moments: Vec<f64> = words
+            .windows(2)
+            .filter(|w| w[1] == "s")
+            .map(|w| w[0].parse().unwrap())
+            .collect();
+        assert_eq!(moments.len(), 6, "{row}");
+        assert!(
+            moments.windows(2).all(|w| w[0] <= w[1]),
+            "out of order: {row}"
+        );
+    }
     assert!(stdout.contains("every VM destroyed: true"), "{stdout}");
 
     let secret = std::fs::read_to_string(data.join("sim/webhook-secret")).unwrap();
@@ -151,13 +166,18 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
             assert_eq!(vm.host, "quickstart-host");
             for (phase, at) in [
                 ("VM started", vm.started_at),
-                ("runner started", vm.booted_at),
+                ("guest ready", vm.booted_at),
+                ("runner started", vm.runner_started_at),
                 ("job started", job.started_at),
                 ("job finished", job.completed_at),
                 ("VM destroyed", vm.destroyed_at),
             ] {
                 assert!(at.is_some(), "{phase} missing for job {}", job.job_id);
             }
+            // The agent's own moments are in order as recorded (one clock, milliseconds).
+            assert!(vm.started_at <= vm.booted_at, "{vm:?}");
+            assert!(vm.booted_at <= vm.runner_started_at, "{vm:?}");
+            assert!(vm.runner_started_at <= vm.destroyed_at, "{vm:?}");
             let record: mayfly_core::DestructionRecord =
                 serde_json::from_str(vm.destruction.as_deref().unwrap()).unwrap();
             assert!(record.complete(), "{record:#?}");

@@ -115,6 +115,11 @@ impl VmDriver for FakeDriver {
         Ok(())
     }
 
+    async fn wait_runner_started(&self, vm: &VmId, _timeout: Duration) -> Result<bool, VmError> {
+        // The fake's runner starts as soon as it has its config.
+        Ok(self.inner.lock().unwrap().vms.contains_key(vm))
+    }
+
     async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError> {
         let wait = async {
             loop {

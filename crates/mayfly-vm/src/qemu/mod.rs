@@ -109,6 +109,8 @@ struct Entry {
     child: Option<tokio::process::Child>,
     channel: Option<GuestChannel>,
     console: ConsoleTail,
+    /// How the guest ended, when `wait_runner_started` read it before `wait_exit` ran.
+    ended: Option<GuestExit>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -248,6 +250,7 @@ impl QemuDriver {
             child: None,
             channel: None,
             console: ConsoleTail::default(),
+            ended: None,
         };
         make_scratch(&dir.join(SCRATCH_FILE), spec.disk_gib)?;
         if self.config.network == NetworkMode::Isolated {
@@ -464,12 +467,49 @@ impl VmDriver for QemuDriver {
         // `config` is dropped here: the JIT config's memory is zeroized.
     }
 
+    async fn wait_runner_started(&self, vm: &VmId, timeout: Duration) -> Result<bool, VmError> {
+        let entry = self.entry(vm).await?;
+        let mut entry = entry.lock().await;
+        let entry = &mut *entry;
+        let Some(channel) = entry.channel.as_mut() else {
+            return Err(VmError::WrongState(vm.clone()));
+        };
+        let read = tokio::time::timeout(timeout, async {
+            loop {
+                match channel.next_event().await {
+                    Ok(GuestEvent::Started) => return None,
+                    Ok(GuestEvent::Exited { code }) => return Some(GuestExit::Exited { code }),
+                    Ok(GuestEvent::Error { message }) => {
+                        return Some(GuestExit::GuestError(message))
+                    }
+                    Ok(GuestEvent::Ready { .. }) | Err(ChannelError::Garbled) => continue,
+                    Err(_) => return Some(GuestExit::Vanished),
+                }
+            }
+        })
+        .await;
+        match read {
+            Ok(None) => Ok(true),
+            Ok(Some(ended)) => {
+                entry.ended = Some(ended);
+                Ok(false)
+            }
+            Err(_) => Err(VmError::RunTimeout {
+                vm: vm.clone(),
+                timeout,
+            }),
+        }
+    }
+
     async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError> {
         let entry = self.entry(vm).await?;
         let mut entry = entry.lock().await;
+        let ended = entry.ended.take();
         let result = tokio::time::timeout(timeout, async {
             let mut exit = GuestExit::Vanished;
-            if let Some(channel) = entry.channel.as_mut() {
+            if let Some(ended) = ended {
+                exit = ended;
+            } else if let Some(channel) = entry.channel.as_mut() {
                 loop {
                     match channel.next_event().await {
                         Ok(GuestEvent::Exited { code }) => {

@@ -20,7 +20,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mayfly_core::{JobId, JobStatus, Profile, SystemClock};
+use mayfly_core::{JobId, JobStatus, Phase, Profile, SystemClock};
 use mayfly_server::{
     Dependencies, GitHubConfig, ServerConfig, TlsFiles as ServerTls, WebhookConfig,
 };
@@ -599,8 +599,17 @@ fn print_table(
 ) -> Result<(), Failure> {
     println!();
     println!(
-        "{:<20} {:<14} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  conclusion",
-        "org/repo", "job", "profile", "VM", "→VM start", "→runner", "→job done", "→VM gone"
+        "{:<20} {:<14} {:<18} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  conclusion",
+        "org/repo",
+        "job",
+        "profile",
+        "VM",
+        "→VM start",
+        "→ready",
+        "→runner",
+        "→job run",
+        "→job done",
+        "→VM gone"
     );
     let mut bad = 0;
     let mut seen_vms = std::collections::BTreeSet::new();
@@ -623,17 +632,30 @@ fn print_table(
         if let Some(vm) = vm {
             seen_vms.insert(vm.vm_id.clone());
         }
+        // The moments in order (GitHub's whole seconds never put a phase before an earlier one).
+        let ordered = job.phase_times(vm).ordered();
+        let at = |phase: Phase| {
+            since(
+                from,
+                ordered
+                    .iter()
+                    .find(|(p, _)| *p == phase)
+                    .and_then(|(_, at)| *at),
+            )
+        };
         println!(
-            "{:<20} {:<14} {:<18} {:<20} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<20} {:<14} {:<18} {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             job.repo.to_string(),
             terminal_safe(&job.job_name),
             job.dispatch.profile.as_deref().unwrap_or("—"),
             vm.and_then(|v| v.vm_id.clone())
                 .unwrap_or_else(|| "—".to_owned()),
-            since(from, vm.and_then(|v| v.started_at)),
-            since(from, vm.and_then(|v| v.booted_at)),
-            since(from, vm.and_then(|v| v.exited_at).or(job.completed_at)),
-            since(from, vm.and_then(|v| v.destroyed_at)),
+            at(Phase::VmStarted),
+            at(Phase::GuestReady),
+            at(Phase::RunnerStarted),
+            at(Phase::JobStarted),
+            at(Phase::JobCompleted),
+            at(Phase::VmDestroyed),
             conclusion
         );
     }
