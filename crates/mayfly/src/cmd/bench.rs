@@ -178,7 +178,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             continue;
         };
         to_vm.extend(secs(Some(job.first_seen_at), vm.started_at));
-        boot.extend(secs(vm.started_at, vm.booted_at));
+        // Until the guest says the runner process started (older rows: the hand-over).
+        boot.extend(secs(vm.started_at, vm.runner_started_at.or(vm.booted_at)));
         // The job ends when the runner exits, or (when the completed webhook makes mayfly destroy
         // the VM first) when GitHub says it completed.
         teardown.extend(secs(vm.exited_at.or(job.completed_at), vm.destroyed_at));
@@ -240,7 +241,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         kernel = outcome.image.manifest.kernel_version,
         size_mib = size >> 20,
         a = row("webhook received → VM process started", to_vm),
-        b = row("VM started → runner started (guest ready, config handed over)", boot),
+        b = row("VM started → runner started (guest ready, config handed over, runner process started)", boot),
         c = row("job end → VM destroyed", teardown),
         d = row("bare qemu-system-x86_64 boot → guest ready", bare),
     );
