@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_driver::FakeDriver;
-use fake_server::FakeServer;
+use fake_server::{FakeServer, UNTIL_RUNNER_STARTED};
 use mayfly_agent::{AgentConfig, AgentError, Journal};
 use mayfly_core::VmId;
 use mayfly_proto::v1::{DestroyVm, StartVm, VmEvent};
@@ -73,20 +73,6 @@ fn kind(event: &VmEvent) -> EventKind {
     event.event_kind()
 }
 
-async fn expect(server: &mut FakeServer, kinds: &[EventKind]) -> Vec<VmEvent> {
-    let mut events = Vec::new();
-    for want in kinds {
-        let event = server.event().await;
-        assert_eq!(
-            kind(&event),
-            *want,
-            "events so far: {events:?}, then {event:?}"
-        );
-        events.push(event);
-    }
-    events
-}
-
 async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
@@ -135,11 +121,9 @@ async fn a_job_vm_reports_started_booted_runner_exited_and_destroyed_in_order() 
         );
 
         driver.finish(&vm, 0);
-        let rest = expect(
-            &mut server,
-            &[EventKind::RunnerExited, EventKind::Destroyed],
-        )
-        .await;
+        let rest = server
+            .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+            .await;
         assert_eq!(rest[0].exit_code, 0);
         let record = rest[1].destruction_record().unwrap().unwrap();
         assert_eq!(record.vm, vm);
@@ -176,15 +160,7 @@ async fn a_start_beyond_the_free_slots_is_refused_and_heartbeats_count_free_slot
         server.hello().await;
 
         server.send(start_vm("first")).await;
-        let first = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let first = server.expect(&UNTIL_RUNNER_STARTED).await;
         server.send(start_vm("second")).await;
         let refused = server.event().await;
         assert_eq!(kind(&refused), EventKind::Failed);
@@ -200,11 +176,9 @@ async fn a_start_beyond_the_free_slots_is_refused_and_heartbeats_count_free_slot
             }
         }
         driver.finish(&VmId::parse(&first[0].vm_id).unwrap(), 0);
-        expect(
-            &mut server,
-            &[EventKind::RunnerExited, EventKind::Destroyed],
-        )
-        .await;
+        server
+            .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+            .await;
         loop {
             if let Some(AgentBody::Heartbeat(beat)) = server.message().await.body {
                 if beat.free_slots == 1 {
@@ -226,15 +200,7 @@ async fn destroy_vm_mid_run_destroys_it_at_once_and_reports_destroyed_exactly_on
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let vm = events[0].vm_id.clone();
 
         server
@@ -286,17 +252,15 @@ async fn a_runner_past_its_max_runtime_fails_and_is_destroyed_for_max_runtime() 
         };
         start.max_runtime_secs = 1;
         server.send(ServerBody::StartVm(start)).await;
-        let events = expect(
-            &mut server,
-            &[
+        let events = server
+            .expect(&[
                 EventKind::Started,
                 EventKind::Booted,
                 EventKind::RunnerStarted,
                 EventKind::Failed,
                 EventKind::Destroyed,
-            ],
-        )
-        .await;
+            ])
+            .await;
         assert!(
             events[3].detail.contains("max runtime"),
             "{}",
@@ -351,15 +315,7 @@ async fn events_from_while_the_server_was_away_arrive_in_order_after_reconnectin
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
 
         server.go_away();
@@ -376,11 +332,9 @@ async fn events_from_while_the_server_was_away_arrive_in_order_after_reconnectin
 
         let hello = server.hello().await;
         assert!(hello.vms.is_empty(), "the VM is gone: {:?}", hello.vms);
-        let queued = expect(
-            &mut server,
-            &[EventKind::RunnerExited, EventKind::Destroyed],
-        )
-        .await;
+        let queued = server
+            .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+            .await;
         assert_eq!(queued[0].exit_code, 3);
         assert_eq!(queued[1].vm_id, vm.as_str());
         agent.stop().await.unwrap();
@@ -398,15 +352,7 @@ async fn a_reconnecting_agent_names_its_running_vms_in_hello() {
         let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         server.go_away();
         server.come_back().await;
         let hello = server.hello().await;
@@ -602,22 +548,12 @@ async fn the_jit_config_never_reaches_a_log_line_or_the_journal() {
         let agent = Agent::start(config(&server, driver.clone(), &journal));
         server.hello().await;
         server.send(start_vm("s-1")).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let journal_bytes = std::fs::read(&journal).unwrap();
         driver.finish(&VmId::parse(&events[0].vm_id).unwrap(), 0);
-        expect(
-            &mut server,
-            &[EventKind::RunnerExited, EventKind::Destroyed],
-        )
-        .await;
+        server
+            .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+            .await;
         agent.stop().await.unwrap();
         assert_eq!(
             driver.handed_over().len(),

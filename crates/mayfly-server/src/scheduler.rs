@@ -14,7 +14,7 @@ use mayfly_core::{
 use mayfly_github::{GitHubClient, JitConfigRequest};
 use mayfly_proto::v1::{DestroyVm, StartVm, VmEvent};
 use mayfly_proto::{EventKind, ServerBody};
-use mayfly_store::{JobDispatch, JobRecord, Store, StoreError, VmRow};
+use mayfly_store::{JobDispatch, JobRecord, Placement, Store, StoreError, VmRow};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -168,30 +168,19 @@ impl Scheduler {
                     .await;
             }
         };
-        let vm = VmRow {
-            start_id: start_id.clone(),
-            vm_id: None,
-            host: host.clone(),
-            profile: profile.name.clone(),
-            installation_id: installation.0,
-            repo: job.repo.to_string(),
-            runner_name,
-            runner_id: Some(jit.runner.id),
-            for_job_id: job.job_id.0,
-            ran_job_id: None,
-            state: "requested".into(),
-            requested_at: self.clock.now(),
-            started_at: None,
-            booted_at: None,
-            runner_started_at: None,
-            exited_at: None,
-            destroyed_at: None,
-            exit_code: None,
-            destroy_requested: false,
-            runner_deleted: false,
-            destruction: None,
-            failure: None,
-        };
+        let vm = VmRow::requested(
+            Placement {
+                start_id: start_id.clone(),
+                host: host.clone(),
+                profile: profile.name.clone(),
+                installation_id: installation.0,
+                repo: job.repo.to_string(),
+                runner_name,
+                runner_id: Some(jit.runner.id),
+                for_job_id: job.job_id.0,
+            },
+            self.clock.now(),
+        );
         self.store.insert_vm(&vm).await?;
         dispatch.disposition = "placed".into();
         dispatch.attempts += 1;
@@ -465,30 +454,21 @@ mod tests {
     use proptest::prelude::*;
 
     fn vm_row() -> VmRow {
-        VmRow {
-            start_id: "s".into(),
-            vm_id: None,
-            host: "h".into(),
-            profile: "p".into(),
-            installation_id: 1,
-            repo: "o/r".into(),
-            runner_name: "mayfly-s".into(),
-            runner_id: None,
-            for_job_id: 1,
-            ran_job_id: Some(1),
-            state: "requested".into(),
-            requested_at: DateTime::from_timestamp_millis(1_000).unwrap(),
-            started_at: None,
-            booted_at: None,
-            runner_started_at: None,
-            exited_at: None,
-            destroyed_at: None,
-            exit_code: None,
-            destroy_requested: false,
-            runner_deleted: false,
-            destruction: None,
-            failure: None,
-        }
+        let mut vm = VmRow::requested(
+            Placement {
+                start_id: "s".into(),
+                host: "h".into(),
+                profile: "p".into(),
+                installation_id: 1,
+                repo: "o/r".into(),
+                runner_name: "mayfly-s".into(),
+                runner_id: None,
+                for_job_id: 1,
+            },
+            DateTime::from_timestamp_millis(1_000).unwrap(),
+        );
+        vm.ran_job_id = Some(1);
+        vm
     }
 
     const LIFE: [EventKind; 5] = [

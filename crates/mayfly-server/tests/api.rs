@@ -109,28 +109,24 @@ async fn seed(store: &dyn Store) {
         }
         store
             .insert_vm(&mayfly_store::VmRow {
-                start_id: format!("start-{org}"),
-                vm_id: None,
-                host: "host-a".into(),
-                profile: "linux".into(),
-                installation_id: installation,
-                repo: format!("{org}/app"),
-                runner_name: format!("mayfly-{org}"),
-                runner_id: None,
-                for_job_id: job,
                 ran_job_id: Some(job),
                 state: "destroyed".into(),
-                requested_at: Utc::now(),
-                started_at: None,
-                booted_at: None,
-                runner_started_at: None,
-                exited_at: None,
                 destroyed_at: Some(Utc::now()),
                 exit_code: Some(0),
                 destroy_requested: true,
-                runner_deleted: false,
-                destruction: None,
-                failure: None,
+                ..mayfly_store::VmRow::requested(
+                    mayfly_store::Placement {
+                        start_id: format!("start-{org}"),
+                        host: "host-a".into(),
+                        profile: "linux".into(),
+                        installation_id: installation,
+                        repo: format!("{org}/app"),
+                        runner_name: format!("mayfly-{org}"),
+                        runner_id: None,
+                        for_job_id: job,
+                    },
+                    Utc::now(),
+                )
             })
             .await
             .unwrap();

@@ -26,8 +26,8 @@ pub struct Purged {
 pub use audit::{row_hash, verify_chain, ChainBreak, GENESIS};
 pub use model::{
     AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
-    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded, SealedRow, TokenRow,
-    UsageRow, VmRow, WrappedKey,
+    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Placement, Recorded, SealedRow,
+    TokenRow, UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
 pub use seal::{MasterKey, SealError, Sealer};

@@ -116,6 +116,59 @@ pub struct VmRow {
     pub failure: Option<String>,
 }
 
+/// Where the scheduler placed a VM: what a new [`VmRow`] starts from.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub start_id: String,
+    pub host: String,
+    pub profile: String,
+    pub installation_id: i64,
+    pub repo: String,
+    pub runner_name: String,
+    pub runner_id: Option<i64>,
+    pub for_job_id: i64,
+}
+
+impl VmRow {
+    /// A VM just asked for: state `requested`, no moment after `requested_at`, nothing done yet.
+    pub fn requested(placement: Placement, requested_at: DateTime<Utc>) -> Self {
+        let Placement {
+            start_id,
+            host,
+            profile,
+            installation_id,
+            repo,
+            runner_name,
+            runner_id,
+            for_job_id,
+        } = placement;
+        Self {
+            start_id,
+            vm_id: None,
+            host,
+            profile,
+            installation_id,
+            repo,
+            runner_name,
+            runner_id,
+            for_job_id,
+            ran_job_id: None,
+            state: "requested".into(),
+            requested_at,
+            started_at: None,
+            booted_at: None,
+            runner_started_at: None,
+            exited_at: None,
+            destroyed_at: None,
+            exit_code: None,
+            destroy_requested: false,
+            runner_deleted: false,
+            destruction: None,
+            failure: None,
+        }
+    }
+}
+
 impl JobRecord {
     /// The job's moments, from this row and the row of the VM that ran it (see
     /// [`mayfly_core::PhaseTimes::ordered`] for them in order).

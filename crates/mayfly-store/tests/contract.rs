@@ -192,30 +192,19 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
         dispatch
     );
 
-    let mut vm = mayfly_store::VmRow {
-        start_id: "start-1".into(),
-        vm_id: None,
-        host: "host-a".into(),
-        profile: "mayfly-linux-2cpu".into(),
-        installation_id: 9,
-        repo: "org-a/app".into(),
-        runner_name: "mayfly-start-1".into(),
-        runner_id: Some(5),
-        for_job_id: 77,
-        ran_job_id: None,
-        state: "requested".into(),
-        requested_at: now_micros(),
-        started_at: None,
-        booted_at: None,
-        runner_started_at: None,
-        exited_at: None,
-        destroyed_at: None,
-        exit_code: None,
-        destroy_requested: false,
-        runner_deleted: false,
-        destruction: None,
-        failure: None,
-    };
+    let mut vm = mayfly_store::VmRow::requested(
+        mayfly_store::Placement {
+            start_id: "start-1".into(),
+            host: "host-a".into(),
+            profile: "mayfly-linux-2cpu".into(),
+            installation_id: 9,
+            repo: "org-a/app".into(),
+            runner_name: "mayfly-start-1".into(),
+            runner_id: Some(5),
+            for_job_id: 77,
+        },
+        now_micros(),
+    );
     store.insert_vm(&vm).await.unwrap();
     assert!(
         store.insert_vm(&vm).await.is_err(),

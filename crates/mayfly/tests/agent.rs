@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_server::FakeServer;
+use fake_server::{FakeServer, UNTIL_RUNNER_STARTED};
 use mayfly_agent::{AgentConfig, AgentError, Journal};
 use mayfly_core::VmId;
-use mayfly_proto::v1::{DestroyVm, StartVm, VmEvent};
+use mayfly_proto::v1::{DestroyVm, StartVm};
 use mayfly_proto::{EventKind, ServerBody};
 use mayfly_vm::{NetworkMode, QemuDriver};
 use secrecy::{ExposeSecret, SecretString};
@@ -70,16 +70,6 @@ fn start_vm(start_id: &str, jit: &SecretString) -> ServerBody {
     })
 }
 
-async fn expect(server: &mut FakeServer, kinds: &[EventKind]) -> Vec<VmEvent> {
-    let mut events = Vec::new();
-    for want in kinds {
-        let event = server.event().await;
-        assert_eq!(event.event_kind(), *want, "after {events:?}: {event:?}");
-        events.push(event);
-    }
-    events
-}
-
 /// Nothing of `vm` is left on the host.
 fn assert_gone(root: &Path, vm: &VmId) {
     assert!(
@@ -118,17 +108,15 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
         server.hello().await;
         server.send(start_vm("start-job", &jit)).await;
 
-        let events = expect(
-            &mut server,
-            &[
+        let events = server
+            .expect(&[
                 EventKind::Started,
                 EventKind::Booted,
                 EventKind::RunnerStarted,
                 EventKind::RunnerExited,
                 EventKind::Destroyed,
-            ],
-        )
-        .await;
+            ])
+            .await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         assert!(
             events[1].detail.starts_with("6.1."),
@@ -197,15 +185,7 @@ async fn destroy_vm_during_a_job_stops_the_vm_at_once_and_leaves_nothing() {
         );
         server.hello().await;
         server.send(start_vm("start-cancel", &jit)).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         assert!(root.path().join("vms").join(vm.as_str()).exists());
 
@@ -272,15 +252,7 @@ async fn an_agent_restarted_after_its_run_was_dropped_leaves_nothing_of_the_old_
         );
         server.hello().await;
         server.send(start_vm("start-dropped", &jit)).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         // The agent's future (and with it its driver) is dropped mid-job: QEMU dies with the
         // driver, but the VM's network and files are left, and the journal names the VM.
@@ -356,15 +328,7 @@ async fn a_killed_agent_process_leaves_a_vm_the_next_agent_reaps_and_reports() {
         let hello = server.hello().await;
         assert_eq!(hello.agent_id, "killed-host");
         server.send(start_vm("start-killed", &jit)).await;
-        let events = expect(
-            &mut server,
-            &[
-                EventKind::Started,
-                EventKind::Booted,
-                EventKind::RunnerStarted,
-            ],
-        )
-        .await;
+        let events = server.expect(&UNTIL_RUNNER_STARTED).await;
         let vm = VmId::parse(&events[0].vm_id).unwrap();
         first.start_kill().unwrap();
         first.wait().await.unwrap();

@@ -8,10 +8,17 @@ use std::time::Duration;
 
 use mayfly_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use mayfly_proto::v1::{AgentMessage, Hello, ServerMessage, VmEvent, Welcome};
-use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
+use mayfly_proto::{AgentBody, EventKind, ServerBody, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
+
+/// What an agent reports of a VM up to its runner's start.
+pub const UNTIL_RUNNER_STARTED: [EventKind; 3] = [
+    EventKind::Started,
+    EventKind::Booted,
+    EventKind::RunnerStarted,
+];
 
 type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
@@ -171,6 +178,21 @@ impl FakeServer {
                 return event;
             }
         }
+    }
+
+    /// The next VM events, which must be of `kinds` in that order.
+    pub async fn expect(&mut self, kinds: &[EventKind]) -> Vec<VmEvent> {
+        let mut events = Vec::new();
+        for want in kinds {
+            let event = self.event().await;
+            assert_eq!(
+                event.event_kind(),
+                *want,
+                "events so far: {events:?}, then {event:?}"
+            );
+            events.push(event);
+        }
+        events
     }
 
     /// The VM events already received, skipping heartbeats (does not wait).

@@ -294,23 +294,18 @@ pub fn image_os(root: &Path) -> String {
 /// A path inside the root for writing: its parent resolved inside the root.
 fn in_root(root: &Path, path: &str) -> Result<PathBuf, BuildError> {
     let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-    let dir = match resolve_in_root(root, parent) {
-        Some(dir) => dir,
-        None => {
-            // Create missing parents one level at a time, each resolved inside the root.
-            let mut dir = root.to_path_buf();
-            for part in parent.split('/').filter(|s| !s.is_empty()) {
-                let next = resolve_in_root(root, &format!("{}/{part}", rel(root, &dir)))
-                    .unwrap_or_else(|| dir.join(part));
-                if !next.exists() {
-                    std::fs::create_dir(&next).map_err(BuildError::io(&next))?;
-                    set_mode(&next, 0o755)?;
-                }
-                dir = next;
-            }
-            dir
+    // Each parent resolved inside the root (a symlink the root brought never leads out of it)
+    // and made when missing.
+    let mut dir = root.to_path_buf();
+    for part in parent.split('/').filter(|s| !s.is_empty()) {
+        let next = resolve_in_root(root, &format!("{}/{part}", rel(root, &dir)))
+            .unwrap_or_else(|| dir.join(part));
+        if !next.exists() {
+            std::fs::create_dir(&next).map_err(BuildError::io(&next))?;
+            set_mode(&next, 0o755)?;
         }
-    };
+        dir = next;
+    }
     Ok(dir.join(name))
 }
 
