@@ -221,6 +221,49 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
     assert_eq!(store.vms(false).await.unwrap(), [vm]);
 }
 
+/// A usage range returns exactly the jobs first seen inside it, with their VMs.
+async fn jobs_are_read_by_the_day_mayfly_saw_them(store: &dyn Store) {
+    let day = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0).unwrap();
+    for (id, seen) in [
+        (1_i64, day(1, 23)),
+        (2, day(2, 0)),
+        (3, day(2, 23)),
+        (4, day(3, 0)),
+    ] {
+        let event = JobEvent {
+            job_id: JobId(id),
+            ..job_event(JobStatus::Queued)
+        };
+        let d = delivery(&format!("r-{id}"), IntakeEvent::Job(event.clone()));
+        store.record_delivery(&d).await.unwrap();
+        store
+            .apply_job_event(&d.delivery_id, &event, seen)
+            .await
+            .unwrap();
+        let vm = mayfly_store::VmRow::requested(
+            mayfly_store::Placement {
+                start_id: format!("start-{id}"),
+                host: "host-a".into(),
+                profile: "mayfly-linux-2cpu".into(),
+                installation_id: 9,
+                repo: "org-a/app".into(),
+                runner_name: format!("mayfly-start-{id}"),
+                runner_id: None,
+                for_job_id: id,
+            },
+            seen,
+        );
+        store.insert_vm(&vm).await.unwrap();
+    }
+    let (jobs, vms) = store.jobs_seen_between(day(2, 0), day(3, 0)).await.unwrap();
+    let ids: Vec<i64> = jobs.iter().map(|j| j.job_id.0).collect();
+    assert_eq!(ids, [2, 3], "the range is [from, to)");
+    let vm_jobs: Vec<i64> = vms.iter().map(|v| v.for_job_id).collect();
+    assert_eq!(vm_jobs, [2, 3]);
+    let (none, _) = store.jobs_seen_between(day(5, 0), day(6, 0)).await.unwrap();
+    assert!(none.is_empty());
+}
+
 /// Retention: exactly the rows older than the cut-offs go; live jobs and unprocessed deliveries
 /// stay whatever their age.
 async fn purge_removes_exactly_the_expired_rows(store: &dyn Store) {
@@ -829,6 +872,7 @@ on_both_backends!(
     current installations_track_their_repositories,
     threads concurrent_recording_and_applying,
     current dispatch_and_vm_rows_round_trip,
+    current jobs_are_read_by_the_day_mayfly_saw_them,
     current purge_removes_exactly_the_expired_rows,
     threads a_delivery_is_applied_exactly_once,
     threads servers_claim_disjoint_deliveries,
