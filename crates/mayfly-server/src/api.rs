@@ -22,6 +22,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::error::ApiError;
 use crate::tokens::{self, Scope};
+use crate::usage;
 use crate::AppState;
 
 const BAD_QUERY: &str = "the query parameters are not valid (installation is a 64-bit integer)";
@@ -68,6 +69,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/v1/jobs/{job_id}", get(get_job))
         .route("/api/v1/vms", get(list_vms))
         .route("/api/v1/usage", get(usage))
+        .route("/api/v1/usage/report", get(usage_report))
+        .route("/api/v1/usage/summary", get(usage_summary))
+        .route("/api/v1/usage/top", get(usage_top))
+        .route("/api/v1/usage/jobs", get(usage_jobs))
         .route("/api/v1/installations", get(installations))
         .route("/api/v1/audit", get(audit_log))
         .route_layer(axum::middleware::from_fn_with_state(state, authenticate));
@@ -385,6 +390,89 @@ async fn usage(
     ))
 }
 
+/// Whose usage a caller may see: a tenant token its installation, others everything.
+fn visible(c: &Caller) -> usage::Visible {
+    match c.scope {
+        Scope::Tenant(own) => usage::Visible::Only([own].into()),
+        Scope::Admin | Scope::Read => usage::Visible::All,
+    }
+}
+
+async fn report_for(
+    state: &AppState,
+    c: Option<axum::Extension<Caller>>,
+    params: Result<Query<usage::ReportParams>, QueryRejection>,
+) -> Result<(usage::Report, usage::ReportParams), ApiError> {
+    let c = caller(c)?;
+    let Query(params) = params.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    c.listing(params.installation)?;
+    let report = usage::load(state, &visible(&c), &params).await?;
+    Ok((report, params))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/report", tag = "usage", params(usage::ReportParams),
+    description = "Everything the usage dashboard shows for a range of UTC days: per-day numbers, top repositories and workflows, webhook delivery health and the per-job log with each job's phase waterfall.",
+    responses((status = 200, body = usage::Report), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage_report(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    params: Result<Query<usage::ReportParams>, QueryRejection>,
+) -> Result<Json<usage::Report>, ApiError> {
+    Ok(Json(report_for(&state, c, params).await?.0))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/summary", tag = "usage", params(usage::ReportParams),
+    description = "Jobs, executed/billed/VM seconds, failure rate and queue percentiles, grouped by `by` (default `day`).",
+    responses((status = 200, body = [usage::GroupRow]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage_summary(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    params: Result<Query<usage::ReportParams>, QueryRejection>,
+) -> Result<Json<Vec<usage::GroupRow>>, ApiError> {
+    let (report, params) = report_for(&state, c, params).await?;
+    let keys = usage::GroupKey::parse_list(params.by.as_deref().unwrap_or("day"))
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    Ok(Json(usage::group(&report.jobs, &keys)))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/top", tag = "usage", params(usage::ReportParams),
+    description = "The repositories (or workflows, machine types: `by`) with the most billed minutes, at most 20.",
+    responses((status = 200, body = [usage::GroupRow]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage_top(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    params: Result<Query<usage::ReportParams>, QueryRejection>,
+) -> Result<Json<Vec<usage::GroupRow>>, ApiError> {
+    let (report, params) = report_for(&state, c, params).await?;
+    let keys = usage::GroupKey::parse_list(params.by.as_deref().unwrap_or("repo"))
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let [key] = keys[..] else {
+        return Err(ApiError::BadRequest(
+            "top groups by one of repo, workflow, machine-type or day",
+        ));
+    };
+    Ok(Json(usage::top(&report.jobs, key, 20)))
+}
+
+#[utoipa::path(get, path = "/api/v1/usage/jobs", tag = "usage", params(usage::ReportParams),
+    description = "The per-job log, newest first: executed and billed seconds and the phase waterfall of each job.",
+    responses((status = 200, body = [usage::JobLine]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn usage_jobs(
+    State(state): State<Arc<AppState>>,
+    c: Option<axum::Extension<Caller>>,
+    params: Result<Query<usage::ReportParams>, QueryRejection>,
+) -> Result<Json<Vec<usage::JobLine>>, ApiError> {
+    Ok(Json(report_for(&state, c, params).await?.0.jobs))
+}
+
 /// An installation of the GitHub App (a tenant).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstallationView {
@@ -627,8 +715,11 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "mayfly API", version = "1",
         description = "Read access to jobs, VMs, usage and installations (per tenant), and the audit log (admin)."),
-    paths(whoami, list_jobs, get_job, list_vms, usage, installations, audit_log, server_ca, enrol),
-    components(schemas(WhoAmI, JobView, VmView, UsageView, InstallationView, AuditView, ErrorBody,
+    paths(whoami, list_jobs, get_job, list_vms, usage, usage_report, usage_summary, usage_top,
+        usage_jobs, installations, audit_log, server_ca, enrol),
+    components(schemas(WhoAmI, JobView, VmView, UsageView, usage::Report, usage::GroupRow,
+        usage::JobLine, usage::PhaseSpan, usage::DayRow, usage::DeliveryHealth, usage::Filters,
+        usage::Choices, usage::DayRange, InstallationView, AuditView, ErrorBody,
         crate::agent_pki::EnrolRequest, crate::agent_pki::EnrolResponse)),
     modifiers(&BearerAuth)
 )]

@@ -15,6 +15,9 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A refusal whose message names the caller's own input (never another tenant's data).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the payload is not a valid {0} event")]
     BadPayload(&'static str),
     #[error("the store is unavailable; retry later")]
@@ -30,7 +33,7 @@ impl ApiError {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::BadRequest(_) | Self::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

@@ -14,6 +14,7 @@ mod reconciler;
 mod scheduler;
 mod tls;
 pub mod tokens;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct AppState {
     pki: Option<Arc<agent_pki::AgentPki>>,
     /// The agent listener's port, told to enrolling agents.
     agent_port: Option<u16>,
+    /// What usage reports need from the configuration.
+    reports: usage::Settings,
 }
 
 /// Why the server could not start.
@@ -309,6 +312,10 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         security_txt: config.security_txt.clone(),
         pki: pki.clone(),
         agent_port,
+        reports: usage::Settings {
+            retention_days: config.retention.job_days,
+            machine_types: config.profiles.iter().map(|p| p.name.clone()).collect(),
+        },
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))

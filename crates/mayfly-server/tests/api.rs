@@ -221,6 +221,10 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
             "/api/v1/jobs"
             | "/api/v1/vms"
             | "/api/v1/usage"
+            | "/api/v1/usage/report"
+            | "/api/v1/usage/summary"
+            | "/api/v1/usage/top"
+            | "/api/v1/usage/jobs"
             | "/api/v1/installations"
             | "/api/v1/audit" => format!("{path}?installation=10"),
             other => panic!("route {other} has no cross-tenant case in this test"),
@@ -229,7 +233,10 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
         assert_eq!(status, StatusCode::FORBIDDEN, "{cross}: {body}");
         assert!(!body.contains("org-ten"), "{cross} leaked: {body}");
         // Without naming another tenant, a tenant sees its own rows only.
-        let own = path.replace("{job_id}", "901");
+        let own = match path.as_str() {
+            "/api/v1/usage/summary" => format!("{path}?by=repo"),
+            _ => path.replace("{job_id}", "901"),
+        };
         let (status, body) = api.get(&own, Some(nine.expose())).await;
         if path == "/api/v1/audit" {
             assert_eq!(
@@ -250,6 +257,39 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
         let (status, body) = api.get(&own, Some(read.expose())).await;
         assert_eq!(status, StatusCode::OK, "{own}: {body}");
     }
+    // Usage reports refuse bad input with a clear 400 and show nothing.
+    for bad in [
+        "from=2026-11-10&to=2026-11-01",
+        "range=400d",
+        "range=yesterday",
+        "range=7d&from=2026-11-01&to=2026-11-02",
+        "repo=org-ten/app",
+        "conclusion=great",
+        "machine_type=gpu-huge",
+        "workflow=Nightly",
+        "colour=blue",
+        "by=planet",
+    ] {
+        let (status, body) = api
+            .get(&format!("/api/v1/usage/summary?{bad}"), Some(nine.expose()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "bad_request", "{bad}");
+        assert!(
+            !body["message"].as_str().unwrap().is_empty(),
+            "{bad}: a 400 says why"
+        );
+    }
+    let (status, body) = api
+        .get("/api/v1/usage/report?range=today", Some(nine.expose()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["timezone"], "UTC");
+    assert_eq!(report["totals"]["jobs"], 1);
+    assert_eq!(report["jobs"][0]["job_id"], 901);
+    assert_eq!(report["jobs"][0]["conclusion"], "success");
     let (_, whoami) = api.get("/api/v1/whoami", Some(nine.expose())).await;
     let whoami: Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(whoami["scope"], "tenant");
