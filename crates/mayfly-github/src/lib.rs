@@ -9,4 +9,7 @@ pub mod webhook;
 
 pub use app::{AppAuthError, AppCredentials};
 pub use rest::{GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RetryPolicy};
-pub use secret::{AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig};
+pub use secret::{
+    AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig, OAuthClientSecret, UserAccessToken,
+    UserRefreshToken,
+};
