@@ -12,5 +12,6 @@ mod faults;
 mod git;
 mod github_client;
 mod jit;
+mod oauth;
 mod tls;
 mod webhooks;
