@@ -13,5 +13,6 @@ mod git;
 mod github_client;
 mod jit;
 mod oauth;
+mod oauth_client;
 mod tls;
 mod webhooks;

@@ -17,11 +17,13 @@ use super::support::{bounded, TestSim};
 pub const CALLBACK: &str = "http://127.0.0.1:9/auth/github/callback";
 
 /// A browser that does not follow redirects, so the test sees where GitHub sends it.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
+fn browser(t: &TestSim) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().redirect(Policy::none());
+    if let Some(pem) = &t.ca_pem {
+        builder =
+            builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
 }
 
 pub async fn start() -> TestSim {
@@ -69,7 +71,7 @@ async fn submit_sign_in(
     login: &str,
     password: &str,
 ) -> reqwest::Response {
-    let browser = browser();
+    let browser = browser(t);
     let mut authorize = t.url("/login/oauth/authorize");
     authorize.query_pairs_mut().extend_pairs(query);
     let page = browser.get(authorize).send().await.unwrap();
@@ -91,6 +93,23 @@ async fn submit_sign_in(
         .send()
         .await
         .unwrap()
+}
+
+/// Opens a ready-made authorize URL (as the dashboard makes it), signs `login` in, and returns
+/// the code from the callback (after checking the state came back).
+pub async fn follow_authorize_url(t: &TestSim, authorize: Url, login: &str) -> String {
+    let query: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(authorize.path(), "/login/oauth/authorize");
+    let pairs: Vec<(&str, &str)> = query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let response = submit_sign_in(t, &pairs, login, SIM_USER_PASSWORD).await;
+    let to = location(&response);
+    let back = query_of(&to);
+    let state = query.iter().find(|(k, _)| k == "state").map(|(_, v)| v);
+    assert_eq!(back.get("state"), state);
+    back["code"].clone()
 }
 
 fn location(response: &reqwest::Response) -> Url {
@@ -125,7 +144,7 @@ pub async fn sign_in(t: &TestSim, login: &str) -> String {
 
 /// POSTs to the token endpoint (form body, `Accept: application/json`); returns the JSON.
 async fn token_request(t: &TestSim, params: &[(&str, &str)]) -> Value {
-    let response = browser()
+    let response = browser(t)
         .post(t.url("/login/oauth/access_token"))
         .header("accept", "application/json")
         .form(params)
@@ -295,7 +314,7 @@ async fn users_and_callback_urls_can_be_set_up_through_the_control_api() {
 async fn authorize_refuses_unknown_apps_and_unregistered_callbacks() {
     bounded(async {
         let t = start().await;
-        let browser = browser();
+        let browser = browser(&t);
         let mut url = t.url("/login/oauth/authorize");
         url.query_pairs_mut()
             .append_pair("client_id", "Iv23liUnknown")
@@ -428,7 +447,7 @@ async fn without_accept_json_the_answer_is_form_encoded() {
         let code = sign_in(&t, "mona").await;
         let client_id = t.sim.oauth_app().client_id;
         let secret = t.sim.oauth_client_secret();
-        let response = browser()
+        let response = browser(&t)
             .post(t.url("/login/oauth/access_token"))
             .query(&[
                 ("client_id", client_id.as_str()),
