@@ -52,6 +52,18 @@ secret_string!(
     /// The App's private key, PEM.
     AppPrivateKeyPem
 );
+secret_string!(
+    /// The App's OAuth client secret (the web flow's `client_secret`).
+    OAuthClientSecret
+);
+secret_string!(
+    /// A user access token of the App (`ghu_…`): acts as the signed-in user.
+    UserAccessToken
+);
+secret_string!(
+    /// A user refresh token of the App (`ghr_…`).
+    UserRefreshToken
+);
 
 #[cfg(test)]
 mod tests {

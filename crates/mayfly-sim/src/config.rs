@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mayfly_github::webhook::WebhookSecret;
+use mayfly_github::OAuthClientSecret;
+use rand::RngCore;
 use url::Url;
+
+use crate::control::NewUser;
 
 /// PEM files for serving HTTPS.
 #[derive(Debug, Clone)]
@@ -44,6 +48,13 @@ pub struct SimConfig {
     /// The `git` program that makes them (`git` on `PATH`). If it cannot be run, repositories
     /// are still created, with a warning, and their git URLs answer 404.
     pub git: PathBuf,
+    /// The App's OAuth client secret (its client id is `Iv23li` + the App id, 14 digits).
+    pub oauth_client_secret: OAuthClientSecret,
+    /// The App's registered callback URLs (GitHub: at most 10); the first is the default
+    /// `redirect_uri`. Also settable at run time (`SimControl::set_oauth_callback_urls`).
+    pub oauth_callback_urls: Vec<Url>,
+    /// The users who exist from the start; `SimConfig::new` seeds [`SimConfig::default_users`].
+    pub users: Vec<NewUser>,
 }
 
 impl SimConfig {
@@ -66,6 +77,31 @@ impl SimConfig {
             record_exchanges: false,
             git_dir: None,
             git: PathBuf::from("git"),
+            oauth_client_secret: random_client_secret(),
+            oauth_callback_urls: Vec::new(),
+            users: Self::default_users(),
         }
     }
+
+    /// The seeded users, members of the quickstart's organisations: `mona` (`acme-robotics`),
+    /// `hubot` (`globex-labs`), `octocat` (both) and `nemo` (none; sees no installation).
+    pub fn default_users() -> Vec<NewUser> {
+        let user = |login: &str, orgs: &[&str]| NewUser {
+            login: login.to_owned(),
+            orgs: orgs.iter().map(|o| (*o).to_owned()).collect(),
+        };
+        vec![
+            user("mona", &["acme-robotics"]),
+            user("hubot", &["globex-labs"]),
+            user("octocat", &["acme-robotics", "globex-labs"]),
+            user("nemo", &[]),
+        ]
+    }
+}
+
+/// 40 hex characters, the shape of a GitHub App's client secret.
+pub fn random_client_secret() -> OAuthClientSecret {
+    let mut raw = [0u8; 20];
+    rand::thread_rng().fill_bytes(&mut raw);
+    OAuthClientSecret::new(hex::encode(raw))
 }

@@ -1,6 +1,6 @@
 //! The control API that tests and quickstart drive the simulated GitHub with: installations,
-//! repositories, jobs (queued/waiting/approve/cancel), deliveries (list, redeliver), webhook URL,
-//! faults and the clock. Available as JSON under `/_sim/…` (unauthenticated: a local test tool)
+//! repositories, users and the App's OAuth callback URLs, jobs (queued/waiting/approve/cancel),
+//! deliveries (list, redeliver), webhook URL, faults and the clock. Available as JSON under `/_sim/…` (unauthenticated: a local test tool)
 //! and as methods on `SimHandle`; both go through the same functions.
 
 use std::collections::BTreeMap;
@@ -95,6 +95,43 @@ pub struct SimRepo {
     pub id: u64,
     pub installation_id: u64,
     pub full_name: String,
+}
+
+/// A GitHub user who can sign in (password [`crate::SIM_USER_PASSWORD`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub login: String,
+    /// Logins of the organisations the user is a member of; the user sees the App's
+    /// installations on these (and on their own account).
+    #[serde(default)]
+    pub orgs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimUser {
+    pub id: u64,
+    pub login: String,
+    pub orgs: Vec<String>,
+}
+
+/// The App's OAuth registration as the control API shows it (without the client secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimOAuthApp {
+    /// `Iv23li…`, the `client_id` of the web flow.
+    pub client_id: String,
+    pub callback_urls: Vec<String>,
+}
+
+/// GitHub allows at most ten callback URLs per App.
+const MAX_CALLBACK_URLS: usize = 10;
+
+fn sim_user(user: &crate::state::User) -> SimUser {
+    SimUser {
+        id: user.account.id,
+        login: user.account.login.clone(),
+        orgs: user.orgs.iter().cloned().collect(),
+    }
 }
 
 /// The name of the one step that `NewJob::script` stands for.
@@ -344,6 +381,51 @@ impl SimControl {
         self.shared.webhooks.set_url(url);
     }
 
+    /// Adds a user who can sign in with GitHub, a member of `orgs`.
+    pub fn create_user(&self, new: NewUser) -> Result<SimUser, ControlError> {
+        let user = self.shared.world().create_user(&new.login, &new.orgs)?;
+        Ok(sim_user(&user))
+    }
+
+    pub fn users(&self) -> Vec<SimUser> {
+        self.shared.world().users().map(sim_user).collect()
+    }
+
+    /// Replaces the App's callback URLs (GitHub's App settings); the first is the default
+    /// `redirect_uri`. Absolute `http(s)` URLs without fragment, at most ten.
+    pub fn set_oauth_callback_urls(&self, urls: Vec<Url>) -> Result<(), ControlError> {
+        if urls.len() > MAX_CALLBACK_URLS {
+            return Err(ControlError::Invalid(
+                "an App has at most 10 callback URLs".into(),
+            ));
+        }
+        if let Some(bad) = urls.iter().find(|u| {
+            !matches!(u.scheme(), "http" | "https") || u.fragment().is_some() || !u.has_host()
+        }) {
+            return Err(ControlError::Invalid(format!(
+                "{bad} is not an http(s) callback URL without fragment"
+            )));
+        }
+        *lock(&self.shared.oauth.callback_urls) = urls;
+        Ok(())
+    }
+
+    /// The App's client id and callback URLs.
+    pub fn oauth_app(&self) -> SimOAuthApp {
+        SimOAuthApp {
+            client_id: self.shared.app.client_id.clone(),
+            callback_urls: lock(&self.shared.oauth.callback_urls)
+                .iter()
+                .map(Url::to_string)
+                .collect(),
+        }
+    }
+
+    /// The App's client secret (in-process only: the control API over HTTP never shows it).
+    pub fn oauth_client_secret(&self) -> mayfly_github::OAuthClientSecret {
+        self.shared.oauth.client_secret.clone()
+    }
+
     /// Moves the simulator's clock forward (token and JWT expiry without sleeping).
     pub fn advance_clock(&self, by: Duration) {
         self.shared.clock.advance(by);
@@ -402,6 +484,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/_sim/faults/webhooks", put(http_webhook_faults))
         .route("/_sim/clock/advance", post(http_advance_clock))
+        .route("/_sim/users", post(http_create_user).get(http_users))
+        .route("/_sim/oauth/app", get(http_oauth_app))
+        .route("/_sim/oauth/callback-urls", put(http_callback_urls))
         .with_state(shared)
 }
 
@@ -532,4 +617,39 @@ struct AdvanceBody {
 async fn http_advance_clock(State(s): St, Json(body): Json<AdvanceBody>) -> StatusCode {
     s.clock.advance(Duration::from_secs(body.seconds));
     StatusCode::NO_CONTENT
+}
+
+async fn http_create_user(
+    State(s): St,
+    Json(new): Json<NewUser>,
+) -> Result<Response, ControlError> {
+    Ok(created(SimControl { shared: s }.create_user(new)?))
+}
+
+async fn http_users(State(s): St) -> Json<Vec<SimUser>> {
+    Json(SimControl { shared: s }.users())
+}
+
+async fn http_oauth_app(State(s): St) -> Json<SimOAuthApp> {
+    Json(SimControl { shared: s }.oauth_app())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallbackUrlsBody {
+    urls: Vec<String>,
+}
+
+async fn http_callback_urls(
+    State(s): St,
+    Json(body): Json<CallbackUrlsBody>,
+) -> Result<StatusCode, ControlError> {
+    let urls = body
+        .urls
+        .iter()
+        .map(|u| Url::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ControlError::Invalid("urls must be absolute URLs".into()))?;
+    SimControl { shared: s }.set_oauth_callback_urls(urls)?;
+    Ok(StatusCode::NO_CONTENT)
 }

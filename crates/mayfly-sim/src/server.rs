@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use jsonwebtoken::DecodingKey;
+use mayfly_github::OAuthClientSecret;
 use url::Url;
 
 use crate::clock::Clock;
@@ -39,6 +40,10 @@ pub enum SimError {
     BaseUrl(#[source] url::ParseError),
     #[error("git repository setup failed")]
     Git(#[source] GitError),
+    #[error("a configured user could not be created")]
+    User(#[source] crate::control::ControlError),
+    #[error("a configured OAuth callback URL was refused")]
+    CallbackUrls(#[source] crate::control::ControlError),
 }
 
 /// One recorded REST exchange (with `record_exchanges`).
@@ -65,12 +70,21 @@ impl std::fmt::Debug for AppKey {
     }
 }
 
+/// The App's OAuth registration: its client secret and callback URLs (its client id is
+/// `AppInfo::client_id`).
+#[derive(Debug)]
+pub(crate) struct OAuthRegistration {
+    pub client_secret: OAuthClientSecret,
+    pub callback_urls: Mutex<Vec<Url>>,
+}
+
 /// State shared by every handler.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub app: AppInfo,
     pub app_owner: Account,
     pub app_key: AppKey,
+    pub oauth: OAuthRegistration,
     pub links: Links,
     pub base_url: Url,
     pub token_ttl: Duration,
@@ -142,6 +156,10 @@ impl Sim {
                 kind: AccountType::User,
             },
             app_key: AppKey(app_key),
+            oauth: OAuthRegistration {
+                client_secret: config.oauth_client_secret.clone(),
+                callback_urls: Mutex::new(Vec::new()),
+            },
             links: Links::new(&base_url),
             base_url: base_url.clone(),
             token_ttl: config.token_ttl,
@@ -153,7 +171,17 @@ impl Sim {
             git,
             exchanges: config.record_exchanges.then(|| Mutex::new(Vec::new())),
         });
+        let control = SimControl {
+            shared: Arc::clone(&shared),
+        };
+        control
+            .set_oauth_callback_urls(config.oauth_callback_urls.clone())
+            .map_err(SimError::CallbackUrls)?;
+        for user in &config.users {
+            control.create_user(user.clone()).map_err(SimError::User)?;
+        }
         let app: Router = crate::rest::router(Arc::clone(&shared))
+            .merge(crate::oauth::router(Arc::clone(&shared)))
             .merge(crate::broker::router(Arc::clone(&shared)))
             .merge(crate::control::router(Arc::clone(&shared)))
             .layer(axum::middleware::from_fn_with_state(
@@ -184,9 +212,7 @@ impl Sim {
         };
         tracing::info!(%base_url, "GitHub simulator listening");
         Ok(SimHandle {
-            control: SimControl {
-                shared: Arc::clone(&shared),
-            },
+            control,
             shared,
             local_addr,
             server: handle,

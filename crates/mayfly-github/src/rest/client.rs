@@ -95,6 +95,25 @@ impl std::fmt::Debug for CachedToken {
     }
 }
 
+/// The HTTP client every GitHub call goes through: rustls with the webpki roots plus an optional
+/// extra root (the simulator's CA), no redirects followed, a timeout per request.
+pub(crate) fn http_client(
+    https_only: bool,
+    timeout: Duration,
+    extra_root_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .https_only(https_only)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = extra_root_pem {
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| format!("the extra root certificate: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 impl GitHubClient {
     pub fn new(config: GitHubClientConfig) -> Result<Self, GitHubError> {
         Self::with_clock(config, Arc::new(SystemClock))
@@ -104,18 +123,12 @@ impl GitHubClient {
         config: GitHubClientConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, GitHubError> {
-        let mut builder = reqwest::Client::builder()
-            .https_only(config.api_url.scheme() == "https")
-            .timeout(config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = &config.extra_root_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| GitHubError::Config(format!("the extra root certificate: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| GitHubError::Config(e.to_string()))?;
+        let http = http_client(
+            config.api_url.scheme() == "https",
+            config.request_timeout,
+            config.extra_root_pem.as_deref(),
+        )
+        .map_err(GitHubError::Config)?;
         let refresh_margin = chrono::Duration::from_std(config.token_refresh_margin)
             .map_err(|_| GitHubError::Config("token refresh margin too large".to_owned()))?;
         let mut api_url = config.api_url;

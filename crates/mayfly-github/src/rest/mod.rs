@@ -7,9 +7,11 @@ mod retry;
 mod transport;
 mod types;
 
+pub(crate) use client::http_client;
 pub use client::{GitHubClient, GitHubClientConfig, JitRunner, QueuedJob};
 pub use error::GitHubError;
 pub use retry::RetryPolicy;
+pub(crate) use transport::next_link;
 pub use types::{
     AppInstallation, InstallationAccount, InstallationRepository, JitConfigRequest, Job, Runner,
     RunnerLabel, WorkflowRun,

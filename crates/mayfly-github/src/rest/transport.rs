@@ -204,7 +204,7 @@ pub(super) fn not_found_is_none<T>(
 }
 
 /// The `rel="next"` target of a `Link` header.
-fn next_link(headers: &HeaderMap) -> Option<Url> {
+pub(crate) fn next_link(headers: &HeaderMap) -> Option<Url> {
     let link = headers.get(LINK)?.to_str().ok()?;
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;

@@ -14,6 +14,9 @@ pub(crate) const DOCS: &str = "https://docs.github.com/rest";
 pub(crate) enum RestError {
     #[error("{0}")]
     Unauthorized(String),
+    /// 403 with GitHub's fixed message (e.g. "Resource not accessible by integration").
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("Not Found")]
     NotFound,
     #[error("{0}")]
@@ -42,6 +45,7 @@ impl RestError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::InvalidRequest(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -7,6 +7,7 @@ mod actions;
 mod app;
 pub(crate) mod error;
 mod runners;
+mod user;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(app::routes())
         .merge(runners::routes())
         .merge(actions::routes())
+        .merge(user::routes())
         .route("/rate_limit", get(rate_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)

@@ -6,8 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod jobs;
+mod users;
 pub use jobs::{Conclusion, JobStatus, JobStep};
 pub(crate) use jobs::{Job, NewJobSpec, Run};
+pub(crate) use users::{
+    CodeGrant, IssuedTokens, User, Users, ACCESS_TTL_S, CODE_TTL, REFRESH_TTL_S,
+};
 
 use chrono::{DateTime, Utc};
 use rand::distributions::{Alphanumeric, DistString};
@@ -155,6 +159,7 @@ pub(crate) struct World {
     labels: HashMap<String, Label>,
     tokens: HashMap<Digest32, TokenGrant>,
     runner_tokens: HashMap<Digest32, (u64, DateTime<Utc>)>,
+    users: Users,
 }
 
 impl Default for World {
@@ -178,6 +183,7 @@ impl Default for World {
             labels: HashMap::new(),
             tokens: HashMap::new(),
             runner_tokens: HashMap::new(),
+            users: Users::default(),
         }
     }
 }

@@ -12,5 +12,7 @@ mod faults;
 mod git;
 mod github_client;
 mod jit;
+mod oauth;
+mod oauth_client;
 mod tls;
 mod webhooks;

@@ -37,6 +37,8 @@ pub struct TestSim {
     pub sim: SimHandle,
     pub keys: AppKeyPair,
     pub http: reqwest::Client,
+    /// The root certificate (PEM) a browser must trust when the simulator serves HTTPS.
+    pub ca_pem: Option<String>,
 }
 
 pub fn config(keys: &AppKeyPair) -> SimConfig {
@@ -63,6 +65,7 @@ impl TestSim {
             sim,
             keys,
             http: reqwest::Client::new(),
+            ca_pem: None,
         }
     }
 
