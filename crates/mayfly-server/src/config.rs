@@ -38,6 +38,37 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
     /// `/.well-known/security.txt` (RFC 9116). Without it the file is not served.
     pub security_txt: Option<SecurityTxtConfig>,
+    /// The usage dashboard at `/dashboard` (sign in with GitHub). Needs `[github]`.
+    pub dashboard: Option<DashboardConfig>,
+}
+
+/// The usage dashboard: customers sign in with GitHub (the App's OAuth web flow) and see the
+/// installations GitHub says they may access; an operator signs in with an admin token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// This server's address as browsers reach it, e.g. `https://ci.example.com`. GitHub sends
+    /// users back to `<public_url>/dashboard/callback`: register that as the App's callback URL.
+    pub public_url: String,
+    /// The GitHub App's client id (`Iv23li…`; the App's settings page shows it).
+    pub client_id: String,
+    /// The App's OAuth client secret (mode 600).
+    pub client_secret_file: PathBuf,
+    /// GitHub's web address (where users sign in): `https://github.com`, a GHES host, or the
+    /// simulator's.
+    #[serde(default = "default_github_web")]
+    pub github_url: String,
+    /// How long a sign-in lasts.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u32,
+}
+
+fn default_github_web() -> String {
+    "https://github.com".to_owned()
+}
+
+fn default_session_hours() -> u32 {
+    8
 }
 
 /// What `/.well-known/security.txt` says (RFC 9116).
@@ -193,6 +224,7 @@ impl Default for ServerConfig {
             database: DatabaseConfig::default(),
             retention: RetentionConfig::default(),
             security_txt: None,
+            dashboard: None,
         }
     }
 }
@@ -229,6 +261,8 @@ pub enum ConfigError {
     NoDbKey,
     #[error("set one of [database] key_file and passphrase_file, not both")]
     TwoDbKeys,
+    #[error("[dashboard] {0}")]
+    Dashboard(&'static str),
     #[error("[security_txt] {0}")]
     SecurityTxt(&'static str),
     #[error("[database] postgres_url must not carry a password: put it in postgres_password_file (mode 600)")]
@@ -276,6 +310,25 @@ impl ServerConfig {
                 .map(|(userinfo, _)| userinfo);
             if userinfo.is_some_and(|u| u.contains(':')) {
                 return Err(ConfigError::PasswordInUrl);
+            }
+        }
+        if let Some(d) = &self.dashboard {
+            if self.github.is_none() {
+                return Err(ConfigError::Dashboard(
+                    "needs [github]: users sign in with the GitHub App",
+                ));
+            }
+            let web =
+                |u: &str| url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+            if !web(&d.public_url) || !web(&d.github_url) {
+                return Err(ConfigError::Dashboard(
+                    "public_url and github_url must be http(s) URLs",
+                ));
+            }
+            if !(1..=24 * 7).contains(&d.session_hours) {
+                return Err(ConfigError::Dashboard(
+                    "session_hours must be between 1 and 168",
+                ));
             }
         }
         if let Some(sec) = &self.security_txt {

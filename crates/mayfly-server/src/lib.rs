@@ -6,6 +6,7 @@ pub mod agent_pki;
 mod agents;
 pub mod api;
 pub mod config;
+mod dashboard;
 mod error;
 mod intake;
 mod log_limit;
@@ -54,6 +55,8 @@ pub struct AppState {
     agent_port: Option<u16>,
     /// What usage reports need from the configuration.
     reports: usage::Settings,
+    /// The usage dashboard, when `[dashboard]` is configured.
+    dashboard: Option<Arc<dashboard::Dashboard>>,
 }
 
 /// Why the server could not start.
@@ -79,6 +82,8 @@ pub enum ServerError {
     MasterKey(#[source] mayfly_store::SealError),
     #[error("could not read the server CA certificate {0}: set [tls] ca_file to the CA that issued cert_file")]
     ServerCa(std::path::PathBuf),
+    #[error(transparent)]
+    Dashboard(#[from] dashboard::DashboardError),
     #[error("could not listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -154,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ready))
         .route("/.well-known/security.txt", get(security_txt))
         .merge(api::routes(state.clone()))
+        .merge(dashboard::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -172,10 +178,12 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // The dashboard's pages set their own (its stylesheet and forms); the rest get none at all.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -301,6 +309,12 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         )),
         _ => None,
     };
+    let dashboard = match (&config.dashboard, &config.github) {
+        (Some(d), Some(github)) => Some(Arc::new(
+            dashboard::Dashboard::load(d, github, deps.store.as_ref(), &sealer(config)?).await?,
+        )),
+        _ => None,
+    };
     let wakeup = Arc::new(Notify::new());
     let state = Arc::new(AppState {
         store: deps.store.clone(),
@@ -316,6 +330,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             retention_days: config.retention.job_days,
             machine_types: config.profiles.iter().map(|p| p.name.clone()).collect(),
         },
+        dashboard,
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -622,16 +637,8 @@ async fn load_agent_pki(
     clock: &dyn Clock,
     server_id: &str,
 ) -> Result<agent_pki::AgentPki, ServerError> {
-    let master = config.master_key_path();
-    if !master.exists() && config.database.master_key_file.is_none() {
-        mayfly_store::MasterKey::random()
-            .write(&master)
-            .map_err(ServerError::MasterKey)?;
-        tracing::info!(file = %master.display(),
-            "made a master key for sealed values; servers sharing this database need a copy");
-    }
+    let sealer = sealer(config)?;
     let server_ca_pem = server_ca_pem(files)?;
-    let sealer = mayfly_store::Sealer::new(master);
     // Of servers starting together on a fresh database, one makes the CA; the others wait.
     for _ in 0..30 {
         if hold_lease(store, clock, "agent-ca", server_id, Duration::from_secs(30)).await {
@@ -644,6 +651,20 @@ async fn load_agent_pki(
     agent_pki::AgentPki::load_or_create(store, &sealer, server_ca_pem)
         .await
         .map_err(ServerError::Pki)
+}
+
+/// The sealer of secrets in the store; the master key file is made on first start when it is
+/// the default one.
+fn sealer(config: &ServerConfig) -> Result<mayfly_store::Sealer, ServerError> {
+    let master = config.master_key_path();
+    if !master.exists() && config.database.master_key_file.is_none() {
+        mayfly_store::MasterKey::random()
+            .write(&master)
+            .map_err(ServerError::MasterKey)?;
+        tracing::info!(file = %master.display(),
+            "made a master key for sealed values; servers sharing this database need a copy");
+    }
+    Ok(mayfly_store::Sealer::new(master))
 }
 
 /// `[tls] ca_file`, or the last certificate of `cert_file`.
