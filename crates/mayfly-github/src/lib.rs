@@ -8,5 +8,8 @@ pub mod secret;
 pub mod webhook;
 
 pub use app::{AppAuthError, AppCredentials};
-pub use rest::{GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RetryPolicy};
+pub use rest::{
+    Exchange, GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RequestObserver,
+    RetryPolicy,
+};
 pub use secret::{AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig};

@@ -7,7 +7,9 @@ mod retry;
 mod transport;
 mod types;
 
-pub use client::{GitHubClient, GitHubClientConfig, JitRunner, QueuedJob};
+pub use client::{
+    Exchange, GitHubClient, GitHubClientConfig, JitRunner, QueuedJob, RequestObserver,
+};
 pub use error::GitHubError;
 pub use retry::RetryPolicy;
 pub use types::{
