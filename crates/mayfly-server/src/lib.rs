@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 mod intake;
 mod log_limit;
+pub mod metrics;
 mod processor;
 mod reconciler;
 mod scheduler;
@@ -51,6 +52,7 @@ pub struct AppState {
     pki: Option<Arc<agent_pki::AgentPki>>,
     /// The agent listener's port, told to enrolling agents.
     agent_port: Option<u16>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Why the server could not start.
@@ -151,6 +153,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ready))
         .route("/.well-known/security.txt", get(security_txt))
         .merge(api::routes(state.clone()))
+        .merge(metrics::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -299,6 +302,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         _ => None,
     };
     let wakeup = Arc::new(Notify::new());
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = Arc::new(AppState {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
@@ -309,6 +313,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         security_txt: config.security_txt.clone(),
         pki: pki.clone(),
         agent_port,
+        metrics: metrics.clone(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -348,6 +353,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         server_id: server_id.clone(),
         wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
+        metrics: metrics.clone(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
     tasks.spawn(purge_loop(
@@ -361,6 +367,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         (Some(github), Some(listener)) => {
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
             let hub = Arc::new(agents::AgentHub::new(events_tx));
+            metrics.watch_agents(hub.clone());
+            github.set_observer(metrics.clone());
             let addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::AgentBind {
@@ -415,6 +423,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 run: config.runner_entry.clone(),
                 wake: schedule,
                 server_id,
+                metrics,
+                phases_pending: Default::default(),
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");
