@@ -638,4 +638,78 @@ mod tests {
         assert!(classic.contains("mayfly_webhook_lag_seconds_count 1"));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
+
+    fn encoded(m: &Metrics) -> String {
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &m.registry).unwrap();
+        om
+    }
+
+    #[test]
+    fn github_answers_are_counted_by_result_and_rate_limits_kept_per_installation() {
+        use mayfly_github::{Exchange, RequestObserver};
+        let m = Metrics::new();
+        let exchange =
+            |status: Option<u16>, installation: Option<i64>, remaining: Option<u64>| Exchange {
+                method: "GET",
+                status,
+                installation: installation.map(mayfly_core::InstallationId),
+                rate_limit_remaining: remaining,
+                rate_limit_limit: remaining.map(|_| 5000),
+            };
+        m.observe(&exchange(Some(200), Some(7), Some(4000)));
+        m.observe(&exchange(Some(403), Some(7), Some(0)));
+        m.observe(&exchange(Some(403), None, None));
+        m.observe(&exchange(Some(429), None, None));
+        m.observe(&exchange(Some(502), None, None));
+        m.observe(&exchange(None, None, None));
+        let om = encoded(&m);
+        for line in [
+            r#"mayfly_github_api_requests_total{method="GET",result="ok"} 1"#,
+            r#"mayfly_github_api_requests_total{method="GET",result="rate_limited"} 2"#,
+            r#"mayfly_github_api_requests_total{method="GET",result="client_error"} 1"#,
+            r#"mayfly_github_api_requests_total{method="GET",result="server_error"} 1"#,
+            r#"mayfly_github_api_requests_total{method="GET",result="transport_error"} 1"#,
+            r#"mayfly_github_rate_limit_remaining{installation="7"} 0"#,
+            r#"mayfly_github_rate_limit_limit{installation="7"} 5000"#,
+        ] {
+            assert!(om.contains(line), "no {line} in\n{om}");
+        }
+    }
+
+    #[test]
+    fn a_job_s_phases_are_observed_in_order_and_unknown_ones_left_out() {
+        let m = Metrics::new();
+        let at = |s: i64| Some(DateTime::from_timestamp(s, 0).unwrap());
+        m.job_phases(
+            "small",
+            &PhaseTimes {
+                queued_at_github: at(100),
+                webhook_received: at(101),
+                vm_requested: at(103),
+                vm_started: at(104),
+                guest_ready: at(110),
+                runner_started: at(111),
+                // GitHub's whole second, "before" the runner started: ordered() makes it 0 s.
+                job_started: at(110),
+                job_completed: None,
+                runner_exited: at(200),
+                vm_destroyed: at(205),
+            },
+        );
+        let om = encoded(&m);
+        for (phase, sum) in [
+            ("webhook_lag", "1.0"),
+            ("waiting_for_capacity", "2.0"),
+            ("vm_boot", "7.0"),
+            ("runner_start", "1.0"),
+        ] {
+            let line = format!(
+                r#"mayfly_job_phase_duration_seconds_sum{{phase="{phase}",profile="small"}} {sum}"#
+            );
+            assert!(om.contains(&line), "no {line} in\n{om}");
+        }
+        assert!(!om.contains(r#"phase="job_run""#), "{om}");
+        assert!(!om.contains(r#"phase="destroy""#), "{om}");
+    }
 }

@@ -85,6 +85,18 @@ async fn only_an_admin_token_reads_metrics_and_refusals_are_audited() {
             assert!(!body.to_string().contains("mayfly_"), "{body}");
         }
 
+        // A forged delivery is refused and counted as such.
+        let forged = http
+            .post(format!("{base}webhooks/github"))
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", "forged-1")
+            .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+
         // What Prometheus sends, and what curl sends: OpenMetrics either way.
         for accept in [
             Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
@@ -100,6 +112,10 @@ async fn only_an_admin_token_reads_metrics_and_refusals_are_audited() {
                     "mayfly_build_info{{version=\"{}\"}} 1",
                     env!("CARGO_PKG_VERSION")
                 )),
+                "{body}"
+            );
+            assert!(
+                body.contains("mayfly_webhook_deliveries_total{result=\"rejected_signature\"} 1"),
                 "{body}"
             );
             assert!(
