@@ -10,7 +10,10 @@ pub mod webhook;
 
 pub use app::{AppAuthError, AppCredentials};
 pub use oauth::{OAuthApp, OAuthAppConfig, OAuthError, User, UserInstallation, UserToken};
-pub use rest::{GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RetryPolicy};
+pub use rest::{
+    Exchange, GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RequestObserver,
+    RetryPolicy,
+};
 pub use secret::{
     AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig, OAuthClientSecret, UserAccessToken,
     UserRefreshToken,

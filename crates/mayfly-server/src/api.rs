@@ -133,7 +133,7 @@ async fn authenticate(
 }
 
 /// The token of `Authorization: Bearer <token>`, if the header is well-formed.
-fn bearer(request: &Request) -> Option<&str> {
+pub(crate) fn bearer(request: &Request) -> Option<&str> {
     let value = request
         .headers()
         .get(header::AUTHORIZATION)?

@@ -24,12 +24,28 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Handles one delivery.
+/// Handles one delivery and counts its result.
 pub async fn receive(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let result = handle(&state, headers, body).await;
+    let refusal = match &result {
+        Ok(_) => None,
+        Err(ApiError::Unauthorized) => Some("rejected_signature"),
+        Err(ApiError::TooLarge { .. }) => Some("too_large"),
+        Err(ApiError::BadPayload(_)) => Some("bad_payload"),
+        Err(ApiError::Unavailable) => Some("unavailable"),
+        Err(_) => Some("bad_request"),
+    };
+    if let Some(refusal) = refusal {
+        state.metrics.delivery(refusal);
+    }
+    result
+}
+
+async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let limit = state.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -79,7 +95,17 @@ pub async fn receive(
         ApiError::BadPayload("workflow_job")
     })?
     else {
+        state.metrics.delivery("ignored");
         return Ok(answer(StatusCode::ACCEPTED, "ignored", &delivery_id));
+    };
+    let received_at = state.clock.now();
+    let payload_moment = match &intake {
+        IntakeEvent::Job(job) => match job.status {
+            mayfly_core::JobStatus::Queued | mayfly_core::JobStatus::Waiting => job.created_at,
+            mayfly_core::JobStatus::InProgress => job.started_at,
+            mayfly_core::JobStatus::Completed => job.completed_at,
+        },
+        _ => None,
     };
 
     let recorded = state
@@ -88,7 +114,7 @@ pub async fn receive(
             delivery_id: delivery_id.clone(),
             event: event.to_owned(),
             action,
-            received_at: state.clock.now(),
+            received_at,
             intake,
         })
         .await
@@ -99,9 +125,16 @@ pub async fn receive(
     Ok(match recorded {
         Recorded::New => {
             state.processor_wakeup.notify_one();
+            state.metrics.delivery("accepted");
+            if let Some(at) = payload_moment {
+                state.metrics.webhook_lag(received_at - at);
+            }
             answer(StatusCode::ACCEPTED, "accepted", &delivery_id)
         }
-        Recorded::Duplicate => answer(StatusCode::OK, "duplicate", &delivery_id),
+        Recorded::Duplicate => {
+            state.metrics.delivery("duplicate");
+            answer(StatusCode::OK, "duplicate", &delivery_id)
+        }
     })
 }
 

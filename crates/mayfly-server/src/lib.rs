@@ -10,6 +10,7 @@ mod dashboard;
 mod error;
 mod intake;
 mod log_limit;
+pub mod metrics;
 mod processor;
 mod reconciler;
 mod scheduler;
@@ -57,6 +58,7 @@ pub struct AppState {
     reports: usage::Settings,
     /// The usage dashboard, when `[dashboard]` is configured.
     dashboard: Option<Arc<dashboard::Dashboard>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Why the server could not start.
@@ -160,6 +162,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/.well-known/security.txt", get(security_txt))
         .merge(api::routes(state.clone()))
         .merge(dashboard::routes())
+        .merge(metrics::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -316,6 +319,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         _ => None,
     };
     let wakeup = Arc::new(Notify::new());
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = Arc::new(AppState {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
@@ -331,6 +335,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             machine_types: config.profiles.iter().map(|p| p.name.clone()).collect(),
         },
         dashboard,
+        metrics: metrics.clone(),
     });
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -370,6 +375,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         server_id: server_id.clone(),
         wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
+        metrics: metrics.clone(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
     tasks.spawn(purge_loop(
@@ -383,6 +389,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         (Some(github), Some(listener)) => {
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
             let hub = Arc::new(agents::AgentHub::new(events_tx));
+            metrics.watch_agents(hub.clone());
+            github.set_observer(metrics.clone());
             let addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::AgentBind {
@@ -437,6 +445,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 run: config.runner_entry.clone(),
                 wake: schedule,
                 server_id,
+                metrics,
+                phases_pending: Default::default(),
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::{Clock, IntakeEvent};
+use mayfly_core::{Clock, IntakeEvent, JobStatus, Transition};
 use mayfly_store::{PendingDelivery, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ pub struct Processor {
     pub wakeup: Arc<Notify>,
     /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
     pub scheduler: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Processor {
@@ -75,6 +76,12 @@ impl Processor {
                     Some(transition) => {
                         tracing::info!(delivery = %d.delivery_id, job = %job.job_id, repo = %job.repo,
                             status = job.status.as_str(), ?transition, "job event applied");
+                        // Counted once: only the server that applied the completion gets here.
+                        if transition == Transition::Advance(JobStatus::Completed) {
+                            if let Some(row) = self.store.job(job.job_id).await? {
+                                self.metrics.job_completed(&row);
+                            }
+                        }
                     }
                     None => already_processed(d),
                 }

@@ -36,7 +36,15 @@ pub struct Scheduler {
     pub wake: Arc<Notify>,
     /// This server's name in job claims.
     pub server_id: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// VMs gone whose job's phases are not observed yet (its completion may still be coming).
+    pub phases_pending: std::sync::Mutex<Vec<String>>,
 }
+
+/// How long a destroyed VM waits for its job's completion before its phases are given up on.
+const PHASES_WAIT: chrono::Duration = chrono::Duration::hours(1);
+/// At most this many VMs wait for that (beyond it, phases go unobserved rather than memory).
+const PHASES_PENDING_MAX: usize = 10_000;
 
 /// A job claimed for placement but still not placed after this long (its server died) may be
 /// claimed by another server.
@@ -76,6 +84,7 @@ impl Scheduler {
         for job in &jobs {
             self.bind(job, &mut vms).await?;
         }
+        self.observe_phases(&jobs, &vms);
         // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
         for job in jobs
             .iter()
@@ -84,6 +93,30 @@ impl Scheduler {
             self.dispatch(job, &mut vms).await?;
         }
         self.cleanup(&jobs, &mut vms).await
+    }
+
+    /// Observes the phases of each job whose VM is gone, once GitHub says the job completed.
+    fn observe_phases(&self, jobs: &[JobRecord], vms: &[VmRow]) {
+        let Ok(mut pending) = self.phases_pending.lock() else {
+            return;
+        };
+        let now = self.clock.now();
+        pending.retain(|start_id| {
+            let Some(vm) = vms.iter().find(|v| &v.start_id == start_id) else {
+                return false;
+            };
+            let job = vm
+                .ran_job_id
+                .and_then(|id| jobs.iter().find(|j| j.job_id.0 == id));
+            match job {
+                Some(job) if job.status == JobStatus::Completed => {
+                    self.metrics
+                        .job_phases(&vm.profile, &job.phase_times(Some(vm)));
+                    false
+                }
+                _ => vm.destroyed_at.is_some_and(|at| now - at < PHASES_WAIT),
+            }
+        });
     }
 
     /// Records which VM's runner ran `job` (GitHub does not bind a job to the runner it was
@@ -235,6 +268,8 @@ impl Scheduler {
         why: &str,
     ) -> Result<(), StoreError> {
         tracing::error!(job = %job.job_id, "job failed: {why}");
+        self.metrics
+            .dispatch_failed(job, dispatch.profile.as_deref());
         dispatch.disposition = "failed".into();
         dispatch.failure = Some(why.to_owned());
         self.store.set_job_dispatch(job.job_id, &dispatch).await
@@ -323,8 +358,10 @@ impl Scheduler {
             tracing::warn!(%agent, start_id = %event.start_id, "event for an unknown VM");
             return Ok(());
         };
+        let before = vm.clone();
         apply_event(&mut vm, &event);
         self.store.update_vm(&vm).await?;
+        self.observe_vm(&before, &vm);
         if EventKind::try_from(event.kind) == Ok(EventKind::Failed) && vm.ran_job_id.is_none() {
             if let Some(job) = self.store.job(JobId(vm.for_job_id)).await? {
                 if job.status == JobStatus::Queued && job.dispatch.disposition == "placed" {
@@ -339,6 +376,24 @@ impl Scheduler {
 }
 
 impl Scheduler {
+    /// Metrics of a VM's moments as they first become known: its boot when the runner starts;
+    /// when it is gone, its job's phases (on a later pass, once the job completed).
+    fn observe_vm(&self, before: &VmRow, after: &VmRow) {
+        let knew = before.started_at.is_some() && before.runner_started_at.is_some();
+        if let (false, Some(started), Some(runner)) =
+            (knew, after.started_at, after.runner_started_at)
+        {
+            self.metrics.vm_booted(&after.profile, runner - started);
+        }
+        if before.state != "destroyed" && after.state == "destroyed" {
+            if let Ok(mut pending) = self.phases_pending.lock() {
+                if pending.len() < PHASES_PENDING_MAX {
+                    pending.push(after.start_id.clone());
+                }
+            }
+        }
+    }
+
     /// An agent (re)connected: VMs it started that it no longer has were lost with it (its
     /// reaper destroyed them); record that so their jobs can be retried.
     async fn on_connected(

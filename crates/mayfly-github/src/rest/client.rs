@@ -85,6 +85,26 @@ pub struct GitHubClient {
     pub(super) refresh_margin: chrono::Duration,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) tokens: Mutex<HashMap<InstallationId, CachedToken>>,
+    pub(super) observer: std::sync::RwLock<Option<Arc<dyn RequestObserver>>>,
+}
+
+/// Told about every HTTP exchange with GitHub (each attempt of a retried call), e.g. to count
+/// them in metrics. Called on the request path: keep it cheap and non-blocking.
+pub trait RequestObserver: Send + Sync + std::fmt::Debug {
+    fn observe(&self, exchange: &Exchange);
+}
+
+/// One HTTP exchange with GitHub, as a [`RequestObserver`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    pub method: &'static str,
+    /// `None`: the request never got an answer (connection, TLS or timeout error).
+    pub status: Option<u16>,
+    /// The installation whose token was used; `None` for App-JWT calls.
+    pub installation: Option<InstallationId>,
+    /// GitHub's `x-ratelimit-remaining` and `x-ratelimit-limit`, when present.
+    pub rate_limit_remaining: Option<u64>,
+    pub rate_limit_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -144,7 +164,22 @@ impl GitHubClient {
             refresh_margin,
             clock,
             tokens: Mutex::new(HashMap::new()),
+            observer: std::sync::RwLock::new(None),
         })
+    }
+
+    /// Reports every later exchange to `observer` (replacing any earlier one).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        if let Ok(mut slot) = self.observer.write() {
+            *slot = Some(observer);
+        }
+    }
+
+    pub(super) fn observe(&self, exchange: &Exchange) {
+        let observer = self.observer.read().ok().and_then(|o| o.clone());
+        if let Some(observer) = observer {
+            observer.observe(exchange);
+        }
     }
 
     /// An installation token, from the cache while it has more than the margin left.

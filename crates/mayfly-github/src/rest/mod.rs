@@ -8,7 +8,9 @@ mod transport;
 mod types;
 
 pub(crate) use client::http_client;
-pub use client::{GitHubClient, GitHubClientConfig, JitRunner, QueuedJob};
+pub use client::{
+    Exchange, GitHubClient, GitHubClientConfig, JitRunner, QueuedJob, RequestObserver,
+};
 pub use error::GitHubError;
 pub use retry::RetryPolicy;
 pub(crate) use transport::next_link;

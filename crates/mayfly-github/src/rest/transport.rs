@@ -9,7 +9,7 @@ use url::Url;
 
 use mayfly_core::RepoFullName;
 
-use super::client::{Auth, GitHubClient};
+use super::client::{Auth, Exchange, GitHubClient};
 use super::error::GitHubError;
 use super::retry::Verdict;
 use super::types::ErrorBody;
@@ -117,15 +117,35 @@ impl GitHubClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|source| GitHubError::Transport {
-                    url: redact_query(&url),
-                    source,
-                })?;
+            let installation = match auth {
+                Auth::App => None,
+                Auth::Installation(id) => Some(id),
+            };
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(source) => {
+                    self.observe(&Exchange {
+                        method: method_name(&method),
+                        status: None,
+                        installation,
+                        rate_limit_remaining: None,
+                        rate_limit_limit: None,
+                    });
+                    return Err(GitHubError::Transport {
+                        url: redact_query(&url),
+                        source,
+                    });
+                }
+            };
             let status = response.status();
             let headers = response.headers().clone();
+            self.observe(&Exchange {
+                method: method_name(&method),
+                status: Some(status.as_u16()),
+                installation,
+                rate_limit_remaining: header_u64(&headers, "x-ratelimit-remaining"),
+                rate_limit_limit: header_u64(&headers, "x-ratelimit-limit"),
+            });
             let bytes = response
                 .bytes()
                 .await
@@ -214,6 +234,22 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<Url> {
             .then(|| target.trim().trim_start_matches('<').trim_end_matches('>'))
             .and_then(|t| Url::parse(t).ok())
     })
+}
+
+/// The methods mayfly uses, as static names (anything else is `OTHER`).
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn redact_query(url: &Url) -> String {

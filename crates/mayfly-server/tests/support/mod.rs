@@ -3,6 +3,8 @@
 //! plain HTTP with `insecure_dev` — and whatever the test adjusts in the configuration.
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod agent;
+
 use std::sync::Arc;
 
 use mayfly_core::SystemClock;

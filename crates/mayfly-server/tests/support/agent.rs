@@ -1,0 +1,108 @@
+//! A stand-in agent speaking the real protocol (no VMs): says Hello with four slots of
+//! `test-image`, hands every command to the test, and reports the VM events the test plays.
+
+use std::time::Duration;
+
+use mayfly_proto::v1::agent_service_client::AgentServiceClient;
+use mayfly_proto::v1::{AgentMessage, Capacity, Hello, StartVm, VmEvent};
+use mayfly_proto::{AgentBody, EventKind, ServerBody, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+/// A stand-in agent: says Hello, then hands every command to the test.
+pub struct FakeAgent {
+    tx: mpsc::Sender<AgentMessage>,
+    commands: mpsc::UnboundedReceiver<ServerBody>,
+}
+
+impl FakeAgent {
+    pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        let mut client = AgentServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(AgentMessage {
+            body: Some(AgentBody::Hello(Hello {
+                agent_id: "host-a".into(),
+                protocol_version: PROTOCOL_VERSION,
+                capacity: Some(Capacity {
+                    slots: 4,
+                    vcpus: 8,
+                    memory_mib: 16384,
+                    images: vec!["test-image".into()],
+                }),
+                vms: vec![],
+            })),
+        })
+        .await
+        .unwrap();
+        let mut incoming = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = incoming.next().await {
+                if let Some(body) = message.body {
+                    let _ = commands_tx.send(body);
+                }
+            }
+        });
+        Self { tx, commands }
+    }
+
+    pub async fn next(&mut self) -> ServerBody {
+        loop {
+            let body = tokio::time::timeout(Duration::from_secs(20), self.commands.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if !matches!(body, ServerBody::Welcome(_)) {
+                return body;
+            }
+        }
+    }
+
+    pub async fn event(&self, start: &str, vm: &str, kind: EventKind, record: &str) {
+        let event = VmEvent {
+            vm_id: vm.into(),
+            start_id: start.into(),
+            kind: kind as i32,
+            at_unix_ms: chrono::Utc::now().timestamp_millis(),
+            exit_code: 0,
+            detail: String::new(),
+            destruction_record_json: record.into(),
+        };
+        self.tx
+            .send(AgentMessage {
+                body: Some(AgentBody::VmEvent(event)),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Plays a VM through boot, as an agent would report it.
+    pub async fn boot(&self, start: &StartVm, vm: &str) {
+        self.event(&start.start_id, vm, EventKind::Started, "")
+            .await;
+        self.event(&start.start_id, vm, EventKind::Booted, "").await;
+    }
+
+    pub async fn destroyed(&self, start: &str, vm: &str) {
+        let record = mayfly_core::DestructionRecord {
+            vm: mayfly_core::VmId::parse(vm).unwrap(),
+            reason: "test".into(),
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            steps: vec![],
+        };
+        self.event(
+            start,
+            vm,
+            EventKind::Destroyed,
+            &serde_json::to_string(&record).unwrap(),
+        )
+        .await;
+    }
+}
