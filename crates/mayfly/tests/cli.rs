@@ -67,6 +67,7 @@ fn sim_help_explains_every_flag() {
             "--tls-key",
             "--app-id",
             "--token-ttl-secs",
+            "--oauth-callback-url",
         ],
     );
 }
