@@ -46,7 +46,9 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start() -> Self {
+    /// `tls`: serve HTTPS with a certificate of a private CA (written to `ca.pem`), else
+    /// `--insecure-dev`.
+    async fn start(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_private(&dir.path().join("secret"), WEBHOOK_SECRET);
         write_private(
@@ -58,9 +60,37 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-            .args(["server", "--insecure-dev", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mayfly"));
+        command
+            .args(["server", "--listen"])
+            .arg(format!("127.0.0.1:{port}"));
+        let mut http = reqwest::Client::builder();
+        let base = if tls {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = ca_params.self_signed(&ca_key).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            std::fs::write(dir.path().join("server.crt"), cert.pem()).unwrap();
+            write_private(&dir.path().join("server.key"), &key.serialize_pem());
+            std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+            command
+                .arg("--tls-cert")
+                .arg(dir.path().join("server.crt"))
+                .arg("--tls-key")
+                .arg(dir.path().join("server.key"));
+            http = http
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap());
+            format!("https://localhost:{port}")
+        } else {
+            command.arg("--insecure-dev");
+            format!("http://127.0.0.1:{port}")
+        };
+        let child = command
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--webhook-secret-file")
@@ -72,12 +102,8 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-        };
-        let http = reqwest::Client::new();
+        let server = Self { child, base, dir };
+        let http = http.build().unwrap();
         for _ in 0..200 {
             if http
                 .get(format!("{}/readyz", server.base))
@@ -230,7 +256,7 @@ fn csv_rows(csv: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reports_per_tenant_with_the_servers_numbers_and_reasons() {
-    let server = Server::start().await;
+    let server = Server::start(false).await;
     server
         .send(
             0,
@@ -499,4 +525,36 @@ async fn usage_reports_per_tenant_with_the_servers_numbers_and_reasons() {
             assert!(!output.contains(secret), "a secret in the output: {output}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_trusts_a_private_ca_only_when_given_and_sends_tokens_only_over_tls() {
+    let server = Server::start(true).await;
+    let (_, token_file) = server.token("ops", &["admin"]);
+    let ca = server.dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let out = server.usage(
+        &token_file,
+        &["summary", "--ca-file", ca, "--format", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+    // The system's roots do not know the private CA.
+    let out = server.usage(&token_file, &["summary"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not reach the server"),
+        "{}",
+        text(&out)
+    );
+    // A token is not sent in the clear beyond loopback.
+    let out = server.usage(
+        &token_file,
+        &["summary", "--server", "http://mayfly.example.com"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("must be https://"), "{}", text(&out));
 }
