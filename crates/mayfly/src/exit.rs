@@ -4,13 +4,13 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | failed while running (network, store, a child process) |
-//! | 2 | bad command line (clap's own code) |
+//! | 2 | bad command line (clap's own code), or a query the server refused as bad input (400) |
 //! | 3 | bad configuration: a file, a key, a permission; nothing was started |
 
 use std::process::ExitCode;
 
-pub const HELP: &str = "Exit codes: 0 success · 1 failed while running · 2 bad command line · \
-3 bad configuration (nothing was started).\nLogs go to stderr; set MAYFLY_LOG (e.g. \
+pub const HELP: &str = "Exit codes: 0 success · 1 failed while running · 2 bad command line or \
+a query the server refused · 3 bad configuration (nothing was started).\nLogs go to stderr; set MAYFLY_LOG (e.g. \
 MAYFLY_LOG=debug) to change the level.";
 
 /// Why a subcommand failed.
@@ -20,6 +20,8 @@ pub enum Failure {
     Config(anyhow::Error),
     /// Something failed while running.
     Runtime(anyhow::Error),
+    /// The server refused the input as bad (400): like a bad command line.
+    BadInput(anyhow::Error),
 }
 
 /// Prints the error chain to stderr and returns the exit code.
@@ -27,6 +29,7 @@ pub fn report(failure: &Failure) -> ExitCode {
     let (code, error) = match failure {
         Failure::Config(e) => (3, e),
         Failure::Runtime(e) => (1, e),
+        Failure::BadInput(e) => (2, e),
     };
     eprintln!("error: {error}");
     for cause in error.chain().skip(1) {

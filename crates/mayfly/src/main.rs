@@ -55,6 +55,10 @@ enum Command {
     /// The audit log: verify its hash chain, export it as JSON lines.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// Usage reports from a server's API: per-day or per-repository totals, the top
+    /// repositories, the per-job log; as a table, JSON or CSV.
+    #[command(subcommand)]
+    Usage(cmd::usage::UsageCommand),
     /// The master key of sealed values: create it, or rotate it while servers run.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -68,6 +72,7 @@ fn main() -> std::process::ExitCode {
     logging::init(match cli.command {
         Command::Quickstart(_) | Command::Bench(_) => "warn",
         Command::Token(_) | Command::Audit(_) | Command::Keys(_) | Command::Agents(_) => "warn",
+        Command::Usage(_) => "warn",
         _ => "info",
     });
     let runtime = match tokio::runtime::Runtime::new() {
@@ -88,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(command) => cmd::token::run(command).await,
             Command::Agents(command) => cmd::agents::run(command).await,
             Command::Audit(command) => cmd::audit::run(command).await,
+            Command::Usage(command) => cmd::usage::run(command).await,
         }
     });
     match result {

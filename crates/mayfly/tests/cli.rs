@@ -67,6 +67,7 @@ fn sim_help_explains_every_flag() {
             "--tls-key",
             "--app-id",
             "--token-ttl-secs",
+            "--oauth-callback-url",
         ],
     );
 }
@@ -287,4 +288,37 @@ fn a_bad_quickstart_workflow_exits_3_naming_the_file_and_the_problem() {
     let help = String::from_utf8_lossy(&mayfly(&["quickstart", "--help"]).stdout).into_owned();
     assert_every_flag_explained(&help, &["--workflow", "--jobs"]);
     assert!(help.contains("exits 1"), "{help}");
+}
+
+#[test]
+fn usage_help_explains_every_flag_with_examples() {
+    for command in ["summary", "jobs", "top"] {
+        let out = mayfly(&["usage", command, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        let mut flags = vec![
+            "--server",
+            "--token-file",
+            "--ca-file",
+            "--since",
+            "--from",
+            "--to",
+            "--repo",
+            "--workflow",
+            "--label",
+            "--machine-type",
+            "--conclusion",
+            "--installation",
+            "--format",
+        ];
+        if command != "jobs" {
+            flags.push("--by");
+        }
+        assert_every_flag_explained(&help, &flags);
+        assert!(help.contains("mayfly usage summary --since 30d"), "{help}");
+        assert!(help.contains("UTC"), "{help}");
+    }
+    // The token is read from a file only.
+    let out = mayfly(&["usage", "jobs", "--token", "mfy_x"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod agents;
+pub mod api_client;
 pub mod atomic_file;
 pub mod audit;
 pub mod bench;
@@ -13,4 +14,5 @@ pub mod quickstart;
 pub mod server;
 pub mod sim;
 pub mod token;
+pub mod usage;
 pub mod vm;

@@ -149,7 +149,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     let dir = data_dir.root.clone();
     let ca = LocalCa::load_or_create(&dir.join("ca")).config_err()?;
     let sim_dir = dir.join("sim");
-    let (_, webhook_secret) = ensure_identity(&sim_dir).config_err()?;
+    let webhook_secret = ensure_identity(&sim_dir).config_err()?.webhook_secret;
     let inet = InternetStandIn::ensure().await.config_err()?;
 
     // The simulated GitHub, in the internet stand-in, delivering webhooks to the server over TLS

@@ -1,6 +1,7 @@
 //! `mayfly sim`: runs the GitHub simulator as its own process. On first start it creates, in its
-//! data directory, what GitHub would hand a provider: the App's private key and a webhook secret
-//! (both mode 600), which `mayfly server` is then pointed at. The simulated repositories' git
+//! data directory, what GitHub would hand a provider: the App's private key, a webhook secret and
+//! the App's OAuth client secret (all mode 600), which `mayfly server` is then pointed at; they
+//! are kept across restarts. The simulated repositories' git
 //! repositories live in its `git/` subdirectory, made afresh at every start.
 
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mayfly_github::webhook::WebhookSecret;
+use mayfly_github::OAuthClientSecret;
 use mayfly_server::read_secret_file;
-use mayfly_sim::{AppKeyPair, Sim, SimConfig, TlsFiles};
+use mayfly_sim::{random_client_secret, AppKeyPair, Sim, SimConfig, TlsFiles};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use url::Url;
@@ -49,6 +51,11 @@ pub struct SimArgs {
     /// Lifetime of installation tokens in seconds (GitHub: 3600).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     token_ttl_secs: u64,
+    /// A callback URL of the App's OAuth web flow (GitHub's "Callback URL"; repeat for up to
+    /// 10, the first is the default redirect_uri), e.g.
+    /// --oauth-callback-url https://127.0.0.1:8443/auth/callback
+    #[arg(long = "oauth-callback-url", value_name = "URL")]
+    oauth_callback_urls: Vec<Url>,
     /// Stop when the process that started this one dies, however it dies (the quickstart's
     /// simulator must not outlive a quickstart that was killed).
     #[arg(long, hide = true)]
@@ -59,6 +66,14 @@ pub struct SimArgs {
 pub const APP_PRIVATE_KEY: &str = "app-private-key.pem";
 pub const APP_PUBLIC_KEY: &str = "app-public-key.pem";
 pub const WEBHOOK_SECRET: &str = "webhook-secret";
+pub const OAUTH_CLIENT_SECRET: &str = "oauth-client-secret";
+
+/// What the simulated GitHub shares with a provider, kept in the simulator's directory.
+pub struct SimIdentity {
+    pub app_public_key_pem: String,
+    pub webhook_secret: WebhookSecret,
+    pub oauth_client_secret: OAuthClientSecret,
+}
 
 pub async fn run(args: SimArgs) -> Result<(), Failure> {
     if args.exit_with_parent {
@@ -71,8 +86,14 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
             return Ok(());
         }
     }
-    let (public_pem, secret) = ensure_identity(&args.data_dir).config_err()?;
-    let mut config = SimConfig::new(args.listen, public_pem, secret);
+    let identity = ensure_identity(&args.data_dir).config_err()?;
+    let mut config = SimConfig::new(
+        args.listen,
+        identity.app_public_key_pem,
+        identity.webhook_secret,
+    );
+    config.oauth_client_secret = identity.oauth_client_secret;
+    config.oauth_callback_urls = args.oauth_callback_urls.clone();
     config.app_id = args.app_id;
     config.webhook_url = args.webhook_url.clone();
     config.token_ttl = Duration::from_secs(args.token_ttl_secs);
@@ -100,6 +121,17 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
         "  webhook secret:   {}",
         args.data_dir.join(WEBHOOK_SECRET).display()
     );
+    eprintln!(
+        "  OAuth client id:  {}",
+        sim.control().oauth_app().client_id
+    );
+    eprintln!(
+        "  OAuth secret:     {}",
+        args.data_dir.join(OAUTH_CLIENT_SECRET).display()
+    );
+    for url in &args.oauth_callback_urls {
+        eprintln!("  OAuth callback:   {url}");
+    }
     match &args.webhook_url {
         Some(url) => eprintln!("  webhooks go to:   {url}"),
         None => eprintln!("  webhooks go nowhere (no --webhook-url)"),
@@ -113,9 +145,10 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Loads the App public key and webhook secret from `dir`, creating them on first start (and
-/// again when a previous start was interrupted before both halves of the key pair were written).
-pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
+/// Loads the App public key, webhook secret and OAuth client secret from `dir`, creating them on
+/// first start (and the key pair again when a previous start was interrupted before both halves
+/// were written).
+pub fn ensure_identity(dir: &Path) -> anyhow::Result<SimIdentity> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("could not create the simulator directory {}", dir.display()))?;
     atomic_file::remove_leftovers(dir);
@@ -145,5 +178,15 @@ pub fn ensure_identity(dir: &Path) -> anyhow::Result<(String, WebhookSecret)> {
         write_private(&secret_path, hex::encode(raw).as_bytes())?;
     }
     let secret = read_secret_file(&secret_path)?;
-    Ok((public_pem, WebhookSecret::new(secret)))
+    let oauth_path = dir.join(OAUTH_CLIENT_SECRET);
+    if !oauth_path.exists() {
+        write_private(&oauth_path, random_client_secret().expose().as_bytes())?;
+    }
+    let oauth = String::from_utf8(read_secret_file(&oauth_path)?)
+        .map_err(|_| anyhow::anyhow!("{} is not text", oauth_path.display()))?;
+    Ok(SimIdentity {
+        app_public_key_pem: public_pem,
+        webhook_secret: WebhookSecret::new(secret),
+        oauth_client_secret: OAuthClientSecret::new(oauth),
+    })
 }
