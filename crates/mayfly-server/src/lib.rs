@@ -33,8 +33,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    read_secret_file, ConfigError, DatabaseConfig, GitHubConfig, RetentionConfig, ServerConfig,
-    TlsFiles, WebhookConfig,
+    read_secret_file, ConfigError, DashboardConfig, DatabaseConfig, GitHubConfig, RetentionConfig,
+    ServerConfig, TlsFiles, WebhookConfig,
 };
 pub use error::ApiError;
 pub use processor::Processor;

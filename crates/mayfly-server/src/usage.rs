@@ -7,7 +7,7 @@
 //! Definitions (said on the dashboard too):
 //! - a job belongs to the UTC day mayfly first heard of it;
 //! - *executed* seconds: GitHub's job start → job completion; *billed* seconds: executed rounded
-//!   up to whole minutes, per job, as GitHub bills hosted runners; *VM* seconds: VM process
+//!   up to whole minutes (at least one), per job, as GitHub bills hosted runners; *VM* seconds: VM process
 //!   started → VM destroyed, what the job cost the provider;
 //! - *queue* seconds: queued at GitHub → the runner started (what the customer waited);
 //! - failure rate: failed or timed-out jobs over completed jobs.
@@ -370,7 +370,7 @@ pub struct JobLine {
     pub queue_seconds: Option<f64>,
     /// GitHub's job start → completion.
     pub executed_seconds: Option<f64>,
-    /// Executed seconds rounded up to whole minutes.
+    /// Executed seconds rounded up to whole minutes (at least one).
     pub billed_seconds: Option<i64>,
     /// VM process started → VM destroyed.
     pub vm_seconds: Option<f64>,
@@ -456,7 +456,9 @@ impl JobLine {
                 _ => None,
             },
             executed_seconds: executed,
-            billed_seconds: executed.map(|s| ((s / 60.0).ceil() as i64) * 60),
+            // GitHub's times are whole seconds: a job that started and completed in the same second
+            // still ran, and is billed its minute.
+            billed_seconds: executed.map(|s| ((s / 60.0).ceil() as i64).max(1) * 60),
             vm_seconds: match (at(Phase::VmStarted), at(Phase::VmDestroyed)) {
                 (Some(s), Some(d)) => Some(seconds(s, d)),
                 _ => None,

@@ -14,10 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mayfly_core::Profile;
-use mayfly_proto::{EventKind, ServerBody};
 use mayfly_server::metrics::{CLASSIC_TEXT, OPENMETRICS};
 use mayfly_server::tokens::{self, Scope};
-use mayfly_sim::runner_client::RunnerClient;
 use mayfly_sim::{
     AccountType, Conclusion, NewInstallation, NewJob, NewRepo, RestFault, RestFaultKind,
 };
@@ -332,46 +330,7 @@ async fn prometheus_counts_a_runs_jobs_and_the_shipped_rules_name_only_exported_
             new_job(&sim, &repo, "mayfly-linux-2cpu");
         }
 
-        // Each VM: boot, its runner takes a job and succeeds, the runner exits; the server
-        // then asks for the destroy, which the agent reports done.
-        let mut destroyed = 0;
-        let mut started = 0;
-        while destroyed < JOBS {
-            match agent.next().await {
-                ServerBody::StartVm(start) => {
-                    started += 1;
-                    let vm = format!("vm-{started:016x}");
-                    for kind in [
-                        EventKind::Started,
-                        EventKind::Booted,
-                        EventKind::RunnerStarted,
-                    ] {
-                        agent.event(&start.start_id, &vm, kind, "").await;
-                    }
-                    let mut runner =
-                        RunnerClient::from_encoded_jit_config(&start.jitconfig, None).unwrap();
-                    runner.authenticate().await.unwrap();
-                    let job = loop {
-                        if let Some(job) = runner.acquire().await.unwrap() {
-                            break job;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    };
-                    runner
-                        .complete(job.job_id, Conclusion::Success, "ok")
-                        .await
-                        .unwrap();
-                    agent
-                        .event(&start.start_id, &vm, EventKind::RunnerExited, "")
-                        .await;
-                }
-                ServerBody::DestroyVm(destroy) => {
-                    agent.destroyed(&destroy.start_id, &destroy.vm_id).await;
-                    destroyed += 1;
-                }
-                other => panic!("unexpected command {other:?}"),
-            }
-        }
+        let started = agent.run_jobs(JOBS, |_| Conclusion::Success).await;
         assert_eq!(started, JOBS, "one VM per job");
 
         // Prometheus sees every job in every phase histogram, and the jobs by conclusion.

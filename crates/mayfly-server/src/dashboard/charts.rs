@@ -72,17 +72,32 @@ fn fmt(x: f64) -> String {
     }
 }
 
-/// Stacked bars per day: one series per key of `series(day)`.
+/// What a chart is called and measures.
+struct Chart {
+    id: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    /// `data-kind` of its marks.
+    kind: &'static str,
+}
+
+/// A series of the queue chart: its name and its value on a day.
+type Series = (&'static str, fn(&DayRow) -> Option<f64>);
+
+/// Stacked bars per day: one series per key.
 fn stacked(
-    id: &str,
-    label: &str,
-    unit: &str,
+    chart: Chart,
     days: &[DayRow],
     keys: &[String],
     value: impl Fn(&DayRow, &str) -> f64,
     key_colour: impl Fn(usize, &str) -> &'static str,
-    attr: &str,
 ) -> Markup {
+    let Chart {
+        id,
+        label,
+        unit,
+        kind: attr,
+    } = chart;
     let totals: Vec<f64> = days
         .iter()
         .map(|d| keys.iter().map(|k| value(d, k)).sum())
@@ -139,14 +154,16 @@ pub fn minutes(days: &[DayRow]) -> Markup {
         .into_iter()
         .collect();
     stacked(
-        "chart-minutes",
-        "Billed minutes per day, by machine type",
-        "min",
+        Chart {
+            id: "chart-minutes",
+            label: "Billed minutes per day, by machine type",
+            unit: "min",
+            kind: "minutes",
+        },
         days,
         &keys,
         |d, k| d.minutes_by_machine_type.get(k).copied().unwrap_or(0.0),
         |i, _| colour(i),
-        "minutes",
     )
 }
 
@@ -159,20 +176,22 @@ pub fn jobs(days: &[DayRow]) -> Markup {
         .into_iter()
         .collect();
     stacked(
-        "chart-jobs",
-        "Jobs per day, by conclusion",
-        "jobs",
+        Chart {
+            id: "chart-jobs",
+            label: "Jobs per day, by conclusion",
+            unit: "jobs",
+            kind: "jobs",
+        },
         days,
         &keys,
         |d, k| d.numbers.conclusions.get(k).copied().unwrap_or(0) as f64,
         |_, k| conclusion_colour(k),
-        "jobs",
     )
 }
 
 /// Queue time p50/p90/p99 per day, as points joined by lines.
 pub fn queue(days: &[DayRow]) -> Markup {
-    let series: [(&str, fn(&DayRow) -> Option<f64>); 3] = [
+    let series: [Series; 3] = [
         ("p50", |d| d.numbers.queue_p50),
         ("p90", |d| d.numbers.queue_p90),
         ("p99", |d| d.numbers.queue_p99),

@@ -187,8 +187,10 @@ fn set_cookies(jar: &CookieJar, response: &mut Response) {
     }
 }
 
+/// What removes a cookie: a `__Host-` cookie is only replaced by one with the same
+/// attributes (`Secure`, `Path=/`).
 fn removal(name: &'static str) -> Cookie<'static> {
-    Cookie::build((name, "")).path("/").build()
+    cookie(name, String::new(), 0)
 }
 
 /// The signed-in session, if the cookie is there, verifies and has not expired.

@@ -106,3 +106,53 @@ impl FakeAgent {
         .await;
     }
 }
+
+impl FakeAgent {
+    /// Plays VMs until `jobs` were destroyed: each boots, its runner takes a job at the
+    /// simulator and ends it with what `conclude` says for that job, the runner exits, and the
+    /// destroy the server then asks for is reported done. Returns how many VMs were started.
+    pub async fn run_jobs(
+        &mut self,
+        jobs: usize,
+        conclude: impl Fn(u64) -> mayfly_sim::Conclusion,
+    ) -> usize {
+        use mayfly_sim::runner_client::RunnerClient;
+        let (mut destroyed, mut started) = (0, 0);
+        while destroyed < jobs {
+            match self.next().await {
+                ServerBody::StartVm(start) => {
+                    started += 1;
+                    let vm = format!("vm-{started:016x}");
+                    for kind in [
+                        EventKind::Started,
+                        EventKind::Booted,
+                        EventKind::RunnerStarted,
+                    ] {
+                        self.event(&start.start_id, &vm, kind, "").await;
+                    }
+                    let mut runner =
+                        RunnerClient::from_encoded_jit_config(&start.jitconfig, None).unwrap();
+                    runner.authenticate().await.unwrap();
+                    let job = loop {
+                        if let Some(job) = runner.acquire().await.unwrap() {
+                            break job;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
+                    runner
+                        .complete(job.job_id, conclude(job.job_id), "done")
+                        .await
+                        .unwrap();
+                    self.event(&start.start_id, &vm, EventKind::RunnerExited, "")
+                        .await;
+                }
+                ServerBody::DestroyVm(destroy) => {
+                    self.destroyed(&destroy.start_id, &destroy.vm_id).await;
+                    destroyed += 1;
+                }
+                other => panic!("unexpected command {other:?}"),
+            }
+        }
+        started
+    }
+}
