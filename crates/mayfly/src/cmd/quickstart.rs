@@ -32,7 +32,7 @@ use mayfly_vm::{NetworkMode, QemuConfig, QemuDriver};
 use tokio_util::sync::CancellationToken;
 
 use super::local_ca::LocalCa;
-use super::sim::{ensure_identity, APP_PRIVATE_KEY, WEBHOOK_SECRET};
+use super::sim::{ensure_identity, APP_PRIVATE_KEY, OAUTH_CLIENT_SECRET, WEBHOOK_SECRET};
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
 /// Flags of `mayfly quickstart`.
@@ -68,6 +68,11 @@ pub struct QuickstartArgs {
     /// Give up if the jobs have not all finished after this many seconds.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     timeout_secs: u64,
+    /// After the table, keep the server, agent and simulated GitHub running and print the
+    /// usage dashboard's URL and how to sign in (simulated GitHub users, or the operator's
+    /// admin token), until Ctrl-C.
+    #[arg(long)]
+    stay: bool,
 }
 
 const PROFILE: &str = "mayfly-linux-2cpu";
@@ -115,11 +120,17 @@ pub struct LoopOutcome {
     pub queued_at: BTreeMap<i64, DateTime<Utc>>,
     pub image: mayfly_vm::image::Image,
     pub accel: mayfly_vm::AccelProbe,
+    /// With `--stay`: the table was printed (and judged) before staying.
+    pub judged: Option<Result<(), Failure>>,
 }
 
 pub async fn run(args: QuickstartArgs) -> Result<(), Failure> {
     let outcome = run_loop(&args).await?;
-    print_table(&outcome.jobs, &outcome.vms, &outcome.queued_at)
+    match outcome.judged {
+        // --stay printed the table before it stayed.
+        Some(judged) => judged,
+        None => print_table(&outcome.jobs, &outcome.vms, &outcome.queued_at),
+    }
 }
 
 /// Runs the loop and returns every job and VM row, without judging them.
@@ -175,6 +186,10 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
             "--webhook-ca-file",
         ])
         .arg(&ca.ca_cert)
+        .args([
+            "--oauth-callback-url",
+            &format!("https://{server_addr}/dashboard/callback"),
+        ])
         .env("MAYFLY_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -224,6 +239,14 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
                 server_addr.port()
             )],
             expires_days: 180,
+        }),
+        dashboard: Some(mayfly_server::DashboardConfig {
+            public_url: format!("https://{server_addr}/"),
+            // The simulator's App (id 1) has GitHub's kind of client id.
+            client_id: format!("Iv23li{:014}", 1),
+            client_secret_file: sim_dir.join(OAUTH_CLIENT_SECRET),
+            github_url: sim_base.clone(),
+            session_hours: 8,
         }),
         ..ServerConfig::default()
     };
@@ -323,6 +346,21 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     );
 
     let result = drive(args, &planned, &sim_base, store.as_ref()).await;
+    let judged = match (&result, args.stay) {
+        (Ok((jobs, vms, queued_at)), true) => {
+            let judged = print_table(jobs, vms, queued_at);
+            stay(
+                store.as_ref(),
+                &server.base_url(),
+                &sim_base,
+                &ca.ca_cert,
+                &dir.join("server/operator-token"),
+            )
+            .await;
+            Some(judged)
+        }
+        _ => None,
+    };
     stop_agent.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     server.shutdown().await;
@@ -336,7 +374,64 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         queued_at,
         image: image_for_outcome,
         accel,
+        judged,
     })
+}
+
+/// `--stay`: says where the dashboard is and how to sign in, then waits for Ctrl-C. The
+/// operator's admin token goes to a file only root reads, never to the terminal.
+async fn stay(
+    store: &dyn mayfly_store::Store,
+    server: &str,
+    sim: &str,
+    ca: &Path,
+    token_file: &Path,
+) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let password = mayfly_sim::SIM_USER_PASSWORD;
+    eprintln!();
+    eprintln!("Everything keeps running until Ctrl-C.");
+    eprintln!("Usage dashboard: {server}dashboard");
+    eprintln!(
+        "  your browser must trust the quickstart CA {}",
+        ca.display()
+    );
+    eprintln!("  Sign in with GitHub (the simulator at {sim}), password {password:?}:");
+    eprintln!("    mona (acme-robotics), hubot (globex-labs), octocat (both), nemo (none)");
+    let admin = mayfly_server::tokens::create(
+        store,
+        "quickstart",
+        "quickstart-operator",
+        mayfly_server::tokens::Scope::Admin,
+    )
+    .await;
+    let written = admin.map_err(anyhow::Error::from).and_then(|token| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(token_file)?;
+        writeln!(f, "{}", token.expose())?;
+        Ok(())
+    });
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "  or as the operator: paste the admin token in {} (Operator sign-in)",
+                token_file.display()
+            );
+            eprintln!(
+                "Metrics: curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {server}metrics",
+                ca.display(),
+                token_file.display()
+            );
+        }
+        Err(e) => eprintln!("  (no operator token: {e})"),
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("stopping…");
 }
 
 /// Subdirectories that hold what one run's server knew: removed before each run.
