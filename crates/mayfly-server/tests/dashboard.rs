@@ -69,8 +69,6 @@ impl Driver {
     }
 
     async fn browser(&self) -> Client {
-        // fantoccini's client is built with rustls; the process picks ring, as the server does.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -80,8 +78,7 @@ impl Driver {
                     "--disable-dev-shm-usage", "--window-size=1400,1900"],
             }),
         );
-        ClientBuilder::rustls()
-            .unwrap()
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await

@@ -128,6 +128,12 @@ async fn the_api_keeps_to_its_openapi_document_under_schemathesis() {
             .args([
                 "--checks",
                 "all",
+                // A usage query that fits the document may still name what the caller does not
+                // have (a repository or workflow of theirs, a range within retention, from ≤
+                // to): those are 400 with a reason, which no OpenAPI schema can express. Every
+                // other check runs, invalid data must still be refused.
+                "--exclude-checks",
+                "positive_data_acceptance",
                 "--max-examples",
                 "30",
                 "--seed",
