@@ -17,7 +17,7 @@ pub mod vm;
 
 pub use vm::{DestroyStep, DestructionRecord, VmId};
 pub mod phases;
-pub use phases::{Phase, PhaseTimes};
+pub use phases::{Ordered, Phase, PhaseTimes, Stretch, STRETCHES};
 pub mod profile;
 
 pub use profile::{match_profile, place, HostSlots, Profile};

@@ -111,6 +111,98 @@ impl PhaseTimes {
     }
 }
 
+/// A stretch of a job's life between two of its moments: the bars of the dashboard's
+/// waterfall and the phases of the metrics' histogram, one list for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stretch {
+    /// The metric label, e.g. `webhook_lag`.
+    pub name: &'static str,
+    /// For people, e.g. `webhook lag`.
+    pub label: &'static str,
+    pub from: Phase,
+    pub to: Phase,
+}
+
+/// Consecutive stretches from GitHub queueing the job to its VM being gone: webhook lag,
+/// waiting for capacity, VM boot (process start and guest), runner start (until it took the
+/// job), the job, destroy (runner exit and teardown).
+pub const STRETCHES: [Stretch; 6] = [
+    Stretch {
+        name: "webhook_lag",
+        label: "webhook lag",
+        from: Phase::QueuedAtGithub,
+        to: Phase::WebhookReceived,
+    },
+    Stretch {
+        name: "waiting_for_capacity",
+        label: "waiting for capacity",
+        from: Phase::WebhookReceived,
+        to: Phase::VmRequested,
+    },
+    Stretch {
+        name: "vm_boot",
+        label: "VM boot",
+        from: Phase::VmRequested,
+        to: Phase::GuestReady,
+    },
+    Stretch {
+        name: "runner_start",
+        label: "runner start",
+        from: Phase::GuestReady,
+        to: Phase::JobStarted,
+    },
+    Stretch {
+        name: "job_run",
+        label: "job",
+        from: Phase::JobStarted,
+        to: Phase::JobCompleted,
+    },
+    Stretch {
+        name: "destroy",
+        label: "destroy",
+        from: Phase::JobCompleted,
+        to: Phase::VmDestroyed,
+    },
+];
+
+/// A job's moments made monotonic (see [`PhaseTimes::ordered`]), to look up by phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ordered(Vec<(Phase, Option<DateTime<Utc>>)>);
+
+impl Ordered {
+    /// The ordered moment of `phase`.
+    pub fn at(&self, phase: Phase) -> Option<DateTime<Utc>> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == phase)
+            .and_then(|(_, t)| *t)
+    }
+
+    /// The earliest known moment.
+    pub fn first(&self) -> Option<DateTime<Utc>> {
+        self.0.iter().find_map(|(_, t)| *t)
+    }
+
+    /// The stretches whose both ends are known, with their start and end.
+    pub fn stretches(&self) -> Vec<(Stretch, DateTime<Utc>, DateTime<Utc>)> {
+        STRETCHES
+            .iter()
+            .filter_map(|s| Some((*s, self.at(s.from)?, self.at(s.to)?)))
+            .collect()
+    }
+
+    pub fn as_slice(&self) -> &[(Phase, Option<DateTime<Utc>>)] {
+        &self.0
+    }
+}
+
+impl PhaseTimes {
+    /// [`PhaseTimes::ordered`], to look moments and stretches up.
+    pub fn monotonic(&self) -> Ordered {
+        Ordered(self.ordered())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -148,12 +240,18 @@ mod tests {
             None,
             Some(9_800),
         ]);
-        let ordered = raw.ordered();
-        let at = |p: Phase| ordered.iter().find(|(q, _)| *q == p).unwrap().1.unwrap();
+        let ordered = raw.monotonic();
+        let at = |p: Phase| ordered.at(p).unwrap();
         assert_eq!(at(Phase::JobStarted), at(Phase::RunnerStarted));
         assert_eq!(at(Phase::JobCompleted), at(Phase::RunnerStarted));
-        assert_eq!(ordered[8], (Phase::RunnerExited, None));
+        assert_eq!(ordered.as_slice()[8], (Phase::RunnerExited, None));
         assert_eq!(at(Phase::VmDestroyed).timestamp_millis(), 9_800);
+        // Every stretch has both ends here; they follow one another.
+        let stretches = ordered.stretches();
+        assert_eq!(stretches.len(), STRETCHES.len());
+        for pair in stretches.windows(2) {
+            assert_eq!(pair[0].2, pair[1].1);
+        }
     }
 
     proptest! {

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
-use mayfly_core::{JobStatus, Phase, PhaseTimes};
+use mayfly_core::{JobStatus, PhaseTimes};
 use mayfly_store::{JobRecord, Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,21 +31,6 @@ const BUCKETS: [f64; 14] = [
 fn duration_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
-
-/// A job's phases as the metrics name them: (name, from, to). Consecutive, so they add up to
-/// the whole time from GitHub queueing the job to its VM being gone.
-pub const PHASES: [(&str, Phase, Phase); 6] = [
-    ("webhook_lag", Phase::QueuedAtGithub, Phase::WebhookReceived),
-    (
-        "waiting_for_capacity",
-        Phase::WebhookReceived,
-        Phase::VmRequested,
-    ),
-    ("vm_boot", Phase::VmRequested, Phase::GuestReady),
-    ("runner_start", Phase::GuestReady, Phase::JobStarted),
-    ("job_run", Phase::JobStarted, Phase::JobCompleted),
-    ("destroy", Phase::JobCompleted, Phase::VmDestroyed),
-];
 
 /// What became of a webhook delivery.
 pub const DELIVERY_RESULTS: [&str; 8] = [
@@ -331,22 +316,13 @@ impl Metrics {
 
     /// A finished job's phases; a phase with an unknown end is left out.
     pub(crate) fn job_phases(&self, profile: &str, times: &PhaseTimes) {
-        let ordered = times.ordered();
-        let at = |phase: Phase| {
-            ordered
-                .iter()
-                .find(|(p, _)| *p == phase)
-                .and_then(|(_, at)| *at)
-        };
-        for (name, from, to) in PHASES {
-            if let (Some(from), Some(to)) = (at(from), at(to)) {
-                self.phases
-                    .get_or_create(&PhaseLabels {
-                        phase: name,
-                        profile: profile.to_owned(),
-                    })
-                    .observe(seconds(to - from));
-            }
+        for (stretch, from, to) in times.monotonic().stretches() {
+            self.phases
+                .get_or_create(&PhaseLabels {
+                    phase: stretch.name,
+                    profile: profile.to_owned(),
+                })
+                .observe(seconds(to - from));
         }
     }
 

@@ -381,28 +381,12 @@ pub struct JobLine {
 /// One bar of a job's waterfall.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PhaseSpan {
-    /// `webhook lag`, `waiting for capacity`, `VM start`, `VM boot`, `runner start`,
-    /// `job pickup`, `job`, `runner exit`, `destroy`.
+    /// `webhook lag`, `waiting for capacity`, `VM boot`, `runner start`, `job`, `destroy`
+    /// (`mayfly_core::STRETCHES`, the phases of the metrics' histogram too).
     pub phase: String,
     /// Seconds from the job's first known moment to this phase's start.
     pub offset_seconds: f64,
     pub seconds: f64,
-}
-
-/// The phase a span ends with, named for what happened during it.
-fn span_name(end: Phase) -> Option<&'static str> {
-    Some(match end {
-        Phase::QueuedAtGithub => return None,
-        Phase::WebhookReceived => "webhook lag",
-        Phase::VmRequested => "waiting for capacity",
-        Phase::VmStarted => "VM start",
-        Phase::GuestReady => "VM boot",
-        Phase::RunnerStarted => "runner start",
-        Phase::JobStarted => "job pickup",
-        Phase::JobCompleted => "job",
-        Phase::RunnerExited => "runner exit",
-        Phase::VmDestroyed => "destroy",
-    })
 }
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -411,27 +395,18 @@ fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 impl JobLine {
     pub fn new(job: &JobRecord, vm: Option<&VmRow>) -> Self {
-        let ordered = job.phase_times(vm).ordered();
-        let at = |phase: Phase| {
-            ordered
-                .iter()
-                .find(|(p, _)| *p == phase)
-                .and_then(|(_, t)| *t)
-        };
-        let first = ordered.iter().find_map(|(_, t)| *t);
-        let mut phases = Vec::new();
-        let mut previous: Option<DateTime<Utc>> = None;
-        for (phase, moment) in &ordered {
-            let Some(moment) = *moment else { continue };
-            if let (Some(start), Some(name), Some(first)) = (previous, span_name(*phase), first) {
-                phases.push(PhaseSpan {
-                    phase: name.to_owned(),
-                    offset_seconds: seconds(first, start),
-                    seconds: seconds(start, moment),
-                });
-            }
-            previous = Some(moment);
-        }
+        let ordered = job.phase_times(vm).monotonic();
+        let at = |phase: Phase| ordered.at(phase);
+        let first = ordered.first();
+        let phases = ordered
+            .stretches()
+            .into_iter()
+            .map(|(stretch, from, to)| PhaseSpan {
+                phase: stretch.label.to_owned(),
+                offset_seconds: first.map_or(0.0, |first| seconds(first, from)),
+                seconds: seconds(from, to),
+            })
+            .collect();
         let executed = match (at(Phase::JobStarted), at(Phase::JobCompleted)) {
             (Some(s), Some(c)) => Some(seconds(s, c)),
             _ => None,

@@ -253,7 +253,7 @@ pub fn dashboard(session: &Session, report: &Report, params: &ReportParams) -> P
                     h2 { "Jobs" }
                     p class="note" {
                         "Executed: GitHub's job start → completion. Billed: executed, rounded up to whole minutes per job. "
-                        "VM: the VM's whole life. Phases: webhook lag, waiting for capacity, VM start, VM boot, runner start, job pickup, job, runner exit, destroy."
+                        "VM: the VM's whole life. Phases (as in the metrics): webhook lag, waiting for capacity, VM boot, runner start, job, destroy."
                     }
                     table id="jobs" {
                         thead { tr {
