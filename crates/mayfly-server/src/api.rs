@@ -90,21 +90,12 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let source = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.to_string());
+    let source = peer(request.extensions());
     let action = format!("api {} {}", request.method(), request.uri().path());
     let target = request.uri().query().map(str::to_owned);
-    let caller = match bearer(&request) {
-        Some(presented) => match tokens::lookup(state.store.as_ref(), presented).await {
-            Ok(found) => found.as_ref().and_then(Caller::from_row),
-            Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "token lookup failed");
-                return ApiError::Unavailable.into_response();
-            }
-        },
-        None => None,
+    let caller = match bearer_caller(&state, request.headers()).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
     };
     let (actor, response) = match caller {
         Some(caller) => {
@@ -117,28 +108,72 @@ async fn authenticate(
             ApiError::Unauthorized.into_response(),
         ),
     };
-    let event = NewAudit {
-        at: state.clock.now(),
-        actor,
-        source,
-        action,
-        target,
-        outcome: response.status().as_u16().to_string(),
-    };
-    if let Err(e) = state.store.append_audit(&event).await {
-        tracing::error!(error = %crate::error::chain(&e), "could not write the audit row; refusing the call");
-        return ApiError::Unavailable.into_response();
+    let outcome = response.status().as_u16().to_string();
+    if let Err(e) = state.audit(&actor, source, action, target, outcome).await {
+        return e.into_response();
     }
     response
 }
 
+/// The caller's address, for the audit log (absent when the router runs without one).
+pub(crate) fn peer(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.to_string())
+}
+
+/// The caller a request's bearer token names: `None` without one, or for a malformed,
+/// unknown or revoked token; `Unavailable` when the store cannot say.
+pub(crate) async fn bearer_caller(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Caller>, ApiError> {
+    let Some(presented) = bearer(headers) else {
+        return Ok(None);
+    };
+    match tokens::lookup(state.store.as_ref(), presented).await {
+        Ok(found) => Ok(found.as_ref().and_then(Caller::from_row)),
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "token lookup failed");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+impl AppState {
+    /// Appends an access to the audit log. When it cannot be written the log says why and the
+    /// answer is `Unavailable`: an access that is not on record must not happen.
+    pub(crate) async fn audit(
+        &self,
+        actor: &str,
+        source: Option<String>,
+        action: String,
+        target: Option<String>,
+        outcome: String,
+    ) -> Result<(), ApiError> {
+        let event = NewAudit {
+            at: self.clock.now(),
+            actor: actor.to_owned(),
+            source,
+            action,
+            target,
+            outcome,
+        };
+        self.store
+            .append_audit(&event)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %crate::error::chain(&e), action = %event.action,
+                "could not write the audit row; refusing the access");
+                ApiError::Unavailable
+            })
+    }
+}
+
 /// The token of `Authorization: Bearer <token>`, if the header is well-formed.
-pub(crate) fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -406,8 +441,7 @@ async fn report_for(
     let c = caller(c)?;
     let Query(params) = params.map_err(|e| ApiError::Invalid(e.body_text()))?;
     c.listing(params.installation)?;
-    let report = usage::load(state, &visible(&c), &params).await?;
-    Ok((report, params))
+    Ok(usage::load(state, &visible(&c), params).await?)
 }
 
 #[utoipa::path(get, path = "/api/v1/usage/report", tag = "usage", params(usage::ReportParams),
@@ -622,17 +656,17 @@ async fn enrol(
         .as_ref()
         .map_or_else(|| "anonymous".to_owned(), |id| format!("bootstrap:{id}"));
     // Audited before anything happens: an enrolment that cannot be recorded does not happen.
-    let attempt = NewAudit {
-        at: state.clock.now(),
-        actor: actor.clone(),
-        source: source.clone(),
-        action: "agent enrol".into(),
-        target: None,
-        outcome: "attempt".into(),
-    };
-    if let Err(e) = state.store.append_audit(&attempt).await {
-        tracing::error!(error = %crate::error::chain(&e), "could not audit an enrolment; refusing it");
-        return ApiError::Unavailable.into_response();
+    let attempt = state
+        .audit(
+            &actor,
+            source.clone(),
+            "agent enrol".into(),
+            None,
+            "attempt".into(),
+        )
+        .await;
+    if let Err(e) = attempt {
+        return e.into_response();
     }
     let (outcome, response) = match &request {
         None => (
@@ -667,17 +701,11 @@ async fn enrol(
             }
         },
     };
-    let event = NewAudit {
-        at: state.clock.now(),
-        actor,
-        source,
-        action: "agent enrol".into(),
-        target: None,
-        outcome,
-    };
-    if let Err(e) = state.store.append_audit(&event).await {
-        tracing::error!(error = %crate::error::chain(&e), "could not audit an enrolment; refusing it");
-        return ApiError::Unavailable.into_response();
+    if let Err(e) = state
+        .audit(&actor, source, "agent enrol".into(), None, outcome)
+        .await
+    {
+        return e.into_response();
     }
     response
 }

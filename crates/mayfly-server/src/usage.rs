@@ -63,49 +63,31 @@ pub struct ReportParams {
 
 impl ReportParams {
     /// Empty values (an HTML form's unset fields) count as not given.
-    fn normalised(&self) -> Self {
-        let keep = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    fn normalised(self) -> Self {
+        let keep = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         Self {
-            range: keep(&self.range),
-            from: keep(&self.from),
-            to: keep(&self.to),
-            repo: keep(&self.repo),
-            workflow: keep(&self.workflow),
-            label: keep(&self.label),
-            machine_type: keep(&self.machine_type),
-            conclusion: keep(&self.conclusion),
+            range: keep(self.range),
+            from: keep(self.from),
+            to: keep(self.to),
+            repo: keep(self.repo),
+            workflow: keep(self.workflow),
+            label: keep(self.label),
+            machine_type: keep(self.machine_type),
+            conclusion: keep(self.conclusion),
             installation: self.installation,
-            by: keep(&self.by),
+            by: keep(self.by),
         }
     }
 
     /// The same query without the grouping, as a query string (for export links).
     pub fn query_string(&self) -> String {
-        let p = self.normalised();
-        let mut pairs = url_pairs();
-        for (k, v) in [
-            ("range", &p.range),
-            ("from", &p.from),
-            ("to", &p.to),
-            ("repo", &p.repo),
-            ("workflow", &p.workflow),
-            ("label", &p.label),
-            ("machine_type", &p.machine_type),
-            ("conclusion", &p.conclusion),
-        ] {
-            if let Some(v) = v {
-                pairs.append_pair(k, v);
-            }
-        }
-        if let Some(i) = p.installation {
-            pairs.append_pair("installation", &i.to_string());
-        }
-        pairs.finish()
+        let query = Self {
+            by: None,
+            ..self.clone().normalised()
+        };
+        // Strings and integers always encode.
+        serde_urlencoded::to_string(&query).unwrap_or_default()
     }
-}
-
-fn url_pairs() -> form_urlencoded::Serializer<'static, String> {
-    form_urlencoded::Serializer::new(String::new())
 }
 
 /// What reports need from the server's configuration.
@@ -117,18 +99,19 @@ pub struct Settings {
     pub machine_types: Vec<String>,
 }
 
-/// The report for `params` of what `visible` may see, read from the store.
+/// The report for `params` of what `visible` may see, read from the store, and the params as
+/// it read them (empty values dropped).
 pub(crate) async fn load(
     state: &crate::AppState,
     visible: &Visible,
-    params: &ReportParams,
-) -> Result<Report, crate::ApiError> {
+    params: ReportParams,
+) -> Result<(Report, ReportParams), ReportError> {
+    let params = params.normalised();
     let today = state.clock.now().date_naive();
-    let range = DayRange::resolve(params, today, state.reports.retention_days)
-        .map_err(|e| crate::ApiError::Invalid(e.to_string()))?;
+    let range = DayRange::resolve(&params, today, state.reports.retention_days)?;
     let unavailable = |e: mayfly_store::StoreError| {
         tracing::error!(error = %crate::error::chain(&e), "a usage report could not be read");
-        crate::ApiError::Unavailable
+        ReportError::Unavailable
     };
     let installations = state.store.installations().await.map_err(unavailable)?;
     let repos: BTreeSet<String> = installations
@@ -146,17 +129,27 @@ pub(crate) async fn load(
         repos: &repos,
         machine_types: &state.reports.machine_types,
     };
-    Report::build(range, params, &ctx, &jobs, &vms)
-        .map_err(|e| crate::ApiError::Invalid(e.to_string()))
+    let report = Report::build(range, &params, &ctx, &jobs, &vms)?;
+    Ok((report, params))
 }
 
-/// Why a report cannot be made: always the caller's input (400).
+/// Why a report cannot be made.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReportError {
+    /// The caller's range or filters (a 400 with this reason).
     #[error("{0}")]
-    Range(String),
-    #[error("{0}")]
-    Filter(String),
+    Invalid(String),
+    #[error("the store is unavailable; retry later")]
+    Unavailable,
+}
+
+impl From<ReportError> for crate::ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Invalid(why) => crate::ApiError::Invalid(why),
+            ReportError::Unavailable => crate::ApiError::Unavailable,
+        }
+    }
 }
 
 /// Whose jobs a caller may see.
@@ -203,17 +196,16 @@ impl DayRange {
         self.from.iter_days().take_while(move |d| *d <= to)
     }
 
-    /// The range asked for by `params` on `today`, within `retention_days`.
+    /// The range asked for by `p` on `today`, within `retention_days`.
     pub fn resolve(
-        params: &ReportParams,
+        p: &ReportParams,
         today: NaiveDate,
         retention_days: u32,
     ) -> Result<Self, ReportError> {
-        let p = params.normalised();
         let oldest = today - Days::new(u64::from(retention_days.max(1)) - 1);
         let range = match (&p.range, &p.from, &p.to) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                return Err(ReportError::Range(
+                return Err(ReportError::Invalid(
                     "give either range or from/to, not both".into(),
                 ))
             }
@@ -221,14 +213,14 @@ impl DayRange {
                 let from = parse_day("from", from)?;
                 let to = parse_day("to", to)?;
                 if from > to {
-                    return Err(ReportError::Range(format!(
+                    return Err(ReportError::Invalid(format!(
                         "from ({from}) is after to ({to})"
                     )));
                 }
                 Self { from, to }
             }
             (None, Some(_), None) | (None, None, Some(_)) => {
-                return Err(ReportError::Range("give both from and to".into()))
+                return Err(ReportError::Invalid("give both from and to".into()))
             }
             (Some(name), None, None) => named_range(name, today)?,
             (None, None, None) => Self {
@@ -237,13 +229,13 @@ impl DayRange {
             },
         };
         if range.to > today {
-            return Err(ReportError::Range(format!(
+            return Err(ReportError::Invalid(format!(
                 "to ({}) is in the future (today is {today}, UTC)",
                 range.to
             )));
         }
         if range.from < oldest {
-            return Err(ReportError::Range(format!(
+            return Err(ReportError::Invalid(format!(
                 "from ({}) is older than the retention of {retention_days} days: the oldest day kept is {oldest}",
                 range.from
             )));
@@ -254,7 +246,7 @@ impl DayRange {
 
 fn parse_day(name: &str, value: &str) -> Result<NaiveDate, ReportError> {
     NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| {
-        ReportError::Range(format!("{name} must be a day as YYYY-MM-DD, not {value:?}"))
+        ReportError::Invalid(format!("{name} must be a day as YYYY-MM-DD, not {value:?}"))
     })
 }
 
@@ -282,7 +274,7 @@ fn named_range(name: &str, today: NaiveDate) -> Result<DayRange, ReportError> {
                 .and_then(|n| n.parse::<u64>().ok())
                 .filter(|n| (1..=3660).contains(n))
                 .ok_or_else(|| {
-                    ReportError::Range(format!(
+                    ReportError::Invalid(format!(
                         "range must be today, Nd (e.g. 7d, 30d), this-month or last-month, not {name:?}"
                     ))
                 })?;
@@ -489,7 +481,7 @@ impl GroupKey {
                 "workflow" => GroupKey::Workflow,
                 "machine-type" | "machine_type" => GroupKey::MachineType,
                 other => {
-                    return Err(ReportError::Filter(format!(
+                    return Err(ReportError::Invalid(format!(
                         "by must list day, repo, workflow or machine-type, not {other:?}"
                     )))
                 }
@@ -664,12 +656,11 @@ impl Report {
     /// The report over `jobs`/`vms` (the range's rows, any tenant) for what `ctx` may see.
     pub fn build(
         range: DayRange,
-        params: &ReportParams,
+        p: &ReportParams,
         ctx: &Context<'_>,
         jobs: &[JobRecord],
         vms: &[VmRow],
     ) -> Result<Self, ReportError> {
-        let p = params.normalised();
         let visible: Vec<&JobRecord> = jobs
             .iter()
             .filter(|j| ctx.visible.sees(j.installation_id.map(|i| i.0)))
@@ -690,7 +681,7 @@ impl Report {
             ),
             conclusions: CONCLUSIONS.iter().map(|c| (*c).to_owned()).collect(),
         };
-        let filters = check_filters(&p, ctx, &choices)?;
+        let filters = check_filters(p, ctx, &choices)?;
         // The VM that ran each job: the one whose runner took it, else the one started for it.
         let mut ran: BTreeMap<i64, &VmRow> = BTreeMap::new();
         for vm in vms {
@@ -772,15 +763,19 @@ fn check_filters(
     ctx: &Context<'_>,
     choices: &Choices,
 ) -> Result<Filters, ReportError> {
+    // A value is taken as the allowed one it names (in any case), so the filter then matches
+    // the rows exactly.
     let one_of = |name: &str, value: &Option<String>, allowed: &[String], what: &str| match value {
-        Some(v) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(v)) => {
-            Err(ReportError::Filter(format!("{name} {v:?} is not {what}")))
-        }
-        _ => Ok(value.clone()),
+        None => Ok(None),
+        Some(v) => allowed
+            .iter()
+            .find(|a| a.eq_ignore_ascii_case(v))
+            .map(|a| Some(a.clone()))
+            .ok_or_else(|| ReportError::Invalid(format!("{name} {v:?} is not {what}"))),
     };
     if let Some(i) = p.installation {
         if !ctx.visible.sees(Some(i)) {
-            return Err(ReportError::Filter(format!(
+            return Err(ReportError::Invalid(format!(
                 "installation {i} is not one you may see"
             )));
         }

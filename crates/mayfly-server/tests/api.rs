@@ -290,6 +290,17 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
     assert_eq!(report["totals"]["jobs"], 1);
     assert_eq!(report["jobs"][0]["job_id"], 901);
     assert_eq!(report["jobs"][0]["conclusion"], "success");
+    // A filter value in another case names the same thing and matches the same rows.
+    let (status, body) = api
+        .get(
+            "/api/v1/usage/report?range=today&conclusion=SUCCESS&machine_type=LINUX",
+            Some(nine.expose()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["totals"]["jobs"], 1, "{body}");
+    assert_eq!(report["filters"]["conclusion"], "success");
     let (_, whoami) = api.get("/api/v1/whoami", Some(nine.expose())).await;
     let whoami: Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(whoami["scope"], "tenant");

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,6 @@ use axum::{Form, Router};
 use chrono::{DateTime, Utc};
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use mayfly_github::{OAuthApp, OAuthError};
-use mayfly_store::NewAudit;
 use serde::{Deserialize, Serialize};
 
 use crate::usage::{self, ReportParams, Visible};
@@ -212,28 +211,18 @@ fn not_configured() -> Response {
         .into_response()
 }
 
-async fn audit(
-    state: &AppState,
-    actor: &str,
-    source: Option<String>,
-    action: String,
-    outcome: &str,
-) -> bool {
-    let event = NewAudit {
-        at: state.clock.now(),
-        actor: actor.to_owned(),
-        source,
-        action,
-        target: None,
-        outcome: outcome.to_owned(),
-    };
-    match state.store.append_audit(&event).await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "could not audit a dashboard access; refusing it");
-            false
-        }
-    }
+/// Audits a dashboard access (see [`AppState::audit`]); `false`: refuse it.
+async fn audit(state: &AppState, actor: &str, peer: &Peer, action: &str, outcome: &str) -> bool {
+    state
+        .audit(
+            actor,
+            peer.0.clone(),
+            action.to_owned(),
+            None,
+            outcome.to_owned(),
+        )
+        .await
+        .is_ok()
 }
 
 fn unavailable() -> Response {
@@ -255,35 +244,50 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<std::net::SocketAddr>>()
-                .map(|ConnectInfo(a)| a.to_string()),
-        ))
+        Ok(Peer(crate::api::peer(&parts.extensions)))
     }
 }
 
-fn source(peer: &Peer) -> Option<String> {
-    peer.0.clone()
-}
+/// What a signed-in page asks for: the report, or why not (its status and reason).
+type Outcome = Result<(usage::Report, ReportParams), (StatusCode, String)>;
 
-/// The report a session asked for, or the page that says why not.
-async fn report(
+/// A signed-in view at `path`: the session, the report it asked for, and the access audited.
+/// `Err`: the answer instead (no dashboard, no session — `signed_out` —, no audit).
+async fn view(
     state: &AppState,
-    session: &Session,
+    peer: &Peer,
+    headers: &HeaderMap,
     params: Result<Query<ReportParams>, QueryRejection>,
-) -> Result<(usage::Report, ReportParams), (StatusCode, String)> {
-    let Query(params) = params.map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
-    match usage::load(state, &session.visible(), &params).await {
-        Ok(report) => Ok((report, params)),
-        Err(crate::ApiError::Invalid(why)) => Err((StatusCode::BAD_REQUEST, why)),
-        Err(crate::ApiError::BadRequest(why)) => Err((StatusCode::BAD_REQUEST, why.to_owned())),
-        Err(_) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The store is unavailable; try again later.".to_owned(),
-        )),
+    path: &str,
+    signed_out: fn() -> Response,
+) -> Result<(Session, Outcome), Response> {
+    let Some(dash) = state.dashboard.as_deref() else {
+        return Err(not_configured());
+    };
+    let Some(session) = session(state, dash, headers) else {
+        return Err(signed_out());
+    };
+    let outcome = match params {
+        Err(e) => Err((StatusCode::BAD_REQUEST, e.body_text())),
+        Ok(Query(params)) => usage::load(state, &session.visible(), params)
+            .await
+            .map_err(|e| match e {
+                usage::ReportError::Unavailable => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The store is unavailable; try again later.".to_owned(),
+                ),
+                refused => (StatusCode::BAD_REQUEST, refused.to_string()),
+            }),
+    };
+    let status = match &outcome {
+        Ok(_) => StatusCode::OK,
+        Err((s, _)) => *s,
+    };
+    let action = format!("dashboard GET {path}");
+    if !audit(state, &session.who, peer, &action, status.as_str()).await {
+        return Err(unavailable());
     }
+    Ok((session, outcome))
 }
 
 async fn show(
@@ -292,66 +296,33 @@ async fn show(
     headers: HeaderMap,
     params: Result<Query<ReportParams>, QueryRejection>,
 ) -> Response {
-    let Some(dash) = state.dashboard.as_deref() else {
-        return not_configured();
-    };
-    let Some(session) = session(&state, dash, &headers) else {
-        return page::sign_in().into_response();
-    };
-    let outcome = report(&state, &session, params).await;
-    let status = match &outcome {
-        Ok(_) => "200".to_owned(),
-        Err((s, _)) => s.as_u16().to_string(),
-    };
-    if !audit(
-        &state,
-        &session.who,
-        source(&peer),
-        "dashboard GET /dashboard".into(),
-        &status,
-    )
-    .await
-    {
-        return unavailable();
-    }
-    match outcome {
-        Ok((report, params)) => page::dashboard(&session, &report, &params).into_response(),
-        Err((status, why)) => (status, page::refused(&session, &why)).into_response(),
+    let signed_out = || page::sign_in().into_response();
+    match view(&state, &peer, &headers, params, "/dashboard", signed_out).await {
+        Ok((session, Ok((report, params)))) => {
+            page::dashboard(&session, &report, &params).into_response()
+        }
+        Ok((session, Err((status, why)))) => {
+            (status, page::refused(&session, &why)).into_response()
+        }
+        Err(answer) => answer,
     }
 }
 
+/// An export: the same report as the page, or the page's refusal.
 async fn export(
     state: &AppState,
     peer: Peer,
     headers: &HeaderMap,
     params: Result<Query<ReportParams>, QueryRejection>,
-    what: &str,
+    path: &str,
 ) -> Result<usage::Report, Response> {
-    let Some(dash) = state.dashboard.as_deref() else {
-        return Err(not_configured());
-    };
-    let Some(session) = session(state, dash, headers) else {
-        return Err(Redirect::to("/dashboard").into_response());
-    };
-    let outcome = report(state, &session, params).await;
-    let status = match &outcome {
-        Ok(_) => "200".to_owned(),
-        Err((s, _)) => s.as_u16().to_string(),
-    };
-    if !audit(
-        state,
-        &session.who,
-        source(&peer),
-        format!("dashboard GET /dashboard/{what}"),
-        &status,
-    )
-    .await
-    {
-        return Err(unavailable());
+    let signed_out = || Redirect::to("/dashboard").into_response();
+    match view(state, &peer, headers, params, path, signed_out).await? {
+        (_, Ok((report, _))) => Ok(report),
+        (session, Err((status, why))) => {
+            Err((status, page::refused(&session, &why)).into_response())
+        }
     }
-    outcome
-        .map(|(r, _)| r)
-        .map_err(|(status, why)| (status, page::refused(&session, &why)).into_response())
 }
 
 async fn export_csv(
@@ -360,7 +331,7 @@ async fn export_csv(
     headers: HeaderMap,
     params: Result<Query<ReportParams>, QueryRejection>,
 ) -> Response {
-    match export(&state, peer, &headers, params, "export.csv").await {
+    match export(&state, peer, &headers, params, "/dashboard/export.csv").await {
         Ok(report) => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -382,7 +353,7 @@ async fn export_json(
     headers: HeaderMap,
     params: Result<Query<ReportParams>, QueryRejection>,
 ) -> Response {
-    match export(&state, peer, &headers, params, "export.json").await {
+    match export(&state, peer, &headers, params, "/dashboard/export.json").await {
         Ok(report) => (
             [(
                 header::CONTENT_DISPOSITION,
@@ -453,8 +424,8 @@ async fn callback(
         audit(
             &state,
             "anonymous",
-            source(&peer),
-            "dashboard login".into(),
+            &peer,
+            "dashboard login",
             &format!("refused: GitHub said {error}"),
         )
         .await;
@@ -474,8 +445,8 @@ async fn callback(
         audit(
             &state,
             "anonymous",
-            source(&peer),
-            "dashboard login".into(),
+            &peer,
+            "dashboard login",
             "refused: state",
         )
         .await;
@@ -500,8 +471,8 @@ async fn callback(
             audit(
                 &state,
                 "anonymous",
-                source(&peer),
-                "dashboard login".into(),
+                &peer,
+                "dashboard login",
                 "refused: GitHub",
             )
             .await;
@@ -517,15 +488,7 @@ async fn callback(
             .collect::<Vec<_>>()
             .join(",")
     );
-    if !audit(
-        &state,
-        &who,
-        source(&peer),
-        "dashboard login".into(),
-        &outcome,
-    )
-    .await
-    {
+    if !audit(&state, &who, &peer, "dashboard login", &outcome).await {
         return unavailable();
     }
     let session = Session {
@@ -592,8 +555,8 @@ async fn login_operator(
         audit(
             &state,
             "anonymous",
-            source(&peer),
-            "dashboard login operator".into(),
+            &peer,
+            "dashboard login operator",
             "refused",
         )
         .await;
@@ -607,15 +570,7 @@ async fn login_operator(
             .into_response();
     };
     let who = format!("operator:{}", admin.id);
-    if !audit(
-        &state,
-        &who,
-        source(&peer),
-        "dashboard login operator".into(),
-        "ok",
-    )
-    .await
-    {
+    if !audit(&state, &who, &peer, "dashboard login operator", "ok").await {
         return unavailable();
     }
     let session = Session {
@@ -632,14 +587,7 @@ async fn logout(State(state): State<Arc<AppState>>, peer: Peer, headers: HeaderM
         return not_configured();
     };
     if let Some(session) = session(&state, dash, &headers) {
-        audit(
-            &state,
-            &session.who,
-            source(&peer),
-            "dashboard logout".into(),
-            "ok",
-        )
-        .await;
+        audit(&state, &session.who, &peer, "dashboard logout", "ok").await;
     }
     let mut jar = jar(&headers);
     jar.remove(removal(SESSION));

@@ -189,8 +189,9 @@ pub fn dashboard(session: &Session, report: &Report, params: &ReportParams) -> P
         ("this-month", "this month"),
         ("last-month", "last month"),
     ];
-    let custom = params.from.as_deref().is_some_and(|f| !f.is_empty());
-    let range = params.range.as_deref().filter(|r| !r.is_empty());
+    // `params` as the report read them: unset fields are `None`.
+    let custom = params.from.is_some();
+    let range = params.range.as_deref();
     let conclusions: Vec<String> = CONCLUSIONS.iter().map(|c| (*c).to_owned()).collect();
     layout(
         "Usage",

@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use mayfly_store::NewAudit;
 
 use crate::error::ApiError;
-use crate::tokens::{self, Scope};
+use crate::tokens::Scope;
 use crate::AppState;
 
 /// What `/metrics` answers with (the OpenMetrics 1.0 text format).
@@ -28,27 +27,15 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// successful scrapes are not (a scraper every 15 s would bury the audit log in identical rows),
 /// except the first of each token after the server starts, so every reader is on record.
 async fn scrape(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let source = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.to_string());
-    let found = match crate::api::bearer(&request) {
-        Some(presented) => match tokens::lookup(state.store.as_ref(), presented).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "token lookup failed");
-                return ApiError::Unavailable.into_response();
-            }
-        },
-        None => None,
+    let source = crate::api::peer(request.extensions());
+    let caller = match crate::api::bearer_caller(&state, request.headers()).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
     };
-    let caller = found
-        .as_ref()
-        .and_then(|row| Scope::from_row(row).map(|scope| (row.id.clone(), scope)));
     let (actor, refusal) = match &caller {
         None => ("anonymous".to_owned(), Some(ApiError::Unauthorized)),
-        Some((id, Scope::Admin)) => (format!("token:{id}"), None),
-        Some((id, _)) => (format!("token:{id}"), Some(ApiError::Forbidden)),
+        Some(c) if c.scope == Scope::Admin => (format!("token:{}", c.token_id), None),
+        Some(c) => (format!("token:{}", c.token_id), Some(ApiError::Forbidden)),
     };
     let first_read = refusal.is_none() && state.metrics.readers.first(&actor);
     let response = match refusal {
@@ -70,18 +57,13 @@ async fn scrape(State(state): State<Arc<AppState>>, request: Request) -> Respons
         },
     };
     if first_read || !response.status().is_success() {
-        let event = NewAudit {
-            at: state.clock.now(),
-            actor,
-            source,
-            action: "api GET /metrics".into(),
-            target: None,
-            outcome: response.status().as_u16().to_string(),
-        };
-        if let Err(e) = state.store.append_audit(&event).await {
-            tracing::error!(error = %crate::error::chain(&e), "could not write the audit row; refusing the scrape");
-            state.metrics.readers.forget(&event.actor);
-            return ApiError::Unavailable.into_response();
+        let outcome = response.status().as_u16().to_string();
+        let audited = state
+            .audit(&actor, source, "api GET /metrics".into(), None, outcome)
+            .await;
+        if let Err(e) = audited {
+            state.metrics.readers.forget(&actor);
+            return e.into_response();
         }
     }
     response
