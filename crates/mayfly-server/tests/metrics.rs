@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mayfly_core::Profile;
 use mayfly_server::metrics::{CLASSIC_TEXT, OPENMETRICS};
 use mayfly_server::tokens::{self, Scope};
 use mayfly_sim::{
@@ -285,18 +284,7 @@ async fn prometheus_counts_a_runs_jobs_and_the_shipped_rules_name_only_exported_
     tokio::time::timeout(Duration::from_secs(120), async {
         let (sim, github) = support::sim_with_client(SECRET).await;
         let t = support::start(false, SECRET, Some(github), |config| {
-            config.profiles = vec![Profile {
-                name: "mayfly-linux-2cpu".into(),
-                labels: vec!["self-hosted".into(), "linux".into()],
-                vcpus: 2,
-                memory_mib: 2048,
-                image: "test-image".into(),
-                max_runtime_secs: 600,
-                disk_gib: 20,
-                runner_entry: None,
-                boot_timeout_secs: 60,
-                idle_timeout_secs: 600,
-            }];
+            config.profiles = vec![support::profile(600)];
         })
         .await;
         sim.set_webhook_url(Some(

@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::{JobId, Profile};
+use mayfly_core::JobId;
 use mayfly_github::GitHubClient;
 use mayfly_proto::ServerBody;
 use mayfly_sim::{AccountType, JitConfig, NewInstallation, NewJob, NewRepo, SimHandle};
@@ -30,18 +30,7 @@ struct World {
 async fn world(idle_timeout_secs: u32) -> World {
     let (sim, github) = support::sim_with_client(SECRET).await;
     let t = support::start(false, SECRET, Some(github.clone()), |config| {
-        config.profiles = vec![Profile {
-            name: "mayfly-linux-2cpu".into(),
-            labels: vec!["self-hosted".into(), "linux".into()],
-            vcpus: 2,
-            memory_mib: 2048,
-            image: "test-image".into(),
-            max_runtime_secs: 600,
-            disk_gib: 20,
-            runner_entry: None,
-            boot_timeout_secs: 60,
-            idle_timeout_secs,
-        }];
+        config.profiles = vec![support::profile(idle_timeout_secs)];
     })
     .await;
     let (server, store, dir) = (t.server, t.store, t.dir);

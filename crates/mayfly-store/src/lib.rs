@@ -41,6 +41,13 @@ use mayfly_core::{DeliveryId, InstallationChange, JobEvent, JobId, Transition};
 /// Every [`Store`] is one; bring this trait into scope to call them.
 #[async_trait]
 pub trait CommonStore: Send + Sync {
+    /// Jobs mayfly first heard of in `[from, to)`, oldest first, with the VMs started for them
+    /// (for usage reports; indexed, so retained history outside the range costs nothing).
+    async fn jobs_seen_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Vec<JobRecord>, Vec<VmRow>), StoreError>;
     /// Claims a job for placement by `owner` if it is still `new` (or its claim is older than
     /// `stale_before`): its disposition becomes `placing`. `false` when another server has it.
     async fn claim_job(
@@ -173,13 +180,6 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
     async fn delivery(&self, delivery: &DeliveryId) -> Result<Option<DeliveryRecord>, StoreError>;
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
     async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
-    /// Jobs mayfly first heard of in `[from, to)`, oldest first, with the VMs started for them
-    /// (for usage reports; indexed, so retained history outside the range costs nothing).
-    async fn jobs_seen_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<(Vec<JobRecord>, Vec<VmRow>), StoreError>;
     async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError>;
 
     /// Records the scheduler's decision about a job.

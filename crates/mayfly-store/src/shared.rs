@@ -34,6 +34,35 @@ macro_rules! shared_methods {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl crate::CommonStore for $store {
+            async fn jobs_seen_between(
+                &self,
+                from: DateTime<Utc>,
+                to: DateTime<Utc>,
+            ) -> Result<(Vec<JobRecord>, Vec<VmRow>), StoreError> {
+                let jobs = sqlx::query(
+                    "SELECT * FROM jobs WHERE first_seen_at >= $1 AND first_seen_at < $2
+                     ORDER BY first_seen_at, job_id",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await
+                .op("list jobs in range")?;
+                let vms = sqlx::query(
+                    "SELECT * FROM vms WHERE for_job_id IN
+                       (SELECT job_id FROM jobs WHERE first_seen_at >= $1 AND first_seen_at < $2)
+                     ORDER BY requested_at, start_id",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await
+                .op("list vms in range")?;
+                Ok((
+                    jobs.iter().map(job_from_row).collect::<Result<_, _>>()?,
+                    vms.iter().map(vm_from_row).collect::<Result<_, _>>()?,
+                ))
+            }
             async fn claim_job(
                 &self,
                 job: JobId,

@@ -530,36 +530,6 @@ impl Store for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn jobs_seen_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<(Vec<JobRecord>, Vec<VmRow>), StoreError> {
-        let jobs = sqlx::query(
-            "SELECT * FROM jobs WHERE first_seen_at >= ? AND first_seen_at < ?
-             ORDER BY first_seen_at, job_id",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await
-        .op("list jobs in range")?;
-        let vms = sqlx::query(
-            "SELECT * FROM vms WHERE for_job_id IN
-               (SELECT job_id FROM jobs WHERE first_seen_at >= ? AND first_seen_at < ?)
-             ORDER BY requested_at, start_id",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await
-        .op("list vms in range")?;
-        Ok((
-            jobs.iter().map(job_from_row).collect::<Result<_, _>>()?,
-            vms.iter().map(vm_from_row).collect::<Result<_, _>>()?,
-        ))
-    }
-
     async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT installation_id, account, state FROM installations ORDER BY installation_id",

@@ -90,6 +90,23 @@ pub async fn start_on(
     (server, cert_pem)
 }
 
+/// The profile the stand-in agent's `test-image` serves: `mayfly-linux-2cpu`, 2 vCPUs, jobs
+/// labelled `self-hosted` + `linux` + its name.
+pub fn profile(idle_timeout_secs: u32) -> mayfly_core::Profile {
+    mayfly_core::Profile {
+        name: "mayfly-linux-2cpu".into(),
+        labels: vec!["self-hosted".into(), "linux".into()],
+        vcpus: 2,
+        memory_mib: 2048,
+        image: "test-image".into(),
+        max_runtime_secs: 600,
+        disk_gib: 20,
+        runner_entry: None,
+        boot_timeout_secs: 60,
+        idle_timeout_secs,
+    }
+}
+
 /// The GitHub simulator on 127.0.0.1:0 with a fresh App, and mayfly's client for that App.
 pub async fn sim_with_client(secret: &[u8]) -> (mayfly_sim::SimHandle, Arc<GitHubClient>) {
     use secrecy::ExposeSecret;
