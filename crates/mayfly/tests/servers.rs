@@ -5,6 +5,9 @@
 //! webhook secret or the App key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+#[path = "../../mayfly-server/tests/support/agent.rs"]
+mod fake_agent;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,14 +18,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use mayfly_github::webhook::WebhookSecret;
-use mayfly_proto::v1::agent_service_client::AgentServiceClient;
-use mayfly_proto::v1::{AgentMessage, Capacity, Hello};
-use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
+use mayfly_proto::ServerBody;
 use mayfly_sim::{AccountType, NewInstallation, NewJob, NewRepo};
 use mayfly_store::{PgStore, Store};
 use secrecy::ExposeSecret;
 use sqlx::Connection;
-use tokio_stream::StreamExt;
 
 const SECRET: &str = "two-servers-webhook-secret";
 const JOBS: usize = 8;
@@ -162,35 +162,11 @@ async fn agent(
     name: &str,
     starts: Arc<Mutex<Vec<(String, mayfly_proto::v1::StartVm)>>>,
 ) {
-    let mut client = AgentServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(AgentMessage {
-        body: Some(AgentBody::Hello(Hello {
-            agent_id: name.into(),
-            protocol_version: PROTOCOL_VERSION,
-            capacity: Some(Capacity {
-                slots: 4,
-                vcpus: 8,
-                memory_mib: 16384,
-                images: vec!["test-image".into()],
-            }),
-            vms: vec![],
-        })),
-    })
-    .await
-    .unwrap();
-    let mut incoming = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut agent = fake_agent::FakeAgent::connect_as(([127, 0, 0, 1], port).into(), name).await;
     let name = name.to_owned();
     tokio::spawn(async move {
-        let _keep_open = tx;
-        while let Some(Ok(message)) = incoming.next().await {
-            if let Some(ServerBody::StartVm(start)) = message.body {
+        while let Some(command) = agent.recv().await {
+            if let ServerBody::StartVm(start) = command {
                 starts.lock().unwrap().push((name.clone(), start));
             }
         }

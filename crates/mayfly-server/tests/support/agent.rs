@@ -1,5 +1,8 @@
 //! A stand-in agent speaking the real protocol (no VMs): says Hello with four slots of
 //! `test-image`, hands every command to the test, and reports the VM events the test plays.
+//! The server's tests and the binary's multi-server test (`crates/mayfly/tests/servers.rs`,
+//! through `#[path]`) share it.
+#![allow(dead_code)] // each test binary uses part of it
 
 use std::time::Duration;
 
@@ -17,13 +20,18 @@ pub struct FakeAgent {
 
 impl FakeAgent {
     pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        Self::connect_as(addr, "host-a").await
+    }
+
+    /// An agent named `name` (its host), over plain gRPC.
+    pub async fn connect_as(addr: std::net::SocketAddr, name: &str) -> Self {
         let mut client = AgentServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
         tx.send(AgentMessage {
             body: Some(AgentBody::Hello(Hello {
-                agent_id: "host-a".into(),
+                agent_id: name.into(),
                 protocol_version: PROTOCOL_VERSION,
                 capacity: Some(Capacity {
                     slots: 4,
@@ -50,6 +58,11 @@ impl FakeAgent {
             }
         });
         Self { tx, commands }
+    }
+
+    /// The next command, however long it takes; `None` when the session ended.
+    pub async fn recv(&mut self) -> Option<ServerBody> {
+        self.commands.recv().await
     }
 
     pub async fn next(&mut self) -> ServerBody {
