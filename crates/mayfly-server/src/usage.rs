@@ -515,6 +515,19 @@ pub struct GroupRow {
 }
 
 impl GroupRow {
+    /// Jobs that succeeded.
+    pub fn succeeded(&self) -> u64 {
+        self.conclusions.get("success").copied().unwrap_or(0)
+    }
+
+    /// Jobs that failed or timed out (what the failure rate counts).
+    pub fn failed(&self) -> u64 {
+        ["failure", "timed_out"]
+            .iter()
+            .map(|c| self.conclusions.get(*c).copied().unwrap_or(0))
+            .sum()
+    }
+
     fn of<'a>(group: BTreeMap<String, String>, jobs: impl Iterator<Item = &'a JobLine>) -> Self {
         let mut row = GroupRow {
             group,
@@ -872,19 +885,14 @@ pub fn groups_csv(rows: &[GroupRow], keys: &[GroupKey]) -> String {
     out.push('\n');
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for r in rows {
-        let count = |c: &[&str]| {
-            c.iter()
-                .map(|c| r.conclusions.get(*c).copied().unwrap_or(0))
-                .sum::<u64>()
-        };
         let mut fields: Vec<String> = keys
             .iter()
             .map(|k| r.group.get(k.name()).cloned().unwrap_or_default())
             .collect();
         fields.extend([
             r.jobs.to_string(),
-            count(&["success"]).to_string(),
-            count(&["failure", "timed_out"]).to_string(),
+            r.succeeded().to_string(),
+            r.failed().to_string(),
             opt(r.failure_rate),
             r.executed_seconds.to_string(),
             r.billed_seconds.to_string(),

@@ -69,10 +69,13 @@ impl ApiClient {
                 .config_err()
             }
         }
-        let raw = read_secret_file(&args.token_file)
-            .with_context(|| "could not read the API token (--token-file, MAYFLY_TOKEN_FILE)")
-            .config_err()?;
-        let token = String::from_utf8(raw)
+        // The file's bytes are wiped when dropped; the token lives on only in the SecretString.
+        let raw = zeroize::Zeroizing::new(
+            read_secret_file(&args.token_file)
+                .with_context(|| "could not read the API token (--token-file, MAYFLY_TOKEN_FILE)")
+                .config_err()?,
+        );
+        let token = std::str::from_utf8(&raw)
             .map_err(|_| anyhow!("{} is not a token", args.token_file.display()))
             .config_err()?;
         let mut builder = reqwest::Client::builder()

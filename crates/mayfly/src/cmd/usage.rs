@@ -275,11 +275,6 @@ fn groups_table(rows: &[GroupRow], keys: &[GroupKey]) -> String {
         ]
         .map(String::from),
     );
-    let count = |r: &GroupRow, c: &[&str]| -> u64 {
-        c.iter()
-            .map(|c| r.conclusions.get(*c).copied().unwrap_or(0))
-            .sum()
-    };
     let body = rows
         .iter()
         .map(|r| {
@@ -289,8 +284,8 @@ fn groups_table(rows: &[GroupRow], keys: &[GroupKey]) -> String {
                 .collect();
             cells.extend([
                 r.jobs.to_string(),
-                count(r, &["success"]).to_string(),
-                count(r, &["failure", "timed_out"]).to_string(),
+                r.succeeded().to_string(),
+                r.failed().to_string(),
                 r.failure_rate
                     .map_or_else(|| "-".into(), |f| format!("{:.1}%", f * 100.0)),
                 secs(r.executed_seconds),
