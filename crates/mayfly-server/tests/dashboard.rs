@@ -3,8 +3,8 @@
 //! one organisation after a run of jobs through the server, sees that organisation's jobs and
 //! charts with data points (a screenshot is kept in `target/test-artifacts/`), and does not see
 //! the other organisation's — not by editing the URL, not through an export link. A user in no
-//! organisation sees an empty dashboard. Forged OAuth `state`, a tampered session cookie and an
-//! operator's wrong token are refused; the operator's admin token sees every tenant; sign-ins
+//! organisation sees an empty dashboard. Forged or stale OAuth `state`, a tampered or expired
+//! session cookie and an operator's wrong token are refused; the operator's admin token sees every tenant; sign-ins
 //! and sign-outs are in the audit log; no export or page carries a token or secret.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -418,6 +418,59 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
                 assert!(page.contains("acme-robotics/firmware") && page.contains("globex-labs/site"));
             }
         }
+        sign_out(&browser).await;
+
+        // Expiry, on the server's clock: a sign-in started more than ten minutes ago is refused
+        // at the callback; a session past its 8 hours is no session.
+        browser.goto(&format!("{base}dashboard")).await.unwrap();
+        browser
+            .find(Locator::Css("#sign-in-github"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Css("#login_field"))
+            .await
+            .unwrap()
+            .send_keys("mona")
+            .await
+            .unwrap();
+        browser
+            .find(Locator::Css("#password"))
+            .await
+            .unwrap()
+            .send_keys(mayfly_sim::SIM_USER_PASSWORD)
+            .await
+            .unwrap();
+        t.clock.advance(chrono::Duration::minutes(11));
+        browser
+            .find(Locator::Css("[name=commit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let text = browser
+            .wait()
+            .for_element(Locator::Css("main"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("Sign-in failed"), "a stale state: {text}");
+        let page = sign_in(&browser, &base, "mona").await;
+        assert!(page.contains("Signed in as github:mona"));
+        t.clock.advance(chrono::Duration::hours(9));
+        browser.goto(&format!("{base}dashboard")).await.unwrap();
+        let page = browser.source().await.unwrap();
+        assert!(
+            page.contains("sign-in-github") && !page.contains("acme-robotics/firmware"),
+            "an expired session: {page}"
+        );
         browser.close().await.unwrap();
 
         // The audit log has the sign-ins, sign-outs, refusals and page views.
@@ -430,9 +483,11 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
         assert!(has("github:mona", "dashboard logout"));
         assert!(has("github:mona", "dashboard GET /dashboard/export.csv"));
         assert!(has("github:nemo", "dashboard login"));
-        assert!(rows
+        let stale_or_forged = rows
             .iter()
-            .any(|r| r.action == "dashboard login" && r.outcome == "refused: state"));
+            .filter(|r| r.action == "dashboard login" && r.outcome == "refused: state")
+            .count();
+        assert_eq!(stale_or_forged, 2, "the forged state and the stale one");
         assert!(has(&format!("operator:{}", admin.row.id), "dashboard login operator"));
         assert!(rows
             .iter()

@@ -19,6 +19,26 @@ pub struct TestServer {
     /// The certificate (PEM) a client must trust, when serving TLS.
     pub cert_pem: Option<String>,
     pub dir: tempfile::TempDir,
+    /// The server's clock: the system's, moved on by what the test adds.
+    pub clock: Arc<LaterClock>,
+}
+
+/// The system clock plus an offset a test can add to (to expire sessions, leases, …).
+#[derive(Debug, Default)]
+pub struct LaterClock(std::sync::atomic::AtomicI64);
+
+impl LaterClock {
+    pub fn advance(&self, by: chrono::Duration) {
+        self.0
+            .fetch_add(by.num_milliseconds(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl mayfly_core::Clock for LaterClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let offset = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        chrono::Utc::now() + chrono::Duration::milliseconds(offset)
+    }
 }
 
 /// Starts a server. `tls`: serve TLS with a self-signed certificate for localhost/127.0.0.1.
@@ -34,12 +54,23 @@ pub async fn start(
             .await
             .unwrap(),
     );
-    let (server, cert_pem) = start_on(&dir, store.clone(), tls, secret, github, adjust).await;
+    let clock = Arc::new(LaterClock::default());
+    let (server, cert_pem) = launch(
+        &dir,
+        store.clone(),
+        clock.clone(),
+        tls,
+        secret,
+        github,
+        adjust,
+    )
+    .await;
     TestServer {
         server,
         store,
         cert_pem,
         dir,
+        clock,
     }
 }
 
@@ -48,6 +79,19 @@ pub async fn start(
 pub async fn start_on(
     dir: &tempfile::TempDir,
     store: Arc<dyn mayfly_store::Store>,
+    tls: bool,
+    secret: &[u8],
+    github: Option<Arc<GitHubClient>>,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> (ServerHandle, Option<String>) {
+    let clock = Arc::new(SystemClock);
+    launch(dir, store, clock, tls, secret, github, adjust).await
+}
+
+async fn launch(
+    dir: &tempfile::TempDir,
+    store: Arc<dyn mayfly_store::Store>,
+    clock: Arc<dyn mayfly_core::Clock>,
     tls: bool,
     secret: &[u8],
     github: Option<Arc<GitHubClient>>,
@@ -82,7 +126,7 @@ pub async fn start_on(
     adjust(&mut config);
     let deps = Dependencies {
         store,
-        clock: Arc::new(SystemClock),
+        clock,
         webhook_secrets: vec![WebhookSecret::new(secret.to_vec())],
         github,
     };
