@@ -617,6 +617,8 @@ pub struct DayRow {
     pub day: NaiveDate,
     /// Billed minutes by machine type.
     pub minutes_by_machine_type: BTreeMap<String, f64>,
+    /// Billed minutes by repository.
+    pub minutes_by_repo: BTreeMap<String, f64>,
     #[serde(flatten)]
     pub numbers: GroupRow,
 }
@@ -717,22 +719,30 @@ impl Report {
                 .cmp(&a.webhook_received_at)
                 .then(b.job_id.cmp(&a.job_id))
         });
+        let mut by_day: BTreeMap<NaiveDate, Vec<&JobLine>> = BTreeMap::new();
+        for job in &lines {
+            by_day.entry(job.day).or_default().push(job);
+        }
         let days = range
             .days()
             .map(|day| {
-                let of_day: Vec<JobLine> = lines.iter().filter(|j| j.day == day).cloned().collect();
-                let mut minutes_by_machine_type = BTreeMap::new();
-                for j in &of_day {
-                    *minutes_by_machine_type
-                        .entry(j.key(GroupKey::MachineType))
-                        .or_insert(0.0) += j.billed_seconds.unwrap_or(0) as f64 / 60.0;
-                }
-                let mut numbers = group(&of_day, &[]).pop().unwrap_or_default();
-                numbers.group.insert("day".into(), day.to_string());
+                let of_day = by_day.get(&day).map(Vec::as_slice).unwrap_or_default();
+                let minutes_by = |key: GroupKey| {
+                    let mut minutes = BTreeMap::new();
+                    for j in of_day {
+                        *minutes.entry(j.key(key)).or_insert(0.0) +=
+                            j.billed_seconds.unwrap_or(0) as f64 / 60.0;
+                    }
+                    minutes
+                };
                 DayRow {
                     day,
-                    minutes_by_machine_type,
-                    numbers,
+                    minutes_by_machine_type: minutes_by(GroupKey::MachineType),
+                    minutes_by_repo: minutes_by(GroupKey::Repo),
+                    numbers: GroupRow::of(
+                        [("day".to_owned(), day.to_string())].into(),
+                        of_day.iter().copied(),
+                    ),
                 }
             })
             .collect();

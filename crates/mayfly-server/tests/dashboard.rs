@@ -275,7 +275,12 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
             .await
             .unwrap();
         assert_eq!(rows.len(), 2, "acme's two jobs");
-        for chart in ["#chart-minutes", "#chart-jobs", "#chart-queue"] {
+        for chart in [
+            "#chart-minutes",
+            "#chart-minutes-repo",
+            "#chart-jobs",
+            "#chart-queue",
+        ] {
             let points = browser
                 .find_all(Locator::Css(&format!(
                     "{chart} rect[data-value], {chart} circle[data-value]"

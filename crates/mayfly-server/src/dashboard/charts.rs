@@ -147,13 +147,7 @@ fn legend(keys: &[String], key_colour: &impl Fn(usize, &str) -> &'static str) ->
 
 /// Billed minutes per day, stacked by machine type.
 pub fn minutes(days: &[DayRow]) -> Markup {
-    let keys: Vec<String> = days
-        .iter()
-        .flat_map(|d| d.minutes_by_machine_type.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    stacked(
+    minutes_by(
         Chart {
             id: "chart-minutes",
             label: "Billed minutes per day, by machine type",
@@ -161,8 +155,40 @@ pub fn minutes(days: &[DayRow]) -> Markup {
             kind: "minutes",
         },
         days,
+        |d| &d.minutes_by_machine_type,
+    )
+}
+
+/// Billed minutes per day, stacked by repository.
+pub fn minutes_by_repo(days: &[DayRow]) -> Markup {
+    minutes_by(
+        Chart {
+            id: "chart-minutes-repo",
+            label: "Billed minutes per day, by repository",
+            unit: "min",
+            kind: "minutes",
+        },
+        days,
+        |d| &d.minutes_by_repo,
+    )
+}
+
+fn minutes_by(
+    chart: Chart,
+    days: &[DayRow],
+    series: impl Fn(&DayRow) -> &std::collections::BTreeMap<String, f64>,
+) -> Markup {
+    let keys: Vec<String> = days
+        .iter()
+        .flat_map(|d| series(d).keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    stacked(
+        chart,
+        days,
         &keys,
-        |d, k| d.minutes_by_machine_type.get(k).copied().unwrap_or(0.0),
+        |d, k| series(d).get(k).copied().unwrap_or(0.0),
         |i, _| colour(i),
     )
 }

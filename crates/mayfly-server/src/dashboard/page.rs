@@ -234,6 +234,7 @@ pub fn dashboard(session: &Session, report: &Report, params: &ReportParams) -> P
                 }
                 div class="charts" {
                     (charts::minutes(&report.days))
+                    (charts::minutes_by_repo(&report.days))
                     (charts::jobs(&report.days))
                     (charts::queue(&report.days))
                 }
