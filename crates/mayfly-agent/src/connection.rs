@@ -1,8 +1,9 @@
 //! The agent's side of the `Session` stream: dial the server, say `Hello` (identity, protocol
-//! version, capacity, the VMs in the journal), wait for `Welcome`, then send queued VM events in
-//! order and a heartbeat with the free slots, while forwarding the server's `StartVm` and
-//! `DestroyVm` to the agent. A broken stream is dialled again after a bounded exponential
-//! backoff; VMs keep running meanwhile and their events wait in the outbox.
+//! version, capacity, the VMs in the journal, the journal's epoch), wait for `Welcome`, then send
+//! every unacknowledged VM event in order and a heartbeat with the free slots, while taking the
+//! server's `Ack`s and forwarding its `StartVm` and `DestroyVm` to the agent. A broken stream is
+//! dialled again after a bounded exponential backoff; VMs keep running meanwhile and their events
+//! wait in the outbox (and are resent from the oldest unacknowledged one in the next session).
 //!
 //! The JIT config leaves the `StartVm` message for a `SecretString` as soon as it arrives.
 
@@ -52,6 +53,16 @@ pub struct ConnectionShared {
     pub journal: Arc<Mutex<Journal>>,
     pub outbox: Arc<Outbox>,
     pub table: Arc<VmTable>,
+    /// When the server was last heard from (a welcome, an ack, a pong, a command).
+    pub heard: Arc<Mutex<tokio::time::Instant>>,
+}
+
+impl ConnectionShared {
+    fn heard_now(&self) {
+        if let Ok(mut heard) = self.heard.lock() {
+            *heard = tokio::time::Instant::now();
+        }
+    }
 }
 
 /// Why one session ended.
@@ -121,12 +132,17 @@ async fn session(
         .map_err(SessionError::Connect)?;
     let mut client = AgentServiceClient::new(channel);
     let (welcomed, welcome) = oneshot::channel();
+    // The request stream may outlive this function inside the transport: it must stop sending
+    // when the session is over, or a dead session would keep taking events.
+    let over = CancellationToken::new();
+    let _over = over.clone().drop_guard();
     let requests = request_stream(
         hello(config, shared),
         welcome,
         shared.clone(),
         config.heartbeat,
         stop.clone(),
+        over,
     );
     let mut inbound = client
         .session(requests)
@@ -151,11 +167,15 @@ async fn session(
         Err(status) => return Err(SessionError::Broken(status)),
     }
     let _ = welcomed.send(());
+    shared.heard_now();
     config.backoff.reset();
     tracing::info!(server = %config.endpoint.uri(), agent = config.agent_id, "session with the server open");
     loop {
         match inbound.message().await {
-            Ok(Some(message)) => forward(message.body, commands).await,
+            Ok(Some(message)) => {
+                shared.heard_now();
+                forward(message.body, shared, commands).await;
+            }
             // Our request stream ends only when the agent stops; the server then closes too.
             Ok(None) if stop.is_cancelled() && shared.outbox.is_empty() => return Ok(()),
             Ok(None) => return Err(SessionError::Closed),
@@ -164,8 +184,16 @@ async fn session(
     }
 }
 
-async fn forward(body: Option<ServerBody>, commands: &mpsc::Sender<ServerCommand>) {
+async fn forward(
+    body: Option<ServerBody>,
+    shared: &ConnectionShared,
+    commands: &mpsc::Sender<ServerCommand>,
+) {
     let command = match body {
+        Some(ServerBody::Ack(ack)) => {
+            shared.outbox.acknowledge(ack.seq);
+            return;
+        }
         Some(ServerBody::StartVm(mut start)) => {
             let jitconfig = SecretString::from(std::mem::take(&mut start.jitconfig));
             tracing::info!(
@@ -184,18 +212,18 @@ async fn forward(body: Option<ServerBody>, commands: &mpsc::Sender<ServerCommand
             );
             ServerCommand::Destroy(destroy)
         }
-        Some(ServerBody::Welcome(_)) | None => return,
+        Some(ServerBody::Welcome(_) | ServerBody::Pong(_)) | None => return,
     };
     // The agent's loop ends only at shutdown; a command that arrives then is moot.
     let _ = commands.send(command).await;
 }
 
 fn hello(config: &ConnectionConfig, shared: &ConnectionShared) -> AgentMessage {
-    let vms = shared
+    let (vms, journal_epoch) = shared
         .journal
         .lock()
         .map(|journal| {
-            journal
+            let vms = journal
                 .vms()
                 .iter()
                 .map(|(vm, entry)| VmState {
@@ -203,7 +231,8 @@ fn hello(config: &ConnectionConfig, shared: &ConnectionShared) -> AgentMessage {
                     start_id: entry.start_id.clone(),
                     phase: entry.phase.as_str().to_owned(),
                 })
-                .collect()
+                .collect();
+            (vms, journal.epoch().to_owned())
         })
         .unwrap_or_default();
     AgentMessage {
@@ -212,18 +241,21 @@ fn hello(config: &ConnectionConfig, shared: &ConnectionShared) -> AgentMessage {
             protocol_version: PROTOCOL_VERSION,
             capacity: Some(config.capacity.clone()),
             vms,
+            journal_epoch,
         })),
     }
 }
 
-/// What the agent sends in one session: `Hello`, then (once welcomed) queued events in order
-/// and heartbeats, until the agent stops and nothing is left to send.
+/// What the agent sends in one session: `Hello`, then (once welcomed) every unacknowledged event
+/// in order, from the oldest, and heartbeats, until the agent stops and the server acknowledged
+/// everything.
 fn request_stream(
     hello: AgentMessage,
     welcome: oneshot::Receiver<()>,
     shared: ConnectionShared,
     heartbeat: Duration,
     stop: CancellationToken,
+    over: CancellationToken,
 ) -> impl futures::Stream<Item = AgentMessage> + Send + 'static {
     struct Pump {
         hello: Option<AgentMessage>,
@@ -231,6 +263,9 @@ fn request_stream(
         shared: ConnectionShared,
         ticker: tokio::time::Interval,
         stop: CancellationToken,
+        over: CancellationToken,
+        /// The last event sent in this session.
+        sent: u64,
     }
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,6 +275,8 @@ fn request_stream(
         shared,
         ticker,
         stop,
+        over,
+        sent: 0,
     };
     futures::stream::unfold(pump, |mut pump| async move {
         if let Some(hello) = pump.hello.take() {
@@ -249,14 +286,21 @@ fn request_stream(
             // Events go out only to a server that welcomed us; dropped means the session ended.
             welcome.await.ok()?;
         }
+        if pump.over.is_cancelled() {
+            return None;
+        }
         let outbox = pump.shared.outbox.clone();
         let message = tokio::select! {
             biased;
-            event = outbox.pop() => AgentBody::VmEvent(event),
+            () = pump.over.cancelled() => return None,
+            event = outbox.next_after(pump.sent) => {
+                pump.sent = event.seq;
+                AgentBody::VmEvent(event)
+            }
             _ = pump.ticker.tick() => AgentBody::Heartbeat(Heartbeat {
                 free_slots: pump.shared.table.free_slots(),
             }),
-            () = pump.stop.cancelled(), if outbox.is_empty() => return None,
+            () = async { pump.stop.cancelled().await; outbox.drained().await } => return None,
         };
         Some((
             AgentMessage {

@@ -168,9 +168,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let journal = Journal::load(&config.journal_path)?;
-    let outbox = Arc::new(Outbox::default());
-    let journal = Arc::new(Mutex::new(journal));
+    let journal = Arc::new(Mutex::new(Journal::load(&config.journal_path)?));
+    let outbox = Arc::new(Outbox::new(journal.clone()));
     recover(&config, &journal, &outbox).await?;
 
     let table = Arc::new(VmTable::new(config.slots));
@@ -181,6 +180,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         table: table.clone(),
     });
     let (commands_tx, mut commands) = mpsc::channel(64);
+    let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
     let connection_stop = CancellationToken::new();
     // JoinSets abort their tasks when dropped: dropping `run` leaves nothing running.
     let mut connection = JoinSet::new();
@@ -199,9 +199,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             welcome_timeout: Duration::from_secs(30),
         },
         ConnectionShared {
-            journal,
+            journal: journal.clone(),
             outbox: outbox.clone(),
             table: table.clone(),
+            heard: heard.clone(),
         },
         commands_tx,
         connection_stop.clone(),
@@ -324,6 +325,25 @@ fn start_vm(
     start: StartVm,
     jitconfig: SecretString,
 ) {
+    let first = match ctx.journal.lock() {
+        Ok(mut journal) => journal.first_start(&start.start_id),
+        Err(_) => Ok(true),
+    };
+    match first {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(
+                start_id = start.start_id,
+                "ignored a StartVm already seen (commands are idempotent by start id)"
+            );
+            return;
+        }
+        Err(e) => {
+            // Starting is still right: this StartVm is new. Only a resend after a crash could
+            // now start a second VM, and the server then destroys the one it does not know.
+            tracing::error!(start_id = start.start_id, error = %e, "could not record the start id in the journal");
+        }
+    }
     let Some(handle) = ctx.table.claim(&start.start_id) else {
         tracing::warn!(start_id = start.start_id, "refused StartVm: no free slot");
         ctx.outbox

@@ -1,11 +1,11 @@
-//! The agent's outbox: VM events wait here, in the order they happened, until a session with
-//! the server takes them. VMs keep running while the server is unreachable; their events are
-//! queued and go out after the next `Welcome`. An event leaves the queue when the session's
-//! request stream takes it (protocol v1 has no acknowledgement, so an event in flight when the
-//! connection breaks can be lost; the server reconciles with `Hello.vms`).
+//! The agent's outbox: VM events wait here, in the order they happened, until the server
+//! acknowledges having stored them. Each event gets its sequence number and is written to the
+//! journal before anything sends it, so neither a broken session nor a crash of the agent loses
+//! it. A session sends every unacknowledged event from the oldest, so after a reconnect the
+//! server sees what it has not acknowledged again (it applies each number once); VMs keep
+//! running while the server is unreachable.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mayfly_core::{DestructionRecord, VmId};
@@ -13,39 +13,80 @@ use mayfly_proto::v1::VmEvent;
 use mayfly_proto::EventKind;
 use tokio::sync::Notify;
 
-/// Events waiting for the server.
-#[derive(Debug, Default)]
+use crate::journal::Journal;
+
+/// Events waiting for the server's acknowledgement, kept in the journal.
+#[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<VmEvent>>,
+    journal: Arc<Mutex<Journal>>,
     changed: Notify,
 }
 
 impl Outbox {
-    pub fn push(&self, event: VmEvent) {
-        if let Ok(mut queue) = self.queue.lock() {
-            queue.push_back(event);
+    pub fn new(journal: Arc<Mutex<Journal>>) -> Self {
+        Self {
+            journal,
+            changed: Notify::new(),
         }
-        // Wakes every `pop` whose `notified()` was made before this call, polled or not.
+    }
+
+    /// Numbers `event` and keeps it until acknowledged.
+    pub fn push(&self, event: VmEvent) {
+        if let Ok(mut journal) = self.journal.lock() {
+            if let Err(e) = journal.push_event(event) {
+                // The event is still queued in memory: only a crash before it is acknowledged
+                // can lose it now.
+                tracing::error!(error = %e, "could not write a VM event to the journal");
+            }
+        }
+        // Wakes every `next_after` whose `notified()` was made before this call.
         self.changed.notify_waiters();
     }
 
-    /// The oldest event, waiting for one if there is none.
-    pub async fn pop(&self) -> VmEvent {
+    /// The oldest unacknowledged event numbered above `after`, waiting for one if there is none.
+    pub async fn next_after(&self, after: u64) -> VmEvent {
         loop {
             let notified = self.changed.notified();
-            if let Some(event) = self.try_pop() {
+            if let Some(event) = self.try_next_after(after) {
                 return event;
             }
             notified.await;
         }
     }
 
-    pub fn try_pop(&self) -> Option<VmEvent> {
-        self.queue.lock().ok().and_then(|mut q| q.pop_front())
+    pub fn try_next_after(&self, after: u64) -> Option<VmEvent> {
+        self.journal.lock().ok().and_then(|j| j.event_after(after))
     }
 
+    /// The server stored every event up to `seq`.
+    pub fn acknowledge(&self, seq: u64) {
+        let result = match self.journal.lock() {
+            Ok(mut journal) => journal.acknowledge(seq),
+            Err(_) => return,
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, seq, "could not record an acknowledgement in the journal");
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether the server acknowledged every event.
     pub fn is_empty(&self) -> bool {
-        self.queue.lock().map(|q| q.is_empty()).unwrap_or(true)
+        self.journal
+            .lock()
+            .map(|j| j.unacknowledged() == 0)
+            .unwrap_or(true)
+    }
+
+    /// Waits until the server acknowledged every event.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -105,11 +146,14 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn events_come_out_in_the_order_they_went_in_and_pop_waits_for_one() {
-        let outbox = Arc::new(Outbox::default());
+    async fn events_are_numbered_in_order_kept_until_acknowledged_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let journal = Arc::new(Mutex::new(Journal::load(&path).unwrap()));
+        let outbox = Arc::new(Outbox::new(journal));
         let waiter = {
             let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.pop().await })
+            tokio::spawn(async move { outbox.next_after(0).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         outbox.push(event(None, "a", EventKind::Started));
@@ -118,9 +162,28 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(first.start_id, "a");
-        assert_eq!(outbox.try_pop().unwrap().start_id, "b");
+        assert_eq!((first.start_id.as_str(), first.seq), ("a", 1));
+        let second = outbox.try_next_after(first.seq).unwrap();
+        assert_eq!((second.start_id.as_str(), second.seq), ("b", 2));
+        assert!(outbox.try_next_after(2).is_none());
+
+        // Sent is not delivered: until acknowledged, both are there for the next session.
+        assert_eq!(outbox.try_next_after(0).unwrap().seq, 1);
+        outbox.acknowledge(1);
+        assert_eq!(outbox.try_next_after(0).unwrap().seq, 2);
+
+        // A restarted agent resends what was not acknowledged, with its number, and goes on
+        // counting in the same epoch.
+        drop(outbox);
+        let reloaded = Journal::load(&path).unwrap();
+        let epoch = reloaded.epoch().to_owned();
+        let outbox = Outbox::new(Arc::new(Mutex::new(reloaded)));
+        assert_eq!(outbox.try_next_after(0).unwrap().start_id, "b");
+        outbox.push(event(None, "c", EventKind::Started));
+        assert_eq!(outbox.try_next_after(2).unwrap().seq, 3);
+        outbox.acknowledge(3);
         assert!(outbox.is_empty());
+        assert_eq!(Journal::inspect(&path).unwrap().epoch(), epoch);
     }
 
     #[test]

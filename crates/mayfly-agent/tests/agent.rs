@@ -116,7 +116,7 @@ async fn a_job_vm_reports_started_booted_runner_exited_and_destroyed_in_order() 
         );
         assert!(!on_disk.contains(JIT), "the JIT config is in the journal");
         assert_eq!(
-            Journal::load(&journal).unwrap().vms()[&vm].phase,
+            Journal::inspect(&journal).unwrap().vms()[&vm].phase,
             VmPhase::Booted
         );
 
@@ -338,7 +338,53 @@ async fn events_from_while_the_server_was_away_arrive_in_order_after_reconnectin
         assert_eq!(queued[0].exit_code, 3);
         assert_eq!(queued[1].vm_id, vm.as_str());
         agent.stop().await.unwrap();
-        assert!(server.events_so_far().is_empty(), "no event was sent twice");
+        let again = server.events_so_far();
+        assert!(again.is_empty(), "no event was sent twice: {again:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_events_go_again_with_their_numbers_and_a_resent_start_vm_starts_nothing() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = FakeServer::start().await;
+        server.acknowledge_events(false);
+        let driver = Arc::new(FakeDriver::default());
+        let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
+        let hello = server.hello().await;
+        assert!(!hello.journal_epoch.is_empty());
+        server.send(start_vm("s-1")).await;
+        let first = server.expect(&UNTIL_RUNNER_STARTED).await;
+        assert_eq!(
+            first.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+
+        // The session breaks before the server acknowledged any of them: the next session
+        // sends them again, the same events with the same numbers, and no others.
+        server.go_away();
+        server.acknowledge_events(true);
+        server.come_back().await;
+        let again_hello = server.hello().await;
+        assert_eq!(again_hello.journal_epoch, hello.journal_epoch);
+        let again = server.expect(&UNTIL_RUNNER_STARTED).await;
+        assert_eq!(again, first);
+
+        // The server sends its StartVm again (it cannot know the first arrived): nothing starts,
+        // nothing is refused.
+        server.send(start_vm("s-1")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            driver.live().len(),
+            1,
+            "a resent StartVm started a second VM"
+        );
+        let extra = server.events_so_far();
+        assert!(extra.is_empty(), "{extra:?}");
+        agent.stop().await.unwrap();
+        let last = server.expect(&[EventKind::Destroyed]).await;
+        assert_eq!(last[0].seq, 4);
     })
     .await;
 }
@@ -418,8 +464,10 @@ async fn a_restarted_agent_destroys_and_reports_what_the_previous_one_left() {
         server.send(start_vm("left-running")).await;
         server.send(start_vm("left-crashed")).await;
         let mut vms = std::collections::BTreeMap::new();
+        let mut last_seq = 0;
         while vms.len() < 2 {
             let event = server.event().await;
+            last_seq = event.seq;
             if kind(&event) == EventKind::RunnerStarted {
                 vms.insert(event.start_id.clone(), VmId::parse(&event.vm_id).unwrap());
             }
@@ -427,7 +475,7 @@ async fn a_restarted_agent_destroys_and_reports_what_the_previous_one_left() {
         // The agent dies without cleaning up (its future is dropped, as in a crash).
         first.task.abort();
         let _ = first.task.await;
-        assert_eq!(Journal::load(&journal).unwrap().vms().len(), 2);
+        assert_eq!(Journal::inspect(&journal).unwrap().vms().len(), 2);
 
         // The next agent's driver finds one VM to reap (its owner is gone) and does not know
         // the other.
@@ -437,8 +485,13 @@ async fn a_restarted_agent_destroys_and_reports_what_the_previous_one_left() {
         let hello = server.hello().await;
         assert!(hello.vms.is_empty(), "{:?}", hello.vms);
         let mut reported = std::collections::BTreeMap::new();
-        for _ in 0..2 {
+        while reported.len() < 2 {
             let event = server.event().await;
+            if event.seq <= last_seq {
+                // Sent before the crash, its acknowledgement not yet taken: sent again.
+                assert_ne!(kind(&event), EventKind::Destroyed);
+                continue;
+            }
             assert_eq!(kind(&event), EventKind::Destroyed);
             let record = event.destruction_record().unwrap().unwrap();
             reported.insert(event.start_id.clone(), (event.vm_id.clone(), record.reason));

@@ -29,7 +29,7 @@ pub use v1::server_message::Body as ServerBody;
 pub use v1::vm_event::Kind as EventKind;
 
 /// The protocol version this build speaks (`Hello.protocol_version`, `Welcome.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Why a protocol value could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -1,33 +1,43 @@
 //! The agent side of the control plane: agents dial in and hold one `Session` stream each
 //! (gRPC). The hub knows who is connected, what they can run, and sends them commands; their VM
-//! events go to the scheduler. A reconnecting agent replaces its previous session.
+//! events go to the scheduler, which applies each once and acknowledges it. A reconnecting agent
+//! replaces its previous session; a session silent for longer than the lease is dropped.
+//! Within a session event numbers must rise: a repeated or reordered number ends the session
+//! (refused and audited by the scheduler), and the agent resends in order on its next one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mayfly_core::HostSlots;
 use mayfly_proto::v1::agent_service_server::AgentService;
-use mayfly_proto::v1::{AgentMessage, ServerMessage, VmEvent, VmState, Welcome};
+use mayfly_proto::v1::{AgentMessage, Pong, ServerMessage, VmEvent, VmState, Welcome};
 use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-/// An event from an agent, with the agent's id.
+/// An event from an agent, with the agent's id and its journal's epoch.
 #[derive(Debug)]
 pub enum HubEvent {
     Vm {
         agent: String,
+        epoch: String,
         event: VmEvent,
     },
     /// An agent (re)connected and reported the VMs it still has.
     Connected {
         agent: String,
+        epoch: String,
         vms: Vec<VmState>,
     },
+    /// An agent's heartbeat: its lease is renewed.
+    Heard { agent: String, epoch: String },
+    /// An agent broke the protocol; its session was ended. For the audit log.
+    Refused { agent: String, why: String },
 }
 
 #[derive(Debug)]
@@ -36,6 +46,8 @@ struct Conn {
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
     slots: u32,
     images: Vec<String>,
+    /// When the agent last sent anything on this session.
+    heard: Instant,
 }
 
 /// Why a command could not be sent.
@@ -113,6 +125,39 @@ impl AgentHub {
                 conns.remove(agent);
             }
         }
+    }
+
+    /// Notes that `agent`'s `session` sent something now; the sender to answer it on.
+    fn heard(
+        &self,
+        agent: &str,
+        session: u64,
+    ) -> Option<mpsc::Sender<Result<ServerMessage, Status>>> {
+        let mut conns = self.conns.lock().ok()?;
+        let conn = conns.get_mut(agent).filter(|c| c.session == session)?;
+        conn.heard = Instant::now();
+        Some(conn.tx.clone())
+    }
+
+    /// Drops the sessions that sent nothing for `lease` (a link cut without a reset leaves the
+    /// stream open): their agents are no longer offered work from here. Returns their names.
+    pub fn expire_silent(&self, lease: Duration) -> Vec<String> {
+        let Ok(mut conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        let silent: Vec<String> = conns
+            .iter()
+            .filter(|(_, c)| c.heard.elapsed() > lease)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &silent {
+            if let Some(conn) = conns.remove(name) {
+                let _ = conn.tx.try_send(Err(Status::unavailable(
+                    "the agent was silent for longer than its lease",
+                )));
+            }
+        }
+        silent
     }
 }
 
@@ -232,7 +277,13 @@ impl AgentService for AgentServiceImpl {
                 "agent_id must be 1 to 100 characters",
             ));
         }
+        if hello.journal_epoch.is_empty() || hello.journal_epoch.len() > 100 {
+            return Err(Status::invalid_argument(
+                "journal_epoch must be 1 to 100 characters",
+            ));
+        }
         let agent = hello.agent_id.clone();
+        let epoch = hello.journal_epoch.clone();
         if let (Some(auth), Some((name, _))) = (&self.auth, &certified) {
             let actor = format!("agent:{name}");
             if *name != agent {
@@ -261,6 +312,7 @@ impl AgentService for AgentServiceImpl {
                 tx,
                 slots: capacity.slots,
                 images: capacity.images,
+                heard: Instant::now(),
             },
         );
         tracing::info!(%agent, slots = capacity.slots, vms = hello.vms.len(), "agent connected");
@@ -275,36 +327,67 @@ impl AgentService for AgentServiceImpl {
         }
         let _ = self.hub.events.send(HubEvent::Connected {
             agent: agent.clone(),
+            epoch: epoch.clone(),
             vms: hello.vms,
         });
-
-        let hub = self.hub.clone();
-        tokio::spawn(async move {
-            while let Some(message) = incoming.next().await {
-                if !hub.is_session(&agent, session) {
-                    break;
-                }
-                match message.map(|m| m.body) {
-                    Ok(Some(AgentBody::VmEvent(event))) => {
-                        let _ = hub.events.send(HubEvent::Vm {
-                            agent: agent.clone(),
-                            event,
-                        });
-                    }
-                    Ok(Some(AgentBody::Heartbeat(_)))
-                    | Ok(Some(AgentBody::Hello(_)))
-                    | Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%agent, error = %e, "agent session broke");
-                        break;
-                    }
-                }
-            }
-            hub.unregister(&agent, session);
-            tracing::info!(%agent, "agent disconnected");
-        });
+        tokio::spawn(receive(self.hub.clone(), agent, epoch, session, incoming));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// One session's messages from the agent, until it ends or is replaced.
+async fn receive(
+    hub: Arc<AgentHub>,
+    agent: String,
+    epoch: String,
+    session: u64,
+    mut incoming: Streaming<AgentMessage>,
+) {
+    let mut last_seq = 0u64;
+    while let Some(message) = incoming.next().await {
+        let Some(reply) = hub.heard(&agent, session) else {
+            break;
+        };
+        match message.map(|m| m.body) {
+            Ok(Some(AgentBody::VmEvent(event))) => {
+                if event.seq <= last_seq {
+                    let why = format!(
+                        "event number {} after {last_seq} in one session (numbers must rise)",
+                        event.seq
+                    );
+                    tracing::warn!(%agent, why, "agent broke the protocol; ending its session");
+                    let _ = reply.try_send(Err(Status::invalid_argument(why.clone())));
+                    let _ = hub.events.send(HubEvent::Refused {
+                        agent: agent.clone(),
+                        why,
+                    });
+                    break;
+                }
+                last_seq = event.seq;
+                let _ = hub.events.send(HubEvent::Vm {
+                    agent: agent.clone(),
+                    epoch: epoch.clone(),
+                    event,
+                });
+            }
+            Ok(Some(AgentBody::Heartbeat(_))) => {
+                let _ = reply.try_send(Ok(ServerMessage {
+                    body: Some(ServerBody::Pong(Pong {})),
+                }));
+                let _ = hub.events.send(HubEvent::Heard {
+                    agent: agent.clone(),
+                    epoch: epoch.clone(),
+                });
+            }
+            Ok(Some(AgentBody::Hello(_))) | Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "agent session broke");
+                break;
+            }
+        }
+    }
+    hub.unregister(&agent, session);
+    tracing::info!(%agent, "agent disconnected");
 }
 
 /// How often an open mTLS session's agent is checked against revocation.

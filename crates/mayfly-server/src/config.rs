@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub runner_entry: String,
     /// How often to ask GitHub for queued jobs whose webhook never arrived (also at start).
     pub reconcile_interval_secs: u64,
+    /// An agent not heard from for this long is lost (its VMs are marked lost, their idle
+    /// runners deleted, their jobs placed elsewhere). Agents heartbeat every 10 s.
+    pub agent_lease_secs: u64,
     /// This server's name in claims and leases when several share one PostgreSQL database.
     /// Default: the host name, the process id and a random suffix.
     pub server_id: Option<String>,
@@ -220,6 +223,7 @@ impl Default for ServerConfig {
             profiles: Vec::new(),
             runner_entry: "/home/runner/actions-runner/run.sh".to_owned(),
             reconcile_interval_secs: 60,
+            agent_lease_secs: 60,
             server_id: None,
             database: DatabaseConfig::default(),
             retention: RetentionConfig::default(),

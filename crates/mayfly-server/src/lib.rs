@@ -447,6 +447,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 server_id,
                 metrics,
                 phases_pending: Default::default(),
+                lease: Duration::from_secs(config.agent_lease_secs.max(1)),
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");

@@ -12,7 +12,7 @@ use mayfly_core::{
     match_profile, place, Clock, InstallationId, JobId, JobStatus, Profile, RepoFullName,
 };
 use mayfly_github::{GitHubClient, JitConfigRequest};
-use mayfly_proto::v1::{DestroyVm, StartVm, VmEvent};
+use mayfly_proto::v1::{Ack, DestroyVm, StartVm, VmEvent};
 use mayfly_proto::{EventKind, ServerBody};
 use mayfly_store::{JobDispatch, JobRecord, Placement, Store, StoreError, VmRow};
 use tokio::sync::{mpsc, Notify};
@@ -39,6 +39,9 @@ pub struct Scheduler {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// VMs gone whose job's phases are not observed yet (its completion may still be coming).
     pub phases_pending: std::sync::Mutex<Vec<String>>,
+    /// An agent not heard from for this long is lost: its VMs are marked lost, their idle
+    /// runners deleted and their jobs placed elsewhere.
+    pub lease: Duration,
 }
 
 /// How long a destroyed VM waits for its job's completion before its phases are given up on.
@@ -66,8 +69,10 @@ impl Scheduler {
                 () = self.wake.notified() => {}
                 event = events.recv() => match event {
                     Some(event) => {
-                        if let Err(e) = self.on_event(event).await {
-                            tracing::error!(error = %crate::error::chain(&e), "applying an agent event failed");
+                        self.on_event_logged(event).await;
+                        // Everything that arrived meanwhile, before the next pass.
+                        while let Ok(event) = events.try_recv() {
+                            self.on_event_logged(event).await;
                         }
                     }
                     None => return,
@@ -77,8 +82,18 @@ impl Scheduler {
         }
     }
 
+    async fn on_event_logged(&self, event: HubEvent) {
+        if let Err(e) = self.on_event(event).await {
+            tracing::error!(error = %crate::error::chain(&e), "applying an agent event failed");
+        }
+    }
+
     /// One scheduling pass over the store.
     pub async fn pass(&self) -> Result<(), StoreError> {
+        for agent in self.hub.expire_silent(self.lease) {
+            tracing::warn!(%agent, lease = ?self.lease, "agent silent for longer than its lease; its session is dropped");
+        }
+        self.mark_lost().await?;
         let jobs = self.store.jobs().await?;
         let mut vms = self.store.vms(false).await?;
         for job in &jobs {
@@ -166,7 +181,10 @@ impl Scheduler {
         for host in &mut hosts {
             let busy = vms
                 .iter()
-                .filter(|v| v.host == host.host && v.state != "destroyed" && v.state != "failed")
+                .filter(|v| {
+                    v.host == host.host
+                        && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
+                })
                 .count();
             host.free_slots = host
                 .free_slots
@@ -280,8 +298,12 @@ impl Scheduler {
     async fn cleanup(&self, jobs: &[JobRecord], vms: &mut [VmRow]) -> Result<(), StoreError> {
         let now = self.clock.now();
         let local: Vec<String> = self.hub.hosts().into_iter().map(|h| h.host).collect();
-        for vm in vms.iter_mut().filter(|vm| local.contains(&vm.host)) {
-            if vm.state == "destroyed" || vm.state == "failed" {
+        // A lost VM's agent is connected nowhere: whichever server passes deletes its runner.
+        for vm in vms
+            .iter_mut()
+            .filter(|vm| local.contains(&vm.host) || vm.state == "lost")
+        {
+            if matches!(vm.state.as_str(), "destroyed" | "failed" | "lost") {
                 if vm.ran_job_id.is_none() && !vm.runner_deleted {
                     self.delete_runner(vm).await?;
                 }
@@ -344,33 +366,160 @@ impl Scheduler {
         }
     }
 
-    /// Applies an agent's event to the VM row (and the job, when starting failed).
+    /// Applies what an agent said.
     async fn on_event(&self, event: HubEvent) -> Result<(), StoreError> {
-        let (agent, event) = match event {
-            HubEvent::Vm { agent, event } => (agent, event),
-            HubEvent::Connected { agent, vms } => return self.on_connected(&agent, &vms).await,
+        match event {
+            HubEvent::Vm {
+                agent,
+                epoch,
+                event,
+            } => self.on_vm_event(&agent, &epoch, &event).await,
+            HubEvent::Connected { agent, epoch, vms } => {
+                self.store
+                    .agent_heard(&agent, &epoch, self.clock.now())
+                    .await?;
+                self.on_connected(&agent, &vms).await
+            }
+            HubEvent::Heard { agent, epoch } => {
+                self.store
+                    .agent_heard(&agent, &epoch, self.clock.now())
+                    .await
+            }
+            HubEvent::Refused { agent, why } => self.refuse(&agent, None, &why).await,
+        }
+    }
+
+    /// Applies one VM event exactly once (the store keeps where the agent's journal stands),
+    /// then acknowledges it so the agent forgets it. An event that cannot be applied (an unknown
+    /// VM, another agent's VM) is refused, audited, and acknowledged too: resending it cannot
+    /// make it right.
+    async fn on_vm_event(
+        &self,
+        agent: &str,
+        epoch: &str,
+        event: &VmEvent,
+    ) -> Result<(), StoreError> {
+        let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
+        let found = self.store.vm(&event.start_id).await?;
+        let (applied, vm) = match found {
+            Some(vm) if vm.host == agent => {
+                let mut after = vm.clone();
+                apply_event(&mut after, event);
+                let applied = self
+                    .store
+                    .apply_agent_event(agent, epoch, seq, Some(&after))
+                    .await?;
+                (applied, Some((vm, after)))
+            }
+            found => {
+                let applied = self
+                    .store
+                    .apply_agent_event(agent, epoch, seq, None)
+                    .await?;
+                if applied {
+                    let why = match found {
+                        Some(_) => "an event for another agent's VM",
+                        None => "an event for a VM the server never started",
+                    };
+                    self.refuse(agent, Some(&event.start_id), why).await?;
+                }
+                (false, None)
+            }
         };
-        let vms = self.store.vms(false).await?;
-        let Some(mut vm) = vms
-            .into_iter()
-            .find(|v| v.start_id == event.start_id && v.host == agent)
-        else {
-            tracing::warn!(%agent, start_id = %event.start_id, "event for an unknown VM");
+        self.acknowledge(agent, event.seq).await;
+        let Some((before, vm)) = vm else {
             return Ok(());
         };
-        let before = vm.clone();
-        apply_event(&mut vm, &event);
-        self.store.update_vm(&vm).await?;
+        if !applied {
+            tracing::debug!(
+                agent,
+                seq = event.seq,
+                "event applied before; acknowledged again"
+            );
+            return Ok(());
+        }
         self.observe_vm(&before, &vm);
-        if EventKind::try_from(event.kind) == Ok(EventKind::Failed) && vm.ran_job_id.is_none() {
-            if let Some(job) = self.store.job(JobId(vm.for_job_id)).await? {
-                if job.status == JobStatus::Queued && job.dispatch.disposition == "placed" {
-                    let why = format!("the VM failed: {}", event.detail);
-                    self.retry(&job, job.dispatch.clone(), &why).await?;
-                }
-            }
+        let newly_failed = before.state != "failed" && vm.state == "failed";
+        if newly_failed && vm.ran_job_id.is_none() {
+            self.replace_placement(&vm, &format!("the VM failed: {}", event.detail))
+                .await?;
         }
         self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tells `agent` its events up to `seq` are stored (it may be gone: it resends then).
+    async fn acknowledge(&self, agent: &str, seq: u64) {
+        if let Err(e) = self.hub.send(agent, ServerBody::Ack(Ack { seq })).await {
+            tracing::debug!(agent, seq, error = %e, "could not acknowledge; the agent resends");
+        }
+    }
+
+    /// Audits an agent's message that was refused.
+    async fn refuse(
+        &self,
+        agent: &str,
+        start_id: Option<&str>,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(agent, start_id, why, "refused an agent's message");
+        self.store
+            .append_audit(&mayfly_store::NewAudit {
+                at: self.clock.now(),
+                actor: format!("agent:{agent}"),
+                source: None,
+                action: "agent message".into(),
+                target: start_id.map(str::to_owned),
+                outcome: format!("refused: {why}"),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The job `vm` was placed for is placed again (a later pass), if the VM was its current
+    /// placement and no runner took it.
+    async fn replace_placement(&self, vm: &VmRow, why: &str) -> Result<(), StoreError> {
+        let Some(job) = self.store.job(JobId(vm.for_job_id)).await? else {
+            return Ok(());
+        };
+        if job.status != JobStatus::Queued || job.dispatch.disposition != "placed" {
+            return Ok(());
+        }
+        let other_live = self.store.vms(true).await?.iter().any(|v| {
+            v.for_job_id == vm.for_job_id
+                && v.start_id != vm.start_id
+                && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
+        });
+        if other_live {
+            return Ok(());
+        }
+        self.retry(&job, job.dispatch.clone(), why).await
+    }
+
+    /// VMs whose agent no server heard from for the lease are lost: the agent destroys its idle
+    /// VMs itself when it cannot reach a server (and its VMs die with it), so their jobs are
+    /// placed elsewhere and their idle runners deleted (by `cleanup`).
+    async fn mark_lost(&self) -> Result<(), StoreError> {
+        let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        let local: Vec<String> = self.hub.hosts().into_iter().map(|h| h.host).collect();
+        let silent = self
+            .store
+            .vms_of_silent_agents(self.clock.now() - lease)
+            .await?;
+        for mut vm in silent.into_iter().filter(|v| !local.contains(&v.host)) {
+            tracing::warn!(vm = %vm.start_id, agent = %vm.host, "VM lost: its agent was not heard from for its lease");
+            vm.state = "lost".into();
+            vm.failure = Some(format!(
+                "lost: its agent {} was not heard from for {}s",
+                vm.host,
+                self.lease.as_secs()
+            ));
+            self.store.update_vm(&vm).await?;
+            if vm.ran_job_id.is_none() {
+                self.replace_placement(&vm, "its VM was lost with its agent")
+                    .await?;
+            }
+        }
         Ok(())
     }
 }
@@ -404,6 +553,19 @@ impl Scheduler {
         for mut vm in self.store.vms(true).await? {
             let started = vm.state != "requested";
             let still_there = reported.iter().any(|r| r.start_id == vm.start_id);
+            if vm.host == agent && vm.state == "lost" && still_there {
+                // Its job went elsewhere while the agent was away: this VM must go.
+                vm.destroy_requested = false;
+                if vm.vm_id.is_none() {
+                    vm.vm_id = reported
+                        .iter()
+                        .find(|r| r.start_id == vm.start_id)
+                        .map(|r| r.vm_id.clone());
+                }
+                self.destroy(&mut vm, "lost while its agent was away")
+                    .await?;
+                continue;
+            }
             if vm.host == agent && started && !still_there {
                 tracing::warn!(vm = %vm.start_id, %agent, "the agent no longer has this VM");
                 vm.state = "destroyed".into();
@@ -426,7 +588,8 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
         "booted" => 2,
         "exited" => 3,
         "failed" => 4,
-        _ => 5,
+        "lost" => 5,
+        _ => 6,
     };
     let mut advance = |state: &str| {
         if rank(state) > rank(&vm.state) {

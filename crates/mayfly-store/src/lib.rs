@@ -25,9 +25,9 @@ pub struct Purged {
 }
 pub use audit::{row_hash, verify_chain, ChainBreak, GENESIS};
 pub use model::{
-    AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
-    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Placement, Recorded, SealedRow,
-    TokenRow, UsageRow, VmRow, WrappedKey,
+    AgentJournal, AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord,
+    InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Placement,
+    Recorded, SealedRow, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
 pub use seal::{MasterKey, SealError, Sealer};
@@ -67,6 +67,37 @@ pub trait CommonStore: Send + Sync {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// One VM row, by its start id.
+    async fn vm(&self, start_id: &str) -> Result<Option<VmRow>, StoreError>;
+
+    /// A server heard from `agent` (its `Hello` or a heartbeat) at `at`, with journal `epoch`:
+    /// its lease runs from then. A new epoch (a new journal) starts counting events from 0.
+    async fn agent_heard(
+        &self,
+        agent: &str,
+        epoch: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Applies one agent event exactly once: in one transaction, moves `agent`'s journal
+    /// position to `seq` if that is above where it stands in `epoch`, and only then writes
+    /// `vm` (when given). `false` when the event was applied before, or its epoch is not the
+    /// agent's current one: nothing changed.
+    async fn apply_agent_event(
+        &self,
+        agent: &str,
+        epoch: &str,
+        seq: i64,
+        vm: Option<&VmRow>,
+    ) -> Result<bool, StoreError>;
+
+    /// Where `agent`'s journal stands.
+    async fn agent_journal(&self, agent: &str) -> Result<Option<AgentJournal>, StoreError>;
+
+    /// VMs neither destroyed nor lost, requested before `before`, whose agent no server has
+    /// heard from since `before` (their agent's lease ran out).
+    async fn vms_of_silent_agents(&self, before: DateTime<Utc>) -> Result<Vec<VmRow>, StoreError>;
 
     /// Usage rollups (kept when job rows expire), for one installation or all.
     async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError>;

@@ -312,6 +312,16 @@ pub enum BootstrapUse {
     Expired,
 }
 
+/// Where an agent's journal stands, and when a server last heard from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentJournal {
+    pub agent: String,
+    pub epoch: String,
+    /// Every event of `epoch` up to this number was applied.
+    pub applied_seq: i64,
+    pub seen_at: DateTime<Utc>,
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentRow {

@@ -18,9 +18,9 @@ use sqlx::{PgPool, Row};
 use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
-    AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
-    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded, SealedRow, Store,
-    StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
+    AgentJournal, AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord,
+    InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded,
+    SealedRow, Store, StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -571,21 +571,10 @@ impl Store for PgStore {
     }
 
     async fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
-        bind_vm(
-            sqlx::query(
-                "UPDATE vms SET vm_id = $1, host = $2, profile = $3, installation_id = $4,
-                   repo = $5, runner_name = $6, runner_id = $7, for_job_id = $8, ran_job_id = $9,
-                   state = $10, requested_at = $11, started_at = $12, booted_at = $13,
-                   exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
-                   runner_deleted = $18, destruction = $19, failure = $20,
-                   runner_started_at = $21
-                 WHERE start_id = $22",
-            ),
-            vm,
-        )
-        .execute(&self.pool)
-        .await
-        .op("update vm")?;
+        bind_vm(sqlx::query(crate::shared::UPDATE_VM), vm)
+            .execute(&self.pool)
+            .await
+            .op("update vm")?;
         Ok(())
     }
 

@@ -29,6 +29,14 @@ macro_rules! shared_rows {
     };
 }
 
+/// Replaces a VM row by its start id; binds in `bind_vm`'s order (`$N` on both backends).
+pub(crate) const UPDATE_VM: &str = "UPDATE vms SET vm_id = $1, host = $2, profile = $3,
+    installation_id = $4, repo = $5, runner_name = $6, runner_id = $7, for_job_id = $8,
+    ran_job_id = $9, state = $10, requested_at = $11, started_at = $12, booted_at = $13,
+    exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
+    runner_deleted = $18, destruction = $19, failure = $20, runner_started_at = $21
+  WHERE start_id = $22";
+
 /// `CommonStore` for a backend whose `self.pool` and `self.begin_write()` exist.
 macro_rules! shared_methods {
     ($store:ty) => {
@@ -107,6 +115,104 @@ macro_rules! shared_methods {
                 .op("take lease")?
                 .rows_affected();
                 Ok(updated == 1)
+            }
+            async fn vm(&self, start_id: &str) -> Result<Option<VmRow>, StoreError> {
+                let row = sqlx::query("SELECT * FROM vms WHERE start_id = $1")
+                    .bind(start_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .op("read vm")?;
+                row.as_ref().map(vm_from_row).transpose()
+            }
+            async fn agent_heard(
+                &self,
+                agent: &str,
+                epoch: &str,
+                at: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO agent_journals (agent, epoch, applied_seq, seen_at)
+                     VALUES ($1, $2, 0, $3)
+                     ON CONFLICT (agent) DO UPDATE SET
+                       applied_seq = CASE WHEN agent_journals.epoch = excluded.epoch
+                                     THEN agent_journals.applied_seq ELSE 0 END,
+                       epoch = excluded.epoch,
+                       seen_at = CASE WHEN agent_journals.seen_at > excluded.seen_at
+                                 THEN agent_journals.seen_at ELSE excluded.seen_at END",
+                )
+                .bind(agent)
+                .bind(epoch)
+                .bind(at)
+                .execute(&self.pool)
+                .await
+                .op("record an agent heard from")?;
+                Ok(())
+            }
+            async fn apply_agent_event(
+                &self,
+                agent: &str,
+                epoch: &str,
+                seq: i64,
+                vm: Option<&VmRow>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let moved = sqlx::query(
+                    "UPDATE agent_journals SET applied_seq = $3
+                     WHERE agent = $1 AND epoch = $2 AND applied_seq < $3",
+                )
+                .bind(agent)
+                .bind(epoch)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .op("advance an agent's journal")?
+                .rows_affected();
+                if moved != 1 {
+                    return Ok(false);
+                }
+                if let Some(vm) = vm {
+                    bind_vm(sqlx::query(crate::shared::UPDATE_VM), vm)
+                        .execute(&mut *tx)
+                        .await
+                        .op("update vm")?;
+                }
+                tx.commit().await.op("commit an agent event")?;
+                Ok(true)
+            }
+            async fn agent_journal(&self, agent: &str) -> Result<Option<AgentJournal>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT agent, epoch, applied_seq, seen_at FROM agent_journals WHERE agent = $1",
+                )
+                .bind(agent)
+                .fetch_optional(&self.pool)
+                .await
+                .op("read an agent's journal position")?;
+                let op = "read an agent's journal position";
+                row.map(|row| {
+                    Ok(AgentJournal {
+                        agent: row.try_get("agent").op(op)?,
+                        epoch: row.try_get("epoch").op(op)?,
+                        applied_seq: row.try_get("applied_seq").op(op)?,
+                        seen_at: row.try_get("seen_at").op(op)?,
+                    })
+                })
+                .transpose()
+            }
+            async fn vms_of_silent_agents(
+                &self,
+                before: DateTime<Utc>,
+            ) -> Result<Vec<VmRow>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT vms.* FROM vms LEFT JOIN agent_journals ON agent_journals.agent = vms.host
+                     WHERE vms.state NOT IN ('destroyed', 'lost') AND vms.requested_at < $1
+                       AND (agent_journals.seen_at IS NULL OR agent_journals.seen_at < $1)
+                     ORDER BY vms.requested_at, vms.start_id",
+                )
+                .bind(before)
+                .fetch_all(&self.pool)
+                .await
+                .op("list VMs of silent agents")?;
+                rows.iter().map(vm_from_row).collect()
             }
             async fn usage(&self, installation: Option<i64>) -> Result<Vec<UsageRow>, StoreError> {
                 let rows = sqlx::query(

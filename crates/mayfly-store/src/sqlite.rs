@@ -17,9 +17,9 @@ use sqlx::{Row, SqlitePool};
 use crate::codec::{from_json, parse, to_json};
 use crate::error::QueryContext;
 use crate::{
-    AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord, InstallationRecord,
-    JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded, SealedRow, Store,
-    StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
+    AgentJournal, AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord,
+    InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Recorded,
+    SealedRow, Store, StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -592,17 +592,10 @@ impl Store for SqliteStore {
     }
 
     async fn update_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
-        bind_vm(sqlx::query(
-            "UPDATE vms SET vm_id = ?, host = ?, profile = ?, installation_id = ?, repo = ?,
-               runner_name = ?, runner_id = ?, for_job_id = ?, ran_job_id = ?, state = ?,
-               requested_at = ?, started_at = ?, booted_at = ?, exited_at = ?, destroyed_at = ?,
-               exit_code = ?, destroy_requested = ?, runner_deleted = ?, destruction = ?, failure = ?,
-               runner_started_at = ?
-             WHERE start_id = ?",
-        ), vm)
-        .execute(&self.pool)
-        .await
-        .op("update vm")?;
+        bind_vm(sqlx::query(crate::shared::UPDATE_VM), vm)
+            .execute(&self.pool)
+            .await
+            .op("update vm")?;
         Ok(())
     }
 

@@ -259,7 +259,7 @@ async fn an_agent_restarted_after_its_run_was_dropped_leaves_nothing_of_the_old_
         first.task.abort();
         let _ = first.task.await;
         assert!(root.path().join("vms").join(vm.as_str()).exists());
-        assert_eq!(Journal::load(&journal).unwrap().vms().len(), 1);
+        assert_eq!(Journal::inspect(&journal).unwrap().vms().len(), 1);
 
         let second = start_agent(
             &server,

@@ -100,6 +100,7 @@ async fn open_session(
                 images: vec![],
             }),
             vms: vec![],
+            journal_epoch: "enrol-test".into(),
         })),
     })
     .await

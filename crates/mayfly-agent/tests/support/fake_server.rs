@@ -1,13 +1,15 @@
 //! A tonic `AgentService` that plays the server in agent tests: it welcomes the agent, records
-//! every `Hello` and every later message, and lets the test send `StartVm`/`DestroyVm`, break the
-//! stream, or go away and come back on the same port. Shared with `crates/mayfly/tests/agent.rs`.
+//! every `Hello` and every later message, acknowledges each event as it arrives (unless told to
+//! hold acknowledgements back), and lets the test send `StartVm`/`DestroyVm`, break the stream,
+//! or go away and come back on the same port. Shared with `crates/mayfly/tests/agent.rs`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mayfly_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
-use mayfly_proto::v1::{AgentMessage, Hello, ServerMessage, VmEvent, Welcome};
+use mayfly_proto::v1::{Ack, AgentMessage, Hello, ServerMessage, VmEvent, Welcome};
 use mayfly_proto::{AgentBody, EventKind, ServerBody, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -27,6 +29,8 @@ struct Shared {
     hellos: mpsc::UnboundedSender<Hello>,
     received: mpsc::UnboundedSender<AgentMessage>,
     current: Mutex<Option<Outbound>>,
+    /// Acknowledge events as they arrive.
+    acks: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -63,6 +67,23 @@ impl AgentService for Service {
                 }
             }
             while let Ok(Some(message)) = inbound.message().await {
+                let current = shared
+                    .current
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .is_some_and(|c| c.same_channel(&tx));
+                if !current {
+                    // This session was broken off (`go_away`): what still trickles in on its
+                    // connection is not received.
+                    break;
+                }
+                if let Some(AgentBody::VmEvent(event)) = &message.body {
+                    if shared.acks.load(Ordering::SeqCst) {
+                        let ack = ServerBody::Ack(Ack { seq: event.seq });
+                        let _ = tx.send(Ok(ServerMessage { body: Some(ack) })).await;
+                    }
+                }
                 let _ = shared.received.send(message);
             }
             // The agent ended its side: end ours (every sender of this stream goes).
@@ -99,6 +120,7 @@ impl FakeServer {
             hellos: hellos_tx,
             received: received_tx,
             current: Mutex::new(None),
+            acks: AtomicBool::new(true),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -124,6 +146,11 @@ impl FakeServer {
                 )
                 .await;
         }));
+    }
+
+    /// Whether events are acknowledged as they arrive (they are by default).
+    pub fn acknowledge_events(&self, on: bool) {
+        self.shared.acks.store(on, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

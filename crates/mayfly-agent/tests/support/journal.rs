@@ -12,7 +12,10 @@ use mayfly_agent::Journal;
 pub async fn wait_until_empty(path: &Path) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let vms = Journal::load(path).expect("the journal loads").vms().len();
+        let vms = Journal::inspect(path)
+            .expect("the journal loads")
+            .vms()
+            .len();
         if vms == 0 {
             return;
         }

@@ -1,13 +1,15 @@
 //! A stand-in agent speaking the real protocol (no VMs): says Hello with four slots of
-//! `test-image`, hands every command to the test, and reports the VM events the test plays.
+//! `test-image`, hands every command to the test (acknowledgements and pongs aside), and
+//! reports the VM events the test plays, numbered as a real agent's journal numbers them.
 //! The server's tests and the binary's multi-server test (`crates/mayfly/tests/servers.rs`,
 //! through `#[path]`) share it.
 #![allow(dead_code)] // each test binary uses part of it
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mayfly_proto::v1::agent_service_client::AgentServiceClient;
-use mayfly_proto::v1::{AgentMessage, Capacity, Hello, StartVm, VmEvent};
+use mayfly_proto::v1::{AgentMessage, Capacity, Hello, StartVm, VmEvent, VmState};
 use mayfly_proto::{AgentBody, EventKind, ServerBody, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -16,6 +18,12 @@ use tokio_stream::StreamExt;
 pub struct FakeAgent {
     tx: mpsc::Sender<AgentMessage>,
     commands: mpsc::UnboundedReceiver<ServerBody>,
+    /// The last event number sent.
+    seq: AtomicU64,
+    /// The highest event number the server acknowledged.
+    pub acked: std::sync::Arc<AtomicU64>,
+    /// Set when the server's side of the session ended.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeAgent {
@@ -25,6 +33,18 @@ impl FakeAgent {
 
     /// An agent named `name` (its host), over plain gRPC.
     pub async fn connect_as(addr: std::net::SocketAddr, name: &str) -> Self {
+        Self::resume(addr, name, "epoch-1", 0, vec![]).await
+    }
+
+    /// An agent named `name` whose journal `epoch` already numbered `seq` events and that
+    /// still runs `vms`.
+    pub async fn resume(
+        addr: std::net::SocketAddr,
+        name: &str,
+        epoch: &str,
+        seq: u64,
+        vms: Vec<VmState>,
+    ) -> Self {
         let mut client = AgentServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -39,7 +59,8 @@ impl FakeAgent {
                     memory_mib: 16384,
                     images: vec!["test-image".into()],
                 }),
-                vms: vec![],
+                vms,
+                journal_epoch: epoch.into(),
             })),
         })
         .await
@@ -50,14 +71,66 @@ impl FakeAgent {
             .unwrap()
             .into_inner();
         let (commands_tx, commands) = mpsc::unbounded_channel();
+        let acked = std::sync::Arc::new(AtomicU64::new(0));
+        let acks = acked.clone();
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(message)) = incoming.next().await {
-                if let Some(body) = message.body {
-                    let _ = commands_tx.send(body);
+                match message.body {
+                    Some(ServerBody::Ack(ack)) => {
+                        acks.fetch_max(ack.seq, Ordering::SeqCst);
+                    }
+                    Some(ServerBody::Pong(_)) | None => {}
+                    Some(body) => {
+                        let _ = commands_tx.send(body);
+                    }
+                }
+            }
+            ended.store(true, Ordering::SeqCst);
+        });
+        Self {
+            tx,
+            commands,
+            seq: AtomicU64::new(seq),
+            acked,
+            closed,
+        }
+    }
+
+    /// Waits until the server acknowledged every event sent so far.
+    pub async fn all_acknowledged(&self) {
+        let last = self.seq.load(Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while self.acked.load(Ordering::SeqCst) < last {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the server did not acknowledge every event");
+    }
+
+    /// Sends a heartbeat every `every` while the session lasts, as a live agent does.
+    pub fn keep_alive(&self, every: Duration) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let beat = AgentMessage {
+                    body: Some(AgentBody::Heartbeat(mayfly_proto::v1::Heartbeat {
+                        free_slots: 4,
+                    })),
+                };
+                if tx.send(beat).await.is_err() {
+                    return;
                 }
             }
         });
-        Self { tx, commands }
+    }
+
+    /// Whether the server ended the session.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The next command, however long it takes; `None` when the session ended.
@@ -78,6 +151,13 @@ impl FakeAgent {
     }
 
     pub async fn event(&self, start: &str, vm: &str, kind: EventKind, record: &str) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.send_event(seq, start, vm, kind, record).await;
+    }
+
+    /// Sends an event numbered `seq`, whatever was sent before (to play a resend or a bad
+    /// agent).
+    pub async fn send_event(&self, seq: u64, start: &str, vm: &str, kind: EventKind, record: &str) {
         let event = VmEvent {
             vm_id: vm.into(),
             start_id: start.into(),
@@ -86,6 +166,7 @@ impl FakeAgent {
             exit_code: 0,
             detail: String::new(),
             destruction_record_json: record.into(),
+            seq,
         };
         self.tx
             .send(AgentMessage {

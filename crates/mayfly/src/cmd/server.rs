@@ -55,6 +55,7 @@ const CONFIG_KEYS: &[&str] = &[
     "github",
     "profiles",
     "reconcile_interval_secs",
+    "agent_lease_secs",
     "runner_entry",
     "server_id",
     "database",
