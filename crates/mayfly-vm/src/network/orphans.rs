@@ -258,3 +258,64 @@ fn vm_dir_owner(vm_dir: &Path) -> Owner {
         Err(_) => Owner::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::process::ProcessId;
+
+    fn record(owner: ProcessId) -> VmRecord {
+        VmRecord {
+            id: mayfly_core::VmId::from_random(7),
+            image: "x".into(),
+            owner,
+            qemu: None,
+            network: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_passt_is_judged_by_the_vm_state_its_socket_path_names() {
+        let root = tempfile::tempdir().unwrap();
+        let vm = "vm-0000000000000007";
+        let socket = root.path().join("net").join(vm).join("passt/passt.sock");
+        // A state root without this VM's state: its state is gone.
+        std::fs::create_dir_all(root.path().join("vms")).unwrap();
+        assert!(matches!(socket_owner(&socket), Owner::Gone(_)));
+        // Its record names a live owner, then a dead one.
+        let vm_dir = root.path().join("vms").join(vm);
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        record(ProcessId::current().unwrap()).save(&vm_dir).unwrap();
+        assert_eq!(socket_owner(&socket), Owner::Alive);
+        let dead = ProcessId {
+            pid: u32::MAX - 1,
+            start: 0,
+        };
+        record(dead).save(&vm_dir).unwrap();
+        assert!(matches!(socket_owner(&socket), Owner::Gone(_)));
+        // Not a state root's layout: nobody can tell, so it is kept.
+        let elsewhere = root.path().join("somewhere/passt/passt.sock");
+        assert_eq!(socket_owner(&elsewhere), Owner::Unknown);
+        let no_vms = tempfile::tempdir().unwrap();
+        let loose = no_vms.path().join("net").join(vm).join("passt/passt.sock");
+        assert_eq!(socket_owner(&loose), Owner::Unknown);
+    }
+
+    #[test]
+    fn only_mayfly_shaped_passts_and_qemus_have_an_owner() {
+        let argv: Vec<String> = ["qemu", "-pidfile", "/x/vms/vm-1/qemu.pid"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(
+            value_after(&argv, "-pidfile"),
+            Some(PathBuf::from("/x/vms/vm-1/qemu.pid"))
+        );
+        assert_eq!(value_after(&argv, "--socket"), None);
+        // This test process is neither.
+        assert_eq!(process_owner(std::process::id()), Owner::Unknown);
+        assert_eq!(passt_socket(std::process::id()), None);
+    }
+}
