@@ -6,6 +6,12 @@
 say() { echo "SELFTEST $*"; }
 root=$(cd "$(dirname "$0")" && pwd)
 
+# The VM layer's owner-death tests need a job that runs until the VM is stopped from outside.
+if [ "$ACTIONS_RUNNER_INPUT_JITCONFIG" = "selftest-hold" ]; then
+    say "holding"
+    exec sleep infinity
+fi
+
 say "kernel=$(uname -r)"
 say "uid=$(id -u) gid=$(id -g) home=$HOME user=$USER pwd=$(pwd)"
 say "groups=$(id -nG | tr ' ' ',')"

@@ -2,13 +2,16 @@
 //! from it, start the runner as GitHub launches it (`run.sh` as user `runner`, the JIT config
 //! in `ACTIONS_RUNNER_INPUT_JITCONFIG`, never in argv), start Docker when a job first uses its
 //! socket, report the runner's exit, power off. Invariants: the config line is read exactly
-//! once and kept only in memory (never a file, never the console); PID 1 never returns.
+//! once and kept only in memory (never a file, never the console); PID 1 never returns; a VM
+//! never outlives its host end: no config within [`CONFIG_DEADLINE`], or the host's end of the
+//! port closing after the config (the agent died), powers the VM off (see [`watch_host`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::log;
@@ -25,6 +28,9 @@ const RUNNER_HOME: &str = "/home/runner";
 /// How long the last event may take to reach the host before the VM powers off anyway.
 const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long after stage 2 starts the host may take to connect and hand the config over. The
+/// host gives up on a boot long before (its boot timeout); past this, nobody is coming.
+const CONFIG_DEADLINE: Duration = Duration::from_secs(10 * 60);
 
 /// Sends events to the host from a thread of its own: a write to a virtio port blocks while no
 /// host is connected, and PID 1 must still power off when the host has gone away.
@@ -71,6 +77,8 @@ fn fatal(events: Option<&Events>, message: String) -> ! {
 }
 
 pub fn main() -> ! {
+    let config_received = Arc::new(AtomicBool::new(false));
+    power_off_without_config(CONFIG_DEADLINE, config_received.clone());
     let port_path = match port::wait_for_port(
         Path::new("/sys/class/virtio-ports"),
         Path::new("/dev"),
@@ -96,10 +104,12 @@ pub fn main() -> ! {
     // Blocks until the host is connected to the port.
     events.send(GuestEvent::Ready { kernel }, None);
 
-    let config = match read_config_once(reader) {
-        Ok(config) => config,
+    let (config, port) = match read_config_once(reader) {
+        Ok(pair) => pair,
         Err(e) => fatal(Some(&events), e.to_string()),
     };
+    config_received.store(true, Ordering::SeqCst);
+    watch_host(port);
     if let Some(ms) = config.time_ms {
         // The runner's login token lives 5 minutes: the clock must be right before it starts.
         let at = format!("@{}", ms / 1000);
@@ -122,15 +132,59 @@ fn open_port(path: &Path) -> std::io::Result<(File, Events)> {
     Ok((port, Events::start(writer)))
 }
 
-/// Reads the single config line; the reader is dropped afterwards, so nothing reads the port
-/// again. The port itself stays open (for events), which also keeps anyone else from opening
-/// it: a virtio port admits one opener at a time.
-fn read_config_once(port: File) -> Result<ConfigMessage, protocol::ProtocolError> {
+/// Reads the single config line and gives the port back for [`watch_host`], which only
+/// waits for the host to go away and never parses anything again. The port itself stays open
+/// (for events), which also keeps anyone else from opening it: a virtio port admits one opener
+/// at a time.
+fn read_config_once(port: File) -> Result<(ConfigMessage, File), protocol::ProtocolError> {
     let mut reader = BufReader::new(port);
     let line = protocol::read_line(&mut reader)?;
     let parsed = ConfigMessage::parse(&line);
     protocol::wipe_string(line);
-    parsed
+    Ok((parsed?, reader.into_inner()))
+}
+
+/// Powers off when the config has not arrived within `deadline` (the host never connected, or
+/// connected and never sent it: either way no agent will ever run this VM's job).
+fn power_off_without_config(deadline: Duration, received: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        if !received.load(Ordering::SeqCst) {
+            log(&format!(
+                "watchdog: no config from the host within {} s: powering off",
+                deadline.as_secs()
+            ));
+            system::power_off();
+        }
+    });
+}
+
+/// The guest side of "no VM outlives its agent". The host (the agent) keeps its end of the
+/// port open for the VM's whole life; when the agent process dies its kernel closes that
+/// socket, QEMU tells the guest the host side closed, and a read on a port with no data and no
+/// host returns 0 (Linux `virtio_console`'s `port_fops_read`). So this thread reads until EOF
+/// and then powers off. The host sends nothing after the config; anything it does send is
+/// discarded unread.
+fn watch_host(mut port: File) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        loop {
+            match port.read(&mut buf) {
+                Ok(0) => {
+                    log("watchdog: the host closed the config channel (its agent is gone): powering off");
+                    system::power_off();
+                }
+                Ok(_) => buf.fill(0),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log(&format!(
+                        "watchdog: reading the config channel failed ({e}): powering off"
+                    ));
+                    system::power_off();
+                }
+            }
+        }
+    });
 }
 
 /// `KEY=VALUE` lines of `/etc/environment` (quotes stripped; comments and junk skipped).

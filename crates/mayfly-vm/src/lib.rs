@@ -13,9 +13,10 @@ pub mod channel;
 pub mod driver;
 pub mod image;
 pub mod network;
+pub mod process;
 pub mod qemu;
 
 pub use accel::{Accel, AccelProbe};
 pub use channel::{GuestChannel, GuestConfig, GuestEvent};
 pub use driver::{GuestExit, VmDriver, VmError, VmInfo, VmSpec};
-pub use qemu::{vm_uid, NetworkMode, QemuConfig, QemuDriver, SetupError};
+pub use qemu::{vm_uid, NetworkMode, QemuConfig, QemuDriver, ReapReport, SetupError};

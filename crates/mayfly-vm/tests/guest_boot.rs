@@ -383,3 +383,38 @@ fn a_bad_config_is_reported_and_the_guest_powers_off() {
         );
     });
 }
+
+/// The guest-side watchdog: when the host end of the config channel closes after the hand-over
+/// (the agent process died; its kernel closed the socket) while the job still runs, the guest
+/// says so on its console and powers off, and QEMU exits by itself.
+#[test]
+fn the_guest_powers_off_when_its_host_goes_away_mid_job() {
+    bounded(Duration::from_secs(170), || {
+        let image = TestImage::find();
+        let mut vm = Vm::boot(&image);
+        let mut channel = vm.connect();
+        let log = || vm.serial_log();
+        let ready = channel.next_event(READY_TIMEOUT, &log);
+        assert_eq!(ready["event"], "ready", "{ready}");
+        channel.send(&json!({
+            "type": "config",
+            "jitconfig": "selftest-hold",
+            "run": "/home/runner/actions-runner/selftest.sh",
+        }));
+        let started = channel.next_event(RUN_TIMEOUT, &log);
+        assert_eq!(started["event"], "started", "{started}");
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        while !vm.serial_log().contains("SELFTEST holding") {
+            assert!(Instant::now() < deadline, "the job never ran:\n{}", log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The job holds; the host goes away without a word.
+        drop(channel);
+        vm.wait_for_poweroff();
+        let log = vm.serial_log();
+        assert!(
+            log.contains("watchdog: the host closed the config channel"),
+            "{log}"
+        );
+    });
+}

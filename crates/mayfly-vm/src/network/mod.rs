@@ -3,10 +3,14 @@
 //! connect to. Host nftables (table `inet mayfly`) let a VM out to the internet and nowhere
 //! else: no host address, no other VM, no private range, no metadata service, no IPv6.
 //! A guest is assumed to have root. See DESIGN.md §5 for what was tried and what held.
+//! Each namespace's creator is recorded ([`owner`]), so the reaper ([`reap_orphans`]) can tell
+//! a live owner's network from an orphan, whatever state root either lives under.
 
 mod addressing;
 mod exec;
 mod host_rules;
+mod orphans;
+pub mod owner;
 mod passt;
 mod standin;
 mod vm;
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use addressing::{MAX_INDEX, MIN_INDEX, NETNS_PREFIX, VETH_PREFIX, VM_SUPERNET};
 pub use host_rules::{remove_host_rules, HOST_TABLE, NETNS_TABLE};
+pub use orphans::{reap_orphans, ReapedNetwork};
 pub use standin::{InternetStandIn, STANDIN_HOST_VETH, STANDIN_NETNS};
 pub use vm::{NetworkRecord, VmNetwork};
 

@@ -15,7 +15,7 @@ use super::NetworkError;
 const SOCKET_NAME: &str = "passt.sock";
 const PIDFILE_NAME: &str = "passt.pid";
 /// The directory made inside the caller's runtime dir.
-const DIR_NAME: &str = "passt";
+pub(crate) const DIR_NAME: &str = "passt";
 
 /// A running passt: where its files are and its pid.
 #[derive(Debug, Clone)]

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::addressing::{index_from_name, Addressing, LINK_PREFIX_LEN};
-use super::host_rules::{ensure_host_rules, link_cidr, netns_ruleset};
+use super::host_rules::{ensure_host_rules, link_cidr, netns_ruleset, HostLock};
+use super::owner::{self, NetworkOwner};
 use super::{exec, passt, NetworkError, NetworkSpec, TeardownStep};
+use crate::process::ProcessId;
 
-const NETNS_DIR: &str = "/run/netns";
+pub(crate) const NETNS_DIR: &str = "/run/netns";
 
 /// What a reaper needs to tear a VM network down after a crash of its owner; persist it in the
 /// VM's state dir. Everything but the passt fields follows from `index`.
@@ -76,6 +78,13 @@ impl VmNetwork {
             return Err(NetworkError::NotRoot);
         }
         ensure_host_rules().await?;
+        let creator = ProcessId::current().ok_or_else(|| NetworkError::Io {
+            what: "read this process's start time".to_owned(),
+            source: std::io::Error::other("no /proc entry"),
+        })?;
+        // The claim and the owner marker happen under the host lock, so a reaper (which decides
+        // under it too) never sees a claimed namespace without its marker.
+        let claim = HostLock::acquire().await?;
         if Path::new(NETNS_DIR).join(&a.netns).exists() {
             return Err(NetworkError::InUse {
                 index: a.index,
@@ -99,6 +108,20 @@ impl VmNetwork {
                 }
                 _ => e,
             });
+        }
+        let marked = owner::write(
+            &a.netns,
+            &NetworkOwner {
+                owner: creator,
+                runtime_dir: spec.runtime_dir.clone(),
+                created_at: chrono::Utc::now(),
+            },
+        );
+        drop(claim);
+        if let Err(e) = marked {
+            let record = NetworkRecord::from_addressing(&a);
+            teardown(&record, true, false).await;
+            return Err(e);
         }
         let mut made = Made {
             netns: true,
@@ -316,7 +339,37 @@ async fn build(
 
 /// The teardown behind both `destroy` and a failed `create`. `netns`/`veth` say whether those
 /// are ours to delete (a failed create must not delete a same-named piece it didn't make).
+/// Deleting the namespace and its veth happens under the host lock, so no creator can claim the
+/// index in between and lose its fresh veth to this teardown.
 async fn teardown(record: &NetworkRecord, netns: bool, veth: bool) -> Vec<TeardownStep> {
+    let mut steps = stop_processes(record, netns).await;
+    match HostLock::acquire().await {
+        Ok(lock) => {
+            steps.extend(delete_names(record, netns, veth).await);
+            drop(lock);
+        }
+        Err(e) => {
+            steps.push(TeardownStep::from_result(
+                "take the host network lock",
+                Err(e.to_string()),
+            ));
+            steps.extend(delete_names(record, netns, veth).await);
+        }
+    }
+    steps.extend(remove_passt_dir(record).await);
+    steps
+}
+
+/// [`VmNetwork::destroy`] for a caller that already holds the host lock (the reaper).
+pub(crate) async fn teardown_locked(record: &NetworkRecord) -> Vec<TeardownStep> {
+    let mut steps = stop_processes(record, true).await;
+    steps.extend(delete_names(record, true, true).await);
+    steps.extend(remove_passt_dir(record).await);
+    steps
+}
+
+/// passt (by its recorded pid and its pidfile), then anything else left in the namespace.
+async fn stop_processes(record: &NetworkRecord, netns: bool) -> Vec<TeardownStep> {
     let mut steps = Vec::new();
     let pidfile_pid = match &record.passt_dir {
         Some(dir) => passt::read_pid(&passt::pidfile_in(dir)).await,
@@ -333,29 +386,48 @@ async fn teardown(record: &NetworkRecord, netns: bool, veth: bool) -> Vec<Teardo
     }
     if netns {
         steps.push(kill_netns_processes(&record.netns).await);
+    }
+    steps
+}
+
+/// The namespace (and with it its nft table and the veth's peer), its owner marker, the veth.
+async fn delete_names(record: &NetworkRecord, netns: bool, veth: bool) -> Vec<TeardownStep> {
+    let mut steps = Vec::new();
+    if netns {
         let result = match exec::run("ip", &["netns", "delete", &record.netns]).await {
             Err(e) if !exec::is_absent(&e) => Err(e.to_string()),
             _ => Ok(()),
         };
+        let deleted = result.is_ok();
         steps.push(TeardownStep::from_result(
             &format!("delete netns {}", record.netns),
             result,
         ));
+        if deleted {
+            steps.push(TeardownStep::from_result(
+                &format!("remove the owner marker of {}", record.netns),
+                owner::remove(&record.netns),
+            ));
+        }
     }
     if veth {
         steps.push(delete_link(&record.host_veth, Duration::from_secs(2)).await);
     }
-    if let Some(dir) = &record.passt_dir {
-        let result = match tokio::fs::remove_dir_all(dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-            _ => Ok(()),
-        };
-        steps.push(TeardownStep::from_result(
-            &format!("remove {}", dir.display()),
-            result,
-        ));
-    }
     steps
+}
+
+async fn remove_passt_dir(record: &NetworkRecord) -> Vec<TeardownStep> {
+    let Some(dir) = &record.passt_dir else {
+        return Vec::new();
+    };
+    let result = match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
+    };
+    vec![TeardownStep::from_result(
+        &format!("remove {}", dir.display()),
+        result,
+    )]
 }
 
 /// Kills every process still in `netns` (a namespace with a process in it outlives `ip netns

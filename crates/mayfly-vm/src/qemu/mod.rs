@@ -28,6 +28,7 @@ use tokio::sync::Mutex;
 
 pub use console::ConsoleTail;
 pub use record::{ProcessId, VmRecord};
+pub use teardown::ReapReport;
 
 use crate::accel::Accel;
 use crate::channel::{ChannelError, GuestChannel, GuestConfig, GuestEvent};
@@ -60,6 +61,9 @@ pub struct QemuConfig {
     pub stop_grace: Duration,
     /// Run each VM's QEMU as a uid of its own (`command::vm_uid`) instead of root.
     pub unprivileged: bool,
+    /// How old a VM namespace without an owner marker (made by an older mayfly) must be before
+    /// the reaper may take it for an orphan.
+    pub orphan_grace: Duration,
 }
 
 impl QemuConfig {
@@ -73,6 +77,7 @@ impl QemuConfig {
             network: NetworkMode::Isolated,
             stop_grace: Duration::from_secs(5),
             unprivileged: true,
+            orphan_grace: Duration::from_secs(60),
         }
     }
 }
@@ -579,8 +584,11 @@ impl VmDriver for QemuDriver {
     }
 
     async fn reap(&self) -> Vec<DestructionRecord> {
-        let ours: HashSet<VmId> = self.vms.lock().await.keys().cloned().collect();
-        teardown::reap(&self.config.state_root, &ours, self.config.stop_grace).await
+        let report = self.reap_report().await;
+        for network in &report.networks {
+            tracing::warn!(netns = %network.netns, why = %network.why, "reaped an orphaned VM network");
+        }
+        report.vms
     }
 }
 
@@ -622,6 +630,21 @@ pub(crate) fn net_dir(state_root: &Path, vm: &VmId) -> PathBuf {
 }
 
 impl QemuDriver {
+    /// Reaps (see [`VmDriver::reap`]) and says what: VMs of dead owners under this state root,
+    /// orphaned VM networks anywhere on the host (never a live owner's), leftover runtime dirs.
+    pub async fn reap_report(&self) -> ReapReport {
+        // Not the entries' locks (a running job holds its entry's): this driver's networks are
+        // in their VMs' records on disk, and carry this process as their creator anyway.
+        let ours: HashSet<VmId> = self.vms.lock().await.keys().cloned().collect();
+        teardown::reap_all(
+            &self.config.state_root,
+            &ours,
+            self.config.stop_grace,
+            self.config.orphan_grace,
+        )
+        .await
+    }
+
     async fn console_tail(&self, entry: &Arc<Mutex<Entry>>) -> String {
         let tail = entry.lock().await.console.last(1500);
         if tail.trim().is_empty() {

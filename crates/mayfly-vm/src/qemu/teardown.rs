@@ -1,7 +1,7 @@
 //! Destroying a VM, step by step, with a record of each step: QEMU stopped (SIGTERM, then
 //! SIGKILL after the grace period), the channel closed, the network torn down, the scratch disk and
 //! every other per-VM file removed. The same steps run from the on-disk record when the owner
-//! is gone (the reaper).
+//! is gone (the reaper), which also removes VM networks and files that no VM state names.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -12,9 +12,11 @@ use mayfly_core::{DestroyStep, DestructionRecord, VmId};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use serde::Serialize;
+
 use super::record::{ProcessId, VmRecord};
 use super::Entry;
-use crate::network::VmNetwork;
+use crate::network::{reap_orphans, ReapedNetwork, VmNetwork};
 
 fn step(what: impl Into<String>, result: Result<(), String>) -> DestroyStep {
     DestroyStep {
@@ -89,13 +91,68 @@ pub(super) async fn from_disk(
     }
 }
 
-/// Destroys every VM under `<state_root>/vms` whose owner process is gone (and that is not
-/// `ours`).
-pub(super) async fn reap(
+/// What one reap removed: VMs from their records, networks no VM state names, files left in
+/// `<state_root>/net` by VMs whose state directory is gone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReapReport {
+    pub vms: Vec<DestructionRecord>,
+    pub networks: Vec<ReapedNetwork>,
+    pub files: Vec<DestroyStep>,
+}
+
+/// Everything a reap does: the VMs of dead owners under this state root, then every orphaned
+/// VM network on the host (see [`reap_orphans`]: never one that a VM state directory here
+/// names, nor one whose creator lives), then runtime dirs of VMs without state.
+pub(super) async fn reap_all(
     state_root: &Path,
     ours: &HashSet<VmId>,
     grace: Duration,
-) -> Vec<DestructionRecord> {
+    orphan_grace: Duration,
+) -> ReapReport {
+    let vms = reap(state_root, ours, grace).await;
+    let mut keep = HashSet::new();
+    for dir in std::fs::read_dir(state_root.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(network) = VmRecord::load(&dir.path()).ok().and_then(|r| r.network) {
+            keep.insert(network.netns);
+        }
+    }
+    let networks = reap_orphans(&keep, orphan_grace).await;
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(state_root.join("net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = dir.file_name();
+        let Some(id) = name.to_str().and_then(|n| VmId::parse(n).ok()) else {
+            continue;
+        };
+        // The state directory is made before the runtime dir and removed after it.
+        if ours.contains(&id) || state_root.join("vms").join(id.as_str()).exists() {
+            continue;
+        }
+        files.push(step(
+            format!(
+                "runtime directory {} of a VM without state removed",
+                dir.path().display()
+            ),
+            std::fs::remove_dir_all(dir.path()).map_err(|e| e.to_string()),
+        ));
+    }
+    ReapReport {
+        vms,
+        networks,
+        files,
+    }
+}
+
+/// Destroys every VM under `<state_root>/vms` whose owner process is gone (and that is not
+/// `ours`).
+async fn reap(state_root: &Path, ours: &HashSet<VmId>, grace: Duration) -> Vec<DestructionRecord> {
     let Ok(dirs) = std::fs::read_dir(state_root.join("vms")) else {
         return Vec::new();
     };

@@ -1,5 +1,6 @@
 //! `mayfly vm`: operator commands for single VMs. `boot` starts a VM from an image and keeps it
-//! until interrupted (to check an image or a host); `reap` destroys VMs whose owner crashed.
+//! until interrupted (to check an image or a host); `reap` destroys VMs whose owner crashed and
+//! VM networks nobody owns.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +17,9 @@ pub enum VmCommand {
     /// Boot a VM from an image, wait until its guest reports ready, keep it until SIGINT/SIGTERM,
     /// then destroy it and print the destruction record.
     Boot(BootArgs),
-    /// Destroy VMs (QEMU, overlay, network, files) left behind by a crashed owner process.
+    /// Destroy VMs (QEMU, overlay, network, files) left behind by a crashed owner process, and
+    /// VM networks (namespace, veth, passt) on this host that no VM state names and no live
+    /// process owns. Prints what it removed as JSON (`vms`, `networks`, `files`).
     Reap(StateArgs),
 }
 
@@ -132,8 +135,26 @@ async fn boot(args: BootArgs) -> Result<(), Failure> {
 #[allow(clippy::print_stdout)] // the records are the command's output
 async fn reap(args: StateArgs) -> Result<(), Failure> {
     let driver = driver(&args, Accel::Tcg, NetworkMode::Isolated)?;
-    let records = driver.reap().await;
-    eprintln!("reaped {} VM(s)", records.len());
-    println!("{}", serde_json::to_string_pretty(&records).runtime_err()?);
+    let report = driver.reap_report().await;
+    eprintln!(
+        "reaped {} VM(s) and {} orphaned network(s); removed {} leftover runtime dir(s)",
+        report.vms.len(),
+        report.networks.len(),
+        report.files.len()
+    );
+    for network in &report.networks {
+        let failed = network.steps.iter().filter(|s| !s.ok).count();
+        eprintln!(
+            "  {}: {}{}",
+            network.netns,
+            network.why,
+            if failed == 0 {
+                String::new()
+            } else {
+                format!(" ({failed} step(s) failed)")
+            }
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&report).runtime_err()?);
     Ok(())
 }
