@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// How long stopping may take to deliver the last events to the server.
     pub shutdown_flush: Duration,
+    /// Without a word from the server for this long, VMs whose runner has not started are
+    /// destroyed (the server places their jobs elsewhere after its own lease).
+    pub lease: Duration,
 }
 
 impl AgentConfig {
@@ -95,6 +98,7 @@ impl AgentConfig {
             reconnect_initial: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
             shutdown_flush: Duration::from_secs(10),
+            lease: Duration::from_secs(60),
         }
     }
 }
@@ -208,11 +212,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         connection_stop.clone(),
     ));
     let mut vms = JoinSet::new();
+    let mut lease = Lease::new(config.lease, heard);
 
     let mut outcome = Ok(());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = lease.tick() => lease.check(&table),
             command = commands.recv() => match command {
                 Some(ServerCommand::Start { start, jitconfig }) => {
                     start_vm(&config, &ctx, &mut vms, start, jitconfig);
@@ -383,6 +389,58 @@ fn start_vm(
         max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
     };
     vms.spawn(vm::run_vm(ctx.clone(), handle, request));
+}
+
+/// The agent's side of the lease: when the server has not been heard from for `lease`, VMs
+/// whose runner has not started are destroyed (once per outage); the rest keep running up to
+/// their max runtime.
+struct Lease {
+    lease: Duration,
+    heard: Arc<Mutex<tokio::time::Instant>>,
+    ticker: tokio::time::Interval,
+    expired: bool,
+}
+
+impl Lease {
+    fn new(lease: Duration, heard: Arc<Mutex<tokio::time::Instant>>) -> Self {
+        let every = (lease / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            lease,
+            heard,
+            ticker,
+            expired: false,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.ticker.tick().await;
+    }
+
+    fn check(&mut self, table: &VmTable) {
+        let silent = self
+            .heard
+            .lock()
+            .map(|heard| heard.elapsed())
+            .unwrap_or_default();
+        if silent <= self.lease {
+            self.expired = false;
+            return;
+        }
+        if !self.expired {
+            self.expired = true;
+            let stopped = table.stop_idle(&format!(
+                "the server was unreachable for longer than the lease ({}s)",
+                self.lease.as_secs()
+            ));
+            tracing::warn!(
+                lease = ?self.lease, destroyed = stopped,
+                "no word from the server for longer than the lease: VMs whose runner had not \
+                 started are destroyed; the others run on up to their max runtime"
+            );
+        }
+    }
 }
 
 fn destroy_vm(table: &VmTable, destroy: &DestroyVm) {

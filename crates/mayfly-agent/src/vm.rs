@@ -38,6 +38,8 @@ pub struct VmHandle {
     vm: Mutex<Option<VmId>>,
     stop: CancellationToken,
     stop_reason: Mutex<Option<String>>,
+    /// The guest said the runner started (it may have a job from then on).
+    runner_started: std::sync::atomic::AtomicBool,
 }
 
 impl VmHandle {
@@ -108,6 +110,21 @@ impl VmTable {
             .find(|h| !vm.is_empty() && h.vm().is_some_and(|v| v.as_str() == vm))
             .or_else(|| handles.get(start_id).filter(|_| !start_id.is_empty()))
             .cloned()
+    }
+
+    /// Stops the tasks whose runner has not started (it cannot have a job); how many.
+    pub fn stop_idle(&self, reason: &str) -> usize {
+        let Ok(handles) = self.handles.lock() else {
+            return 0;
+        };
+        let idle: Vec<_> = handles
+            .values()
+            .filter(|h| !h.runner_started.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        for handle in &idle {
+            handle.stop(reason);
+        }
+        idle.len()
     }
 
     /// Stops every task (shutdown).
@@ -267,6 +284,9 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
     {
         None => return stopped(),
         Some(Ok(true)) => {
+            handle
+                .runner_started
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             ctx.outbox
                 .push(outbox::event(Some(vm), start_id, EventKind::RunnerStarted));
             tracing::info!(vm = %vm, start_id, phase = "runner started", "runner started");

@@ -390,6 +390,62 @@ async fn unacknowledged_events_go_again_with_their_numbers_and_a_resent_start_vm
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_server_for_longer_than_the_lease_idle_vms_go_and_running_ones_stay() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = FakeServer::start().await;
+        let driver = Arc::new(FakeDriver::default());
+        driver.hold_runner_of("slow-image");
+        let mut config = config(&server, driver.clone(), &dir.path().join("j.json"));
+        config.lease = Duration::from_millis(800);
+        config.heartbeat = Duration::from_millis(100);
+        let agent = Agent::start(config);
+        server.hello().await;
+        server.send(start_vm("running")).await;
+        let running = server.expect(&UNTIL_RUNNER_STARTED).await;
+        let ServerBody::StartVm(mut idle) = start_vm("idle") else {
+            unreachable!()
+        };
+        idle.image = "slow-image".into();
+        server.send(ServerBody::StartVm(idle)).await;
+        let idle = server
+            .expect(&[EventKind::Started, EventKind::Booted])
+            .await;
+
+        // The server goes silent: the lease runs from the last thing it sent (an ack).
+        server.go_away();
+        let idle_vm = VmId::parse(&idle[0].vm_id).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while driver.live().contains(&idle_vm) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the idle VM outlived the lease");
+        let running_vm = VmId::parse(&running[0].vm_id).unwrap();
+        assert_eq!(
+            driver.live(),
+            vec![running_vm.clone()],
+            "the running VM stays"
+        );
+        let (_, reason) = driver
+            .destroyed()
+            .into_iter()
+            .find(|(vm, _)| vm == &idle_vm)
+            .unwrap();
+        assert!(reason.contains("unreachable"), "{reason}");
+
+        // Back: the server hears what happened while it was away.
+        server.come_back().await;
+        server.hello().await;
+        let told = server.expect(&[EventKind::Destroyed]).await;
+        assert_eq!(told[0].start_id, "idle");
+        agent.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnecting_agent_names_its_running_vms_in_hello() {
     within(60, async {
         let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,9 @@ struct Inner {
     handed_over: Vec<(VmId, String)>,
     destroyed: Vec<(VmId, String)>,
     orphans: Vec<VmId>,
+    /// VMs made from this image never start their runner.
+    hold_image: Option<String>,
+    held: std::collections::HashSet<VmId>,
 }
 
 /// The fake driver.
@@ -43,6 +46,11 @@ impl FakeDriver {
         if let Some(exit) = self.inner.lock().unwrap().vms.get_mut(vm) {
             *exit = Some(code);
         }
+    }
+
+    /// VMs made from `image` boot but never start their runner.
+    pub fn hold_runner_of(&self, image: &str) {
+        self.inner.lock().unwrap().hold_image = Some(image.to_owned());
     }
 
     /// VMs `reap` will report as left by a crashed owner.
@@ -80,7 +88,7 @@ impl FakeDriver {
 
 #[async_trait]
 impl VmDriver for FakeDriver {
-    async fn create(&self, _spec: &VmSpec) -> Result<VmId, VmError> {
+    async fn create(&self, spec: &VmSpec) -> Result<VmId, VmError> {
         let mut inner = self.inner.lock().unwrap();
         inner.next += 1;
         let vm = VmId::from_random(0xfa4e_0000_0000 + inner.next);
@@ -91,6 +99,9 @@ impl VmDriver for FakeDriver {
             });
         }
         inner.vms.insert(vm.clone(), None);
+        if inner.hold_image.as_deref() == Some(spec.image.as_str()) {
+            inner.held.insert(vm.clone());
+        }
         Ok(vm)
     }
 
@@ -116,7 +127,10 @@ impl VmDriver for FakeDriver {
     }
 
     async fn wait_runner_started(&self, vm: &VmId, _timeout: Duration) -> Result<bool, VmError> {
-        // The fake's runner starts as soon as it has its config.
+        // The fake's runner starts as soon as it has its config, unless it is held.
+        if self.inner.lock().unwrap().held.contains(vm) {
+            std::future::pending::<()>().await;
+        }
         Ok(self.inner.lock().unwrap().vms.contains_key(vm))
     }
 

@@ -130,6 +130,12 @@ pub struct RunArgs {
     /// Accelerator.
     #[arg(long, env = "MAYFLY_AGENT_ACCEL", value_enum, default_value_t = AgentAccel::Auto)]
     accel: AgentAccel,
+    /// Seconds without a word from the server after which VMs whose runner has not started yet
+    /// are destroyed (the server gives their jobs to other agents after its own lease, the
+    /// server's `agent_lease_secs`); VMs whose runner started keep running up to their max
+    /// runtime.
+    #[arg(long, env = "MAYFLY_AGENT_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    lease_secs: u64,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), Failure> {
@@ -462,6 +468,7 @@ async fn run_agent(args: RunArgs) -> Result<(), Failure> {
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
     config.images = images;
+    config.lease = Duration::from_secs(args.lease_secs);
 
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(mayfly_agent::run(config, shutdown.clone()));
