@@ -1,14 +1,19 @@
 //! The reconciler: GitHub does not redeliver a failed webhook by itself, so at start-up and
 //! then periodically mayfly asks the REST API for queued jobs in every installed repository and
-//! records the ones it never heard of, as if their `queued` webhook had arrived. The intake path
-//! (dedup, forward-only states) does the rest.
+//! records the ones it never heard of, as if their `queued` webhook had arrived; and it asks
+//! for every job mayfly still thinks open: one GitHub says completed (its `completed` webhook
+//! was lost, e.g. a cancellation) is recorded as completed, one GitHub no longer has (its
+//! repository deleted or taken from the installation) as cancelled — so the scheduler destroys
+//! their VMs. The intake path (dedup, forward-only states) does the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mayfly_core::RepoFullName;
 use mayfly_core::{
     Clock, DeliveryId, InstallationId, IntakeEvent, JobEvent, JobId, JobStatus, RunId,
 };
+use mayfly_github::rest::Job;
 use mayfly_github::GitHubClient;
 use mayfly_store::{NewDelivery, Recorded, Store};
 use tokio::sync::Notify;
@@ -38,11 +43,21 @@ impl Reconciler {
                 self.interval * 3,
             )
             .await;
-            let result = if lease { self.pass().await } else { Ok(0) };
+            let result = if lease {
+                match self.pass().await {
+                    Ok(recovered) => self.close_finished().await.map(|closed| recovered + closed),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(0)
+            };
             match result {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::warn!(recovered = n, "recovered jobs whose webhook never arrived")
+                    tracing::warn!(
+                        recovered = n,
+                        "recovered job states whose webhook never arrived"
+                    )
                 }
                 Err(e) => tracing::warn!(error = %e, "reconciling with GitHub failed; will retry"),
             }
@@ -86,40 +101,10 @@ impl Reconciler {
                 {
                     continue;
                 }
-                let Ok(delivery_id) = DeliveryId::parse(&format!("reconciled-{}", q.job.id)) else {
-                    continue;
-                };
-                let event = JobEvent {
-                    job_id: JobId(q.job.id),
-                    run_id: RunId(q.job.run_id),
-                    installation_id: Some(installation),
-                    org: None,
-                    repo_id: 0,
-                    // The REST job does not say who started it; the webhook would have.
-                    sender: "(recovered by the reconciler)".to_owned(),
-                    status: JobStatus::parse(&q.job.status).unwrap_or(JobStatus::Queued),
-                    conclusion: q.job.conclusion.clone(),
-                    labels: q.job.labels.clone(),
-                    job_name: q.job.name.clone(),
-                    workflow_name: q.job.workflow_name.clone(),
-                    runner_id: None,
-                    runner_name: None,
-                    created_at: q.job.created_at,
-                    started_at: None,
-                    completed_at: None,
-                    repo: q.repo.clone(),
-                };
+                let event = rest_event(installation, &q.repo, &q.job);
                 let recorded = self
-                    .store
-                    .record_delivery(&NewDelivery {
-                        delivery_id,
-                        event: "workflow_job".to_owned(),
-                        action: Some("queued".to_owned()),
-                        received_at: self.clock.now(),
-                        intake: IntakeEvent::Job(event),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .record(&format!("reconciled-{}", q.job.id), "queued", event)
+                    .await?;
                 if recorded == Recorded::New {
                     tracing::info!(job = q.job.id, repo = %q.repo, "recorded a queued job whose webhook never arrived");
                     recovered += 1;
@@ -130,5 +115,127 @@ impl Reconciler {
             self.intake.notify_one();
         }
         Ok(recovered)
+    }
+
+    /// Asks GitHub about every job mayfly thinks open; records those GitHub completed (or no
+    /// longer has) as completed. Returns how many.
+    pub async fn close_finished(&self) -> Result<usize, String> {
+        let open: Vec<_> = self
+            .store
+            .jobs()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|j| j.status != JobStatus::Completed)
+            .collect();
+        let mut closed = 0;
+        for job in open {
+            let Some(installation) = job.installation_id else {
+                continue;
+            };
+            let (event, why) = match self
+                .github
+                .get_job(installation, &job.repo, job.job_id)
+                .await
+            {
+                Ok(Some(rest)) if rest.status == "completed" => {
+                    let mut event = job_event_of(&job, installation);
+                    event.status = JobStatus::Completed;
+                    event.conclusion = rest.conclusion;
+                    event.runner_id = rest.runner_id.or(event.runner_id);
+                    event.runner_name = rest.runner_name.or(event.runner_name);
+                    event.started_at = rest.started_at.or(event.started_at);
+                    event.completed_at = rest.completed_at.or(Some(self.clock.now()));
+                    (event, "completed")
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    let mut event = job_event_of(&job, installation);
+                    event.status = JobStatus::Completed;
+                    event.conclusion = Some("cancelled".into());
+                    event.completed_at = Some(self.clock.now());
+                    (event, "gone")
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let id = format!("reconciled-{}-{why}", job.job_id.0);
+            if self.record(&id, "completed", event).await? == Recorded::New {
+                tracing::warn!(
+                    job = %job.job_id, repo = %job.repo,
+                    "{}",
+                    if why == "gone" {
+                        "GitHub no longer has this job: recorded as cancelled, its VM goes"
+                    } else {
+                        "GitHub says this job completed but its webhook never arrived: recorded"
+                    }
+                );
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            self.intake.notify_one();
+        }
+        Ok(closed)
+    }
+
+    async fn record(&self, id: &str, action: &str, event: JobEvent) -> Result<Recorded, String> {
+        let delivery_id = DeliveryId::parse(id).map_err(|e| e.to_string())?;
+        self.store
+            .record_delivery(&NewDelivery {
+                delivery_id,
+                event: "workflow_job".to_owned(),
+                action: Some(action.to_owned()),
+                received_at: self.clock.now(),
+                intake: IntakeEvent::Job(event),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A job event from GitHub's REST view of a job (which does not say who started it; the webhook
+/// would have).
+fn rest_event(installation: InstallationId, repo: &RepoFullName, job: &Job) -> JobEvent {
+    JobEvent {
+        job_id: JobId(job.id),
+        run_id: RunId(job.run_id),
+        installation_id: Some(installation),
+        org: None,
+        repo_id: 0,
+        sender: "(recovered by the reconciler)".to_owned(),
+        status: JobStatus::parse(&job.status).unwrap_or(JobStatus::Queued),
+        conclusion: job.conclusion.clone(),
+        labels: job.labels.clone(),
+        job_name: job.name.clone(),
+        workflow_name: job.workflow_name.clone(),
+        runner_id: job.runner_id,
+        runner_name: job.runner_name.clone(),
+        created_at: job.created_at,
+        started_at: job.started_at,
+        completed_at: job.completed_at,
+        repo: repo.clone(),
+    }
+}
+
+/// The event that would have brought a stored job to where it is.
+fn job_event_of(job: &mayfly_store::JobRecord, installation: InstallationId) -> JobEvent {
+    JobEvent {
+        job_id: job.job_id,
+        run_id: job.run_id,
+        installation_id: Some(installation),
+        org: job.org.clone(),
+        repo_id: job.repo_id,
+        sender: job.sender.clone(),
+        status: job.status,
+        conclusion: job.conclusion.clone(),
+        labels: job.labels.clone(),
+        job_name: job.job_name.clone(),
+        workflow_name: job.workflow_name.clone(),
+        runner_id: job.runner_id,
+        runner_name: job.runner_name.clone(),
+        created_at: job.created_at,
+        started_at: job.started_at,
+        completed_at: job.completed_at,
+        repo: job.repo.clone(),
     }
 }

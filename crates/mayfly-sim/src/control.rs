@@ -331,6 +331,17 @@ impl SimControl {
         Ok(sim_job(&world, &job))
     }
 
+    /// Makes a job vanish from the API, as when its repository is deleted or removed from the
+    /// installation: GitHub sends no `workflow_job` for it and answers 404 from then on.
+    pub fn delete_job(&self, job_id: u64) -> Result<(), ControlError> {
+        let mut world = self.shared.world();
+        world
+            .jobs
+            .remove(&job_id)
+            .map(|_| ())
+            .ok_or(ControlError::NotFound)
+    }
+
     pub fn jobs(&self) -> Vec<SimJob> {
         let world = self.shared.world();
         world.jobs.values().map(|j| sim_job(&world, j)).collect()
