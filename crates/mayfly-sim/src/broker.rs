@@ -77,6 +77,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/runner/token", post(token))
         .route("/_sim/broker/acquire", post(acquire))
         .route("/_sim/broker/jobs/{job_id}/complete", post(complete))
+        .route("/_sim/broker/jobs/{job_id}/renew", post(renew))
         .with_state(shared)
 }
 
@@ -219,6 +220,46 @@ async fn acquire(
         env,
     };
     Ok(Json(body).into_response())
+}
+
+/// The runner renews its job's lock (actions/runner does every minute); a runner that stops
+/// renewing loses its job after the simulator's `runner_timeout`.
+async fn renew(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Response, BrokerError> {
+    let token = bearer(&headers)?;
+    let job_id: u64 = job_id.parse().map_err(|_| BrokerError::UnknownJob)?;
+    let now = shared.clock.now();
+    let mut world = shared.world();
+    let runner_id = world
+        .runner_for_token(token, now)
+        .ok_or(BrokerError::Unauthorized)?
+        .id;
+    world
+        .renew(runner_id, job_id, now)
+        .map_err(|_| BrokerError::UnknownJob)?;
+    Ok(
+        Json(json!({ "job_id": job_id, "locked_until": now + chrono::Duration::minutes(10) }))
+            .into_response(),
+    )
+}
+
+/// Every second: jobs whose runner went silent for longer than `runner_timeout` fail.
+pub(crate) async fn fail_lost_runners(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let timeout = chrono::Duration::from_std(*crate::server::lock(&shared.runner_timeout))
+            .unwrap_or(chrono::Duration::MAX);
+        let now = shared.clock.now();
+        let world = &mut shared.world();
+        for job in world.fail_lost_runners(now, timeout) {
+            tracing::warn!(job = job.id, "a runner lost communication: its job failed");
+            events::workflow_job(&shared, world, &job);
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

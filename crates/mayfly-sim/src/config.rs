@@ -55,6 +55,10 @@ pub struct SimConfig {
     pub oauth_callback_urls: Vec<Url>,
     /// The users who exist from the start; `SimConfig::new` seeds [`SimConfig::default_users`].
     pub users: Vec<NewUser>,
+    /// A runner running a job that has not renewed it (or said anything) for this long has
+    /// lost communication: its job fails, as GitHub fails a job whose runner vanished. GitHub
+    /// waits about ten minutes; tests set less.
+    pub runner_timeout: Duration,
 }
 
 impl SimConfig {
@@ -80,6 +84,7 @@ impl SimConfig {
             oauth_client_secret: random_client_secret(),
             oauth_callback_urls: Vec::new(),
             users: Self::default_users(),
+            runner_timeout: Duration::from_secs(600),
         }
     }
 

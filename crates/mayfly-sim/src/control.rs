@@ -331,6 +331,11 @@ impl SimControl {
         Ok(sim_job(&world, &job))
     }
 
+    /// How long a runner running a job may stay silent before its job fails.
+    pub fn set_runner_timeout(&self, timeout: Duration) {
+        *crate::server::lock(&self.shared.runner_timeout) = timeout;
+    }
+
     /// Makes a job vanish from the API, as when its repository is deleted or removed from the
     /// installation: GitHub sends no `workflow_job` for it and answers 404 from then on.
     pub fn delete_job(&self, job_id: u64) -> Result<(), ControlError> {

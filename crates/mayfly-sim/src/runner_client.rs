@@ -183,6 +183,26 @@ impl RunnerClient {
         }
     }
 
+    /// Renews the lock on the job it runs (the runner is alive and working on it).
+    pub async fn renew(&mut self, job_id: u64) -> Result<(), RunnerClientError> {
+        let token = self.token().await?;
+        let url = self
+            .server_url
+            .join(&format!("_sim/broker/jobs/{job_id}/renew"))?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(RunnerClientError::Http)?;
+        match response.status() {
+            StatusCode::OK => Ok(()),
+            StatusCode::UNAUTHORIZED => Err(RunnerClientError::Unauthorized),
+            other => Err(RunnerClientError::Unexpected(other.as_u16())),
+        }
+    }
+
     /// Reports the job's result; afterwards the runner no longer exists.
     pub async fn complete(
         &mut self,

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub webhooks: Arc<Webhooks>,
     pub git: GitRepos,
     pub exchanges: Option<Mutex<Vec<Exchange>>>,
+    /// See `SimConfig::runner_timeout`.
+    pub runner_timeout: Mutex<Duration>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,7 +172,9 @@ impl Sim {
             webhooks,
             git,
             exchanges: config.record_exchanges.then(|| Mutex::new(Vec::new())),
+            runner_timeout: Mutex::new(config.runner_timeout),
         });
+        let sweeper = tokio::spawn(crate::broker::fail_lost_runners(Arc::clone(&shared)));
         let control = SimControl {
             shared: Arc::clone(&shared),
         };
@@ -216,7 +220,7 @@ impl Sim {
             shared,
             local_addr,
             server: handle,
-            tasks: vec![serve, worker],
+            tasks: vec![serve, worker, sweeper],
         })
     }
 }

@@ -24,6 +24,9 @@ use crate::root::{JitFilesError, RootError, RunnerRoot};
 
 const POLL_EVERY: Duration = Duration::from_millis(500);
 const POLL_FOR: Duration = Duration::from_secs(120);
+/// How often the job's lock is renewed while it runs (actions/runner: every minute; more often
+/// here so tests can give the simulator a short runner timeout).
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// Exit codes, as actions/runner's `Constants.Runner.ReturnCode` (run-helper.sh reads them):
 /// 0 the job ran, whatever its conclusion; 1 a terminated error that a retry would not fix (the
@@ -150,7 +153,27 @@ async fn run(
         work,
         tool_cache,
     };
-    let result = steps::run_job(&job, &runner, &mut |bytes| console.echo(bytes)).await;
+    let result = {
+        let mut echo = |bytes: &[u8]| console.echo(bytes);
+        let run = steps::run_job(&job, &runner, &mut echo);
+        tokio::pin!(run);
+        let job_id = job.job_id;
+        let renewing = async {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                // A transient failure is retried at the next renewal; a refusal means the job
+                // was taken from this runner, and there is nothing left to renew.
+                if let Err(RunnerClientError::Unauthorized) = client.renew(job_id).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            result = &mut run => result,
+            () = renewing => run.await,
+        }
+    };
     client
         .complete(job.job_id, result.conclusion, &result.output)
         .await

@@ -196,6 +196,47 @@ impl World {
         self.finish_job(job_id, Conclusion::Cancelled, None, now, runner)
     }
 
+    /// The runner renews its job (it is alive and working on it).
+    pub(crate) fn renew(
+        &mut self,
+        runner_id: u64,
+        job_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let runner = self
+            .runners
+            .get_mut(&runner_id)
+            .filter(|r| r.job_id == Some(job_id))
+            .ok_or(StateError::NotFound)?;
+        runner.last_contact = Some(now);
+        Ok(())
+    }
+
+    /// Fails the jobs of runners that have not been heard from for `timeout` (their machine is
+    /// gone): the job completes as failed and the runner is removed, as GitHub does.
+    pub(crate) fn fail_lost_runners(
+        &mut self,
+        now: DateTime<Utc>,
+        timeout: chrono::Duration,
+    ) -> Vec<Job> {
+        let lost: Vec<(u64, u64)> = self
+            .runners
+            .values()
+            .filter(|r| r.busy && r.last_contact.is_some_and(|at| now - at > timeout))
+            .filter_map(|r| r.job_id.map(|job| (r.id, job)))
+            .collect();
+        lost.into_iter()
+            .filter_map(|(runner, job)| {
+                let output = String::from(
+                    "The self-hosted runner lost communication with the server. Verify the \
+                     machine is running and has a healthy network connection.",
+                );
+                self.finish_job(job, Conclusion::Failure, Some(output), now, Some(runner))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// The oldest queued job this runner may take: same repository (or any repository of the
     /// organisation for an org runner) and every job label among the runner's labels.
     pub(crate) fn acquire(
@@ -238,6 +279,7 @@ impl World {
         runner.job_id = Some(job_id);
         runner.online = true;
         runner.busy = true;
+        runner.last_contact = Some(now);
         let assigned = AssignedRunner {
             id: runner.id,
             name: runner.name.clone(),

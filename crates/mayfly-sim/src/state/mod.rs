@@ -100,6 +100,8 @@ pub(crate) struct Runner {
     pub client_id: String,
     pub public_key: RsaPublicKey,
     pub job_id: Option<u64>,
+    /// When the runner last reached the broker (acquiring, renewing or completing its job).
+    pub last_contact: Option<DateTime<Utc>>,
 }
 
 /// What an installation access token may reach.
@@ -372,6 +374,7 @@ impl World {
             client_id,
             public_key,
             job_id: None,
+            last_contact: None,
         };
         self.runners.insert(runner.id, runner.clone());
         Ok(runner)

@@ -260,3 +260,57 @@ async fn a_job_of_steps_is_handed_out_in_order_and_malformed_steps_are_refused()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_runner_that_stops_renewing_loses_its_job_as_github_fails_it_and_is_removed() {
+    bounded(async {
+        let mut hooks = Receiver::start().await;
+        let url = hooks.url.clone();
+        let t = TestSim::start_with(move |c| {
+            c.webhook_url = Some(url);
+            c.runner_timeout = std::time::Duration::from_secs(3);
+        })
+        .await;
+        let (_, repo, token) = t.org_with_repo().await;
+        let kept = t.sim.create_job(job(&repo, &["self-hosted"])).unwrap();
+        let lost = t.sim.create_job(job(&repo, &["self-hosted"])).unwrap();
+        let (_, a) = t.jit(&token, &repo, "vm-a", &["self-hosted"]).await;
+        let (lost_runner, b) = t.jit(&token, &repo, "vm-b", &["self-hosted"]).await;
+        let mut alive = RunnerClient::from_encoded_jit_config(&a, None).unwrap();
+        let mut silent = RunnerClient::from_encoded_jit_config(&b, None).unwrap();
+        let first = alive.acquire().await.unwrap().unwrap();
+        let second = silent.acquire().await.unwrap().unwrap();
+        assert_eq!(
+            [first.job_id, second.job_id],
+            [kept.id, lost.id],
+            "oldest job first"
+        );
+
+        // One runner renews for 6 s; the other says nothing.
+        for _ in 0..6 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            alive.renew(first.job_id).await.unwrap();
+        }
+        let failed = hooks.next_of("workflow_job.completed").await.json();
+        assert_eq!(failed["workflow_job"]["id"], lost.id);
+        assert_eq!(failed["workflow_job"]["conclusion"], "failure");
+        assert_eq!(t.sim.job(kept.id).unwrap().status, JobStatus::InProgress);
+        let (status, _, _) = t
+            .get(
+                &format!("/repos/{repo}/actions/runners/{lost_runner}"),
+                &token,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "the lost runner is removed");
+        alive
+            .complete(first.job_id, Conclusion::Success, "done")
+            .await
+            .unwrap();
+        assert!(matches!(
+            silent.renew(second.job_id).await,
+            Err(RunnerClientError::Unauthorized)
+        ));
+        t.check_contract();
+    })
+    .await;
+}

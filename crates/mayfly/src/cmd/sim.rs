@@ -51,6 +51,10 @@ pub struct SimArgs {
     /// Lifetime of installation tokens in seconds (GitHub: 3600).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     token_ttl_secs: u64,
+    /// Seconds a runner running a job may go without renewing it before GitHub fails the job
+    /// ("lost communication") and removes the runner (GitHub: about 600).
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    runner_timeout_secs: u64,
     /// A callback URL of the App's OAuth web flow (GitHub's "Callback URL"; repeat for up to
     /// 10, the first is the default redirect_uri), e.g.
     /// --oauth-callback-url https://127.0.0.1:8443/auth/callback
@@ -97,6 +101,7 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
     config.app_id = args.app_id;
     config.webhook_url = args.webhook_url.clone();
     config.token_ttl = Duration::from_secs(args.token_ttl_secs);
+    config.runner_timeout = Duration::from_secs(args.runner_timeout_secs);
     config.git_dir = Some(args.data_dir.join("git"));
     if let Some(ca) = &args.webhook_ca_file {
         let pem = std::fs::read_to_string(ca)
