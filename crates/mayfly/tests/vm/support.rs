@@ -127,6 +127,11 @@ pub struct SimProcess {
 
 impl SimProcess {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more arguments for `mayfly sim`.
+    pub async fn start_with(args: &[&str]) -> Self {
         let inet = InternetStandIn::ensure().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let port = 20_000 + rand_port();
@@ -135,6 +140,7 @@ impl SimProcess {
             .command(env!("CARGO_BIN_EXE_mayfly"))
             .args(["sim", "--listen", &listen, "--data-dir"])
             .arg(dir.path().join("sim"))
+            .args(args)
             .env("MAYFLY_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
@@ -257,6 +263,31 @@ impl SimProcess {
             .await
             .unwrap();
         SecretString::from(runner.config.expose().to_owned())
+    }
+
+    /// Whether GitHub still has the repository's runner `id`.
+    #[allow(dead_code)] // used by tests/faults.rs
+    pub async fn runner_exists(&self, repo: &RepoFullName, id: i64) -> bool {
+        let key = std::fs::read_to_string(self.dir.path().join("sim/app-private-key.pem")).unwrap();
+        let credentials = AppCredentials::new(1, AppPrivateKeyPem::new(key)).unwrap();
+        let client = GitHubClient::new(GitHubClientConfig::new(
+            self.base.parse().unwrap(),
+            credentials,
+        ))
+        .unwrap();
+        let installation = client
+            .list_installations()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.account.as_ref().is_some_and(|a| a.login == repo.owner()))
+            .expect("the repository's installation")
+            .id;
+        client
+            .get_repo_runner(InstallationId(installation), repo, id)
+            .await
+            .unwrap()
+            .is_some()
     }
 
     pub async fn stop(mut self) {
