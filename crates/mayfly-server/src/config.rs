@@ -175,14 +175,27 @@ impl DatabaseConfig {
                     source,
                 };
                 if !salt_path.exists() {
-                    let salt: [u8; 16] = rand::random();
-                    std::fs::write(&salt_path, salt).map_err(salt_err)?;
+                    write_salt(&salt_path).map_err(salt_err)?;
                 }
                 let salt = std::fs::read(&salt_path).map_err(salt_err)?;
                 Ok(mayfly_store::DbKey::derive(&passphrase, &salt)?)
             }
         }
     }
+}
+
+/// A new random salt file, mode 600 (it is not secret, but the data directory is the owner's).
+fn write_salt(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let salt: [u8; 16] = rand::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&salt)?;
+    file.sync_all()
 }
 
 /// PEM files for a TLS listener.
