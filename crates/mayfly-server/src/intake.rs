@@ -2,11 +2,12 @@
 //! raw bytes → headers → parse → durable record (deduplicated by `X-GitHub-Delivery`) → 202.
 //! Processing happens later, off the request path, so GitHub's 10 s timeout is never at risk.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,14 +23,22 @@ use mayfly_store::{NewDelivery, Recorded};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::refusals::Route;
 use crate::AppState;
 
-/// Handles one delivery and counts its result.
+/// Handles one delivery and counts its result. A source refused too often gets 429 before
+/// anything of its request is read.
 pub async fn receive(
     State(state): State<Arc<AppState>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let peer = connect.map(|axum::Extension(ConnectInfo(a))| a.to_string());
+    if let Err(limited) = state.turn_away(peer.as_deref(), Route::Webhook) {
+        state.metrics.delivery("rate_limited");
+        return Err(limited);
+    }
     let result = handle(&state, headers, body).await;
     let refusal = match &result {
         Ok(_) => None,
@@ -41,6 +50,10 @@ pub async fn receive(
     };
     if let Some(refusal) = refusal {
         state.metrics.delivery(refusal);
+        // The sender's fault, not ours: counted against its source.
+        if refusal != "unavailable" {
+            state.count_refusal(peer.as_deref(), Route::Webhook);
+        }
     }
     result
 }

@@ -1,0 +1,146 @@
+//! Abuse limits as an attacker and a good client meet them: a flood of refused requests from one
+//! address is answered 429 after a burst and grows the audit log by a bounded number of rows
+//! (one summary for everything past the burst), while good tokens and other addresses go on as
+//! before.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mayfly_github::webhook::{signature_header, WebhookSecret};
+use mayfly_server::tokens::{self, Scope};
+use mayfly_store::{AuditRow, Store};
+use reqwest::StatusCode;
+
+const SECRET: &[u8] = b"abuse-test-secret";
+const FLOOD: usize = 2_000;
+
+fn client_from(local: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn audit_rows(store: &dyn Store) -> Vec<AuditRow> {
+    store.audit_log(0, 1_000_000).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_requests_adds_a_bounded_number_of_audit_rows() {
+    tokio::time::timeout(Duration::from_secs(120), flood())
+        .await
+        .unwrap();
+}
+
+async fn flood() {
+    let t = support::start(false, SECRET, None, |_| {}).await;
+    let base = t.server.base_url();
+    let good = tokens::create(t.store.as_ref(), "cli:test", "ops", Scope::Admin)
+        .await
+        .unwrap();
+    let attacker = client_from([127, 0, 0, 1]);
+
+    // Good traffic from the same address is never limited, and each call is audited.
+    let before_good = audit_rows(t.store.as_ref()).await.len();
+    for _ in 0..40 {
+        let r = attacker
+            .get(format!("{base}api/v1/whoami"))
+            .bearer_auth(good.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let before = audit_rows(t.store.as_ref()).await.len();
+    assert_eq!(before - before_good, 40, "every good call is audited");
+
+    // The flood: no token, unknown tokens, /metrics without a token, forged webhooks.
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut limited = None;
+    for i in 0..FLOOD {
+        let request = match i % 4 {
+            0 => attacker.get(format!("{base}api/v1/jobs")),
+            1 => attacker
+                .get(format!("{base}api/v1/whoami"))
+                .bearer_auth("mfy_not-a-token"),
+            2 => attacker.get(format!("{base}metrics")),
+            _ => attacker
+                .post(format!("{base}webhooks/github"))
+                .header("x-github-event", "ping")
+                .header("x-github-delivery", format!("flood-{i}"))
+                .header(
+                    "x-hub-signature-256",
+                    signature_header(&WebhookSecret::new(b"other".to_vec()), b"{}"),
+                )
+                .body("{}"),
+        };
+        let response = request.send().await.unwrap();
+        *statuses.entry(response.status().as_u16()).or_default() += 1;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS && limited.is_none() {
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body: serde_json::Value = response.json().await.unwrap();
+            limited = Some((retry, body));
+        }
+    }
+    // Sequential requests: exactly the burst is refused in full, the rest turned away.
+    assert_eq!(statuses.get(&401), Some(&20), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&(FLOOD - 20)), "{statuses:?}");
+    let (retry, body) = limited.unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(body["code"], "rate_limited", "{body}");
+
+    let during = audit_rows(t.store.as_ref()).await;
+    let added = during.len() - before;
+    // 20 refusals, of which the webhooks (every fourth) are not audited at all.
+    assert_eq!(added, 15, "the flood added {added} audit rows");
+
+    // Another address is not limited, and neither is a good token from it.
+    let neighbour = client_from([127, 0, 0, 2]);
+    let r = neighbour
+        .get(format!("{base}api/v1/jobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = neighbour
+        .get(format!("{base}api/v1/whoami"))
+        .bearer_auth(good.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // At shutdown the open window is summarised in one row.
+    t.server.shutdown().await;
+    let after = audit_rows(t.store.as_ref()).await;
+    assert_eq!(
+        after.len() - during.len(),
+        2 + 1,
+        "two neighbour calls and one summary"
+    );
+    let summary = after
+        .iter()
+        .find(|row| row.action == "refusals summarised")
+        .expect("a summary row");
+    assert_eq!(summary.source.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        summary.target.as_deref(),
+        Some("webhook 495, api 990, metrics 495")
+    );
+    assert!(
+        summary
+            .outcome
+            .starts_with(&format!("{} further refused requests", FLOOD - 20)),
+        "{}",
+        summary.outcome
+    );
+    t.store.close().await;
+}
