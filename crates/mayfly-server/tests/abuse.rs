@@ -1,7 +1,7 @@
 //! Abuse limits as an attacker and a good client meet them: a flood of refused requests from one
 //! address is answered 429 after a burst and grows the audit log by a bounded number of rows
 //! (one summary for everything past the burst), while good tokens and other addresses go on as
-//! before.
+//! before; an oversized webhook gets 413 over HTTP/1.1 and HTTP/2.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod support;
@@ -142,5 +142,102 @@ async fn flood() {
         "{}",
         summary.outcome
     );
+    t.store.close().await;
+}
+
+#[tokio::test]
+async fn an_oversized_webhook_gets_413_over_http1_and_http2() {
+    tokio::time::timeout(Duration::from_secs(60), oversized())
+        .await
+        .unwrap();
+}
+
+async fn oversized() {
+    // The default: a body past it is larger than HTTP/2's flow-control windows, so the client
+    // is still sending when the answer comes.
+    const LIMIT: usize = 1024 * 1024;
+    let t = support::start(true, SECRET, None, |c| {
+        c.webhook.max_body_bytes = LIMIT;
+        // Every refusal here is a 413 from one address: not what this test is about.
+        c.refusals.burst = 1_000;
+    })
+    .await;
+    let url = format!("{}webhooks/github", t.server.base_url());
+    let ca = reqwest::Certificate::from_pem(t.cert_pem.as_ref().unwrap().as_bytes()).unwrap();
+    let builder = || {
+        reqwest::Client::builder()
+            .add_root_certificate(ca.clone())
+            .timeout(Duration::from_secs(10))
+    };
+    let clients = [
+        (
+            reqwest::Version::HTTP_11,
+            builder().http1_only().build().unwrap(),
+        ),
+        (
+            reqwest::Version::HTTP_2,
+            builder().http2_prior_knowledge().build().unwrap(),
+        ),
+    ];
+    // Signed as GitHub would sign it: only the size is wrong.
+    let body = vec![b' '; 4 * LIMIT];
+    let signature = signature_header(&WebhookSecret::new(SECRET.to_vec()), &body);
+    for (version, client) in &clients {
+        for attempt in 0..5 {
+            let declared = client
+                .post(&url)
+                .header("x-github-event", "workflow_job")
+                .header("x-github-delivery", format!("big-{attempt}"))
+                .header("x-hub-signature-256", &signature)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{version:?} with a length: {e:?}"));
+            assert_eq!(declared.version(), *version);
+            assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let answer: serde_json::Value = declared.json().await.unwrap();
+            assert_eq!(answer["code"], "payload_too_large");
+
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                (0..16).map(|_| Ok(vec![b' '; LIMIT / 4])).collect();
+            let streamed = client
+                .post(&url)
+                .header("x-github-event", "workflow_job")
+                .header("x-github-delivery", format!("big-streamed-{attempt}"))
+                .header("x-hub-signature-256", &signature)
+                .body(reqwest::Body::wrap_stream(tokio_stream::iter(chunks)))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{version:?} streamed: {e:?}"));
+            assert_eq!(streamed.version(), *version);
+            assert_eq!(streamed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    }
+    // curl, as a new user would try it: it reports a stream reset mid-upload as a failure
+    // ("Stream error in the HTTP/2 framing layer") even after a complete answer.
+    let dir = t.dir.path();
+    std::fs::write(dir.join("ca.pem"), t.cert_pem.as_ref().unwrap()).unwrap();
+    std::fs::write(dir.join("body"), &body).unwrap();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+            .args(["-H", "x-github-event: workflow_job"])
+            .args(["-H", "x-github-delivery: big-curl"])
+            .arg("-H")
+            .arg(format!("x-hub-signature-256: {signature}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", dir.join("body").display()))
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl is installed (scripts/setup)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl {flag}: {stderr}");
+        assert_eq!(stdout, format!("{version} 413"), "curl {flag}: {stderr}");
+    }
+    t.server.shutdown().await;
     t.store.close().await;
 }
