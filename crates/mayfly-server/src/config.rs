@@ -517,6 +517,36 @@ mod tests {
     }
 
     #[test]
+    fn refusal_limits_must_allow_something() {
+        let mut config = ServerConfig {
+            insecure_dev: true,
+            webhook: WebhookConfig {
+                secret_files: vec!["/x".into()],
+                ..WebhookConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        assert!(config.validate().is_ok(), "the defaults are valid");
+        for broken in [
+            RefusalConfig {
+                burst: 0,
+                ..RefusalConfig::default()
+            },
+            RefusalConfig {
+                window_secs: 0,
+                ..RefusalConfig::default()
+            },
+            RefusalConfig {
+                max_sources: 0,
+                ..RefusalConfig::default()
+            },
+        ] {
+            config.refusals = broken;
+            assert!(matches!(config.validate(), Err(ConfigError::Refusals)));
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = serde_json::from_str::<ServerConfig>(r#"{"listen":"127.0.0.1:1","lisen":"x"}"#);
         assert!(err.is_err());
