@@ -747,7 +747,38 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        // Every operation behind the refusal limits (refusals.rs) may answer 429.
+        let limited = rate_limited_response();
+        for (path, item) in &mut openapi.paths.paths {
+            if path == "/api/v1/agents/server-ca" {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".to_owned(), limited.clone().into());
+            }
+        }
     }
+}
+
+/// 429: the caller's address was refused too often; `Retry-After` says when to try again.
+fn rate_limited_response() -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+    let seconds = HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+        .description(Some("Seconds until this address may try again"))
+        .build();
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    ResponseBuilder::new()
+        .description("Too many refused requests from this address")
+        .header("Retry-After", seconds)
+        .content("application/json", body)
+        .build()
 }
 
 /// The API's OpenAPI description, generated from the handlers above.

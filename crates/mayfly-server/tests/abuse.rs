@@ -118,6 +118,18 @@ async fn flood() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
+    // The API's document says so.
+    let doc: serde_json::Value = neighbour
+        .get(format!("{base}api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limited = &doc["paths"]["/api/v1/jobs"]["get"]["responses"]["429"];
+    assert!(limited["headers"]["Retry-After"].is_object(), "{limited}");
+
     // At shutdown the open window is summarised in one row.
     t.server.shutdown().await;
     let after = audit_rows(t.store.as_ref()).await;

@@ -59,6 +59,7 @@ const CONFIG_KEYS: &[&str] = &[
     "server_id",
     "database",
     "retention",
+    "refusals",
 ];
 
 /// The configuration from defaults, the TOML file and `MAYFLY_*` variables, not yet validated
