@@ -1,8 +1,8 @@
 //! Per-source limits on refused requests (bad webhook signatures, unknown tokens, refused
 //! sign-ins and enrolments): in each window a source may be refused `burst` times, each refusal
-//! audited as a row of its own; after that it gets 429 without any work being done, and what it
-//! sent is counted into one summary row per source and window. Memory stays bounded: at most
-//! `max_sources` windows are kept, and further sources share one window ("many sources").
+//! audited as a row of its own; after that its refusals become 429s (at once for requests
+//! without credentials) counted into one summary row per source and window. Memory stays
+//! bounded: at most `max_sources` windows are kept, further sources share one ("many sources").
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -162,8 +162,8 @@ impl Summary {
 pub(crate) enum Counted {
     /// Within the source's burst: audit it as a row of its own.
     Individually,
-    /// Past the burst: counted into the source's summary.
-    Summarised,
+    /// Past the burst: counted into the source's summary; answer 429 with this retry-after.
+    Summarised(Duration),
 }
 
 /// The per-source windows.
@@ -273,7 +273,8 @@ impl Refusals {
             Counted::Individually
         } else {
             w.summarised[route.index()] += 1;
-            Counted::Summarised
+            let left = self.window.saturating_sub(now.duration_since(w.started));
+            Counted::Summarised(left.max(Duration::from_secs(1)))
         }
     }
 
@@ -301,9 +302,13 @@ impl Refusals {
 }
 
 /// The refusal limits as handlers use them. `peer` is the caller's `ip:port` ([`crate::api::peer`]).
+/// A limited source that presents valid credentials still gets through: GitHub's webhook
+/// addresses are shared by every App (a stranger's App sending us badly signed deliveries must
+/// not block ours), and a good token behind an attacker's NAT must keep working.
 impl crate::AppState {
     /// `Err(429)` when the caller's source has used up its refusals in this window; the request
-    /// is then counted into the source's summary and must not be looked at further.
+    /// is then counted into the source's summary and must not be looked at further. Only for
+    /// requests that carry no credentials, or where checking them is the expensive part.
     pub(crate) fn turn_away(&self, peer: Option<&str>, route: Route) -> Result<(), ApiError> {
         let source = Source::of(ip(peer));
         let Some(wait) = self
@@ -312,28 +317,25 @@ impl crate::AppState {
         else {
             return Ok(());
         };
-        self.warn(
-            "rate_limited",
-            &format!(
-                "{} was refused too often; answering 429 until its window ends",
-                source.describe()
-            ),
-        );
-        Err(ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-        })
+        Err(self.rate_limited(source, wait))
     }
 
     /// Counts a refusal that is not audited on its own (a webhook: nothing of it is stored).
-    pub(crate) fn count_refusal(&self, peer: Option<&str>, route: Route) {
+    /// `Err(429)` past the source's burst: answer that instead of the refusal.
+    pub(crate) fn count_refusal(&self, peer: Option<&str>, route: Route) -> Result<(), ApiError> {
         let source = Source::of(ip(peer));
-        let _ = self
+        match self
             .refusals
-            .refused(source, route, Instant::now(), self.clock.now());
+            .refused(source, route, Instant::now(), self.clock.now())
+        {
+            Counted::Individually => Ok(()),
+            Counted::Summarised(wait) => Err(self.rate_limited(source, wait)),
+        }
     }
 
     /// Audits a refused request ([`crate::AppState::audit`]) while its source is within its
-    /// burst; past it, the refusal is only counted into the source's summary row.
+    /// burst. Past it the refusal is only counted into the source's summary row, and the
+    /// answer is `Err(429)` instead of the refusal.
     pub(crate) async fn audit_refusal(
         &self,
         route: Route,
@@ -349,7 +351,20 @@ impl crate::AppState {
             .refused(source, route, Instant::now(), self.clock.now())
         {
             Counted::Individually => self.audit(actor, peer, action, target, outcome).await,
-            Counted::Summarised => Ok(()),
+            Counted::Summarised(wait) => Err(self.rate_limited(source, wait)),
+        }
+    }
+
+    fn rate_limited(&self, source: Source, wait: Duration) -> ApiError {
+        self.warn(
+            "rate_limited",
+            &format!(
+                "{} was refused too often; answering 429 until its window ends",
+                source.describe()
+            ),
+        );
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         }
     }
 }
@@ -403,7 +418,10 @@ mod tests {
         let (t0, at) = (Instant::now(), Utc::now());
         r.refused(ip(1), Route::Api, t0, at);
         r.refused(ip(1), Route::Webhook, t0, at);
-        assert_eq!(r.refused(ip(1), Route::Api, t0, at), Counted::Summarised);
+        assert_eq!(
+            r.refused(ip(1), Route::Api, t0, at),
+            Counted::Summarised(Duration::from_secs(60))
+        );
         for _ in 0..500 {
             r.turned_away(ip(1), Route::Api, t0, at);
         }

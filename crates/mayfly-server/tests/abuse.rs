@@ -97,10 +97,40 @@ async fn flood() {
     assert!((1..=60).contains(&retry), "Retry-After: {retry}");
     assert_eq!(body["code"], "rate_limited", "{body}");
 
-    let during = audit_rows(t.store.as_ref()).await;
-    let added = during.len() - before;
+    let flooded = audit_rows(t.store.as_ref()).await;
+    let added = flooded.len() - before;
     // 20 refusals, of which the webhooks (every fourth) are not audited at all.
     assert_eq!(added, 15, "the flood added {added} audit rows");
+
+    // The limited address itself still gets through with good credentials: a good token, and
+    // a delivery signed with the webhook secret (GitHub sends every App's from one pool of
+    // addresses, so a stranger's badly signed deliveries must not block ours).
+    let r = attacker
+        .get(format!("{base}api/v1/whoami"))
+        .bearer_auth(good.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/github/fixtures/ping.json"
+    ))
+    .unwrap();
+    let r = attacker
+        .post(format!("{base}webhooks/github"))
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "good-after-flood")
+        .header(
+            "x-hub-signature-256",
+            signature_header(&WebhookSecret::new(SECRET.to_vec()), &ping),
+        )
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let during = audit_rows(t.store.as_ref()).await;
 
     // Another address is not limited, and neither is a good token from it.
     let neighbour = client_from([127, 0, 0, 2]);

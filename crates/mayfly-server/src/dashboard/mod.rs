@@ -437,7 +437,7 @@ async fn callback(
         response
     };
     let Ok(Query(q)) = query else {
-        state.count_refusal(peer.0.as_deref(), Route::Dashboard);
+        let _ = state.count_refusal(peer.0.as_deref(), Route::Dashboard);
         return refuse("GitHub's answer was malformed. Sign in again.");
     };
     if let Some(error) = q.error {
@@ -467,7 +467,7 @@ async fn callback(
         );
     }
     let Some(code) = q.code else {
-        state.count_refusal(peer.0.as_deref(), Route::Dashboard);
+        let _ = state.count_refusal(peer.0.as_deref(), Route::Dashboard);
         return refuse("GitHub sent no code. Sign in again.");
     };
     let signed_in = async {

@@ -29,8 +29,10 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// except the first of each token after the server starts, so every reader is on record.
 async fn scrape(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let source = crate::api::peer(request.extensions());
-    if let Err(limited) = state.turn_away(source.as_deref(), Route::Metrics) {
-        return limited.into_response();
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        if let Err(limited) = state.turn_away(source.as_deref(), Route::Metrics) {
+            return limited.into_response();
+        }
     }
     let caller = match crate::api::bearer_caller(&state, request.headers()).await {
         Ok(caller) => caller,
