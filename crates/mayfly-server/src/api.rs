@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::error::ApiError;
+use crate::refusals::Route;
 use crate::tokens::{self, Scope};
 use crate::usage;
 use crate::AppState;
@@ -91,23 +92,30 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let source = peer(request.extensions());
+    // Without a token there is nothing to check; a token is looked up even from a limited
+    // source, so a good one always gets through.
+    if bearer(request.headers()).is_none() {
+        if let Err(limited) = state.turn_away(source.as_deref(), Route::Api) {
+            return limited.into_response();
+        }
+    }
     let action = format!("api {} {}", request.method(), request.uri().path());
     let target = request.uri().query().map(str::to_owned);
     let caller = match bearer_caller(&state, request.headers()).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    let (actor, response) = match caller {
-        Some(caller) => {
-            let actor = format!("token:{}", caller.token_id);
-            request.extensions_mut().insert(caller);
-            (actor, next.run(request).await)
-        }
-        None => (
-            "anonymous".to_owned(),
-            ApiError::Unauthorized.into_response(),
-        ),
+    let Some(caller) = caller else {
+        let response = ApiError::Unauthorized.into_response();
+        let outcome = response.status().as_u16().to_string();
+        let audited = state
+            .audit_refusal(Route::Api, "anonymous", source, action, target, outcome)
+            .await;
+        return audited.map_or_else(IntoResponse::into_response, |()| response);
     };
+    let actor = format!("token:{}", caller.token_id);
+    request.extensions_mut().insert(caller);
+    let response = next.run(request).await;
     let outcome = response.status().as_u16().to_string();
     if let Err(e) = state.audit(&actor, source, action, target, outcome).await {
         return e.into_response();
@@ -647,6 +655,9 @@ async fn enrol(
         return ApiError::NotFound.into_response();
     };
     let source = connect.map(|axum::Extension(ConnectInfo(a))| a.to_string());
+    if let Err(limited) = state.turn_away(source.as_deref(), Route::Enrol) {
+        return limited.into_response();
+    }
     let request: Option<crate::agent_pki::EnrolRequest> = serde_json::from_slice(&body).ok();
     let token_id = request
         .as_ref()
@@ -701,10 +712,15 @@ async fn enrol(
             }
         },
     };
-    if let Err(e) = state
-        .audit(&actor, source, "agent enrol".into(), None, outcome)
-        .await
-    {
+    let action = "agent enrol".to_owned();
+    let audited = if response.status().is_client_error() {
+        state
+            .audit_refusal(Route::Enrol, &actor, source, action, None, outcome)
+            .await
+    } else {
+        state.audit(&actor, source, action, None, outcome).await
+    };
+    if let Err(e) = audited {
         return e.into_response();
     }
     response
@@ -735,7 +751,38 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+        // Every operation behind the refusal limits (refusals.rs) may answer 429.
+        let limited = rate_limited_response();
+        for (path, item) in &mut openapi.paths.paths {
+            if path == "/api/v1/agents/server-ca" {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".to_owned(), limited.clone().into());
+            }
+        }
     }
+}
+
+/// 429: the caller's address was refused too often; `Retry-After` says when to try again.
+fn rate_limited_response() -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+    let seconds = HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+        .description(Some("Seconds until this address may try again"))
+        .build();
+    let body = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    ResponseBuilder::new()
+        .description("Too many refused requests from this address")
+        .header("Retry-After", seconds)
+        .content("application/json", body)
+        .build()
 }
 
 /// The API's OpenAPI description, generated from the handlers above.

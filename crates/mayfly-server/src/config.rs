@@ -43,6 +43,32 @@ pub struct ServerConfig {
     pub security_txt: Option<SecurityTxtConfig>,
     /// The usage dashboard at `/dashboard` (sign in with GitHub). Needs `[github]`.
     pub dashboard: Option<DashboardConfig>,
+    pub refusals: RefusalConfig,
+}
+
+/// Per-source limits on refused requests: bad webhook signatures, missing or unknown API and
+/// `/metrics` tokens, refused dashboard sign-ins, enrolment attempts. A source (an IPv4 address
+/// or an IPv6 /64) refused `burst` times in a window gets 429 until the window ends; what it
+/// sends meanwhile is audited as one summary row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefusalConfig {
+    /// Refusals a source may have in one window, each audited as a row of its own.
+    pub burst: u32,
+    /// The window's length in seconds.
+    pub window_secs: u64,
+    /// Sources with an open window that are remembered; sources beyond them share one window.
+    pub max_sources: usize,
+}
+
+impl Default for RefusalConfig {
+    fn default() -> Self {
+        Self {
+            burst: 20,
+            window_secs: 60,
+            max_sources: 10_000,
+        }
+    }
 }
 
 /// The usage dashboard: customers sign in with GitHub (the App's OAuth web flow) and see the
@@ -178,14 +204,27 @@ impl DatabaseConfig {
                     source,
                 };
                 if !salt_path.exists() {
-                    let salt: [u8; 16] = rand::random();
-                    std::fs::write(&salt_path, salt).map_err(salt_err)?;
+                    write_salt(&salt_path).map_err(salt_err)?;
                 }
                 let salt = std::fs::read(&salt_path).map_err(salt_err)?;
                 Ok(mayfly_store::DbKey::derive(&passphrase, &salt)?)
             }
         }
     }
+}
+
+/// A new random salt file, mode 600 (it is not secret, but the data directory is the owner's).
+fn write_salt(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let salt: [u8; 16] = rand::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&salt)?;
+    file.sync_all()
 }
 
 /// PEM files for a TLS listener.
@@ -229,6 +268,7 @@ impl Default for ServerConfig {
             retention: RetentionConfig::default(),
             security_txt: None,
             dashboard: None,
+            refusals: RefusalConfig::default(),
         }
     }
 }
@@ -265,6 +305,10 @@ pub enum ConfigError {
     NoDbKey,
     #[error("set one of [database] key_file and passphrase_file, not both")]
     TwoDbKeys,
+    #[error(
+        "[refusals] burst and max_sources must be at least 1, window_secs between 1 and 86400"
+    )]
+    Refusals,
     #[error("[dashboard] {0}")]
     Dashboard(&'static str),
     #[error("[security_txt] {0}")]
@@ -306,6 +350,10 @@ impl ServerConfig {
         }
         if !(1024..=25 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
             return Err(ConfigError::BodyLimit);
+        }
+        let r = &self.refusals;
+        if r.burst == 0 || !(1..=86_400).contains(&r.window_secs) || r.max_sources == 0 {
+            return Err(ConfigError::Refusals);
         }
         if let Some(url) = &self.database.postgres_url {
             let userinfo = url
@@ -470,6 +518,36 @@ mod tests {
             config.validate(),
             Err(ConfigError::InsecureNotLoopback(_))
         ));
+    }
+
+    #[test]
+    fn refusal_limits_must_allow_something() {
+        let mut config = ServerConfig {
+            insecure_dev: true,
+            webhook: WebhookConfig {
+                secret_files: vec!["/x".into()],
+                ..WebhookConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        assert!(config.validate().is_ok(), "the defaults are valid");
+        for broken in [
+            RefusalConfig {
+                burst: 0,
+                ..RefusalConfig::default()
+            },
+            RefusalConfig {
+                window_secs: 0,
+                ..RefusalConfig::default()
+            },
+            RefusalConfig {
+                max_sources: 0,
+                ..RefusalConfig::default()
+            },
+        ] {
+            config.refusals = broken;
+            assert!(matches!(config.validate(), Err(ConfigError::Refusals)));
+        }
     }
 
     #[test]

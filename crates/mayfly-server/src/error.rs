@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP answers. Each answer carries a stable `code` and a
 //! safe message; 401 says nothing more. Details go to the (rate-limited) log.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -26,6 +26,8 @@ pub enum ApiError {
     Forbidden,
     #[error("no such resource")]
     NotFound,
+    #[error("too many refused requests from this address; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -38,6 +40,7 @@ impl ApiError {
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 }
@@ -50,7 +53,13 @@ impl IntoResponse for ApiError {
         } else {
             json!({ "code": code, "message": self.to_string() })
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
     }
 }
 

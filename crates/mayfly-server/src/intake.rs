@@ -2,14 +2,16 @@
 //! raw bytes → headers → parse → durable record (deduplicated by `X-GitHub-Delivery`) → 202.
 //! Processing happens later, off the request path, so GitHub's 10 s timeout is never at risk.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::body::{Body, BodyDataStream};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::{Bytes, BytesMut};
 use mayfly_core::{
     DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
     JobId, RepoFullName, RunId,
@@ -20,16 +22,28 @@ use mayfly_github::webhook::{
 };
 use mayfly_store::{NewDelivery, Recorded};
 use serde_json::json;
+use tokio_stream::StreamExt;
 
 use crate::error::ApiError;
+use crate::refusals::Route;
 use crate::AppState;
 
-/// Handles one delivery and counts its result.
+/// Handles one delivery and counts its result. A source refused too often gets 429 at once for
+/// an unsigned delivery, and for a signed one whose signature is wrong; a good signature is
+/// accepted from any source (GitHub delivers every App's webhooks from the same addresses).
 pub async fn receive(
     State(state): State<Arc<AppState>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let peer = connect.map(|axum::Extension(ConnectInfo(a))| a.to_string());
+    if !headers.contains_key(SIGNATURE_HEADER) {
+        if let Err(limited) = state.turn_away(peer.as_deref(), Route::Webhook) {
+            state.metrics.delivery("rate_limited");
+            return Err(limited);
+        }
+    }
     let result = handle(&state, headers, body).await;
     let refusal = match &result {
         Ok(_) => None,
@@ -41,6 +55,10 @@ pub async fn receive(
     };
     if let Some(refusal) = refusal {
         state.metrics.delivery(refusal);
+        // The sender's fault, not ours: counted against its source.
+        if refusal != "unavailable" {
+            state.count_refusal(peer.as_deref(), Route::Webhook)?;
+        }
     }
     result
 }
@@ -51,14 +69,17 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
         state.warn(
             "oversized",
             "webhook refused: declared body exceeds the limit",
         );
+        if declared <= DRAIN_MAX {
+            drain(body.into_data_stream(), 0).await;
+        }
         return Err(ApiError::TooLarge { limit });
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let body = read_capped(body, limit).await.ok_or_else(|| {
         state.warn(
             "oversized",
             "webhook refused: body exceeds the limit or was cut off",
@@ -136,6 +157,43 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Resp
             answer(StatusCode::OK, "duplicate", &delivery_id)
         }
     })
+}
+
+/// How much of an oversized body is read (and dropped) before the 413, and for how long: GitHub's
+/// own cap (25 MB) and its timeout (10 s).
+const DRAIN_MAX: u64 = 25 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// The body, if it is at most `limit` bytes. Past the limit nothing more is kept, but the rest
+/// is read and dropped (up to `DRAIN_MAX`): over HTTP/2 the client is still sending when the
+/// 413 is ready, and answering then resets its stream, which clients such as curl report as a
+/// failure instead of the 413.
+async fn read_capped(body: Body, limit: usize) -> Option<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut kept = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if kept.len() + chunk.len() > limit {
+            drain(stream, (kept.len() + chunk.len()) as u64).await;
+            return None;
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Some(kept.freeze())
+}
+
+/// Reads and drops what is left of a refused body, `seen` bytes in, until it ends or passes
+/// `DRAIN_MAX` or `DRAIN_TIME`.
+async fn drain(mut stream: BodyDataStream, mut seen: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen <= DRAIN_MAX {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len() as u64,
+                _ => return,
+            }
+        }
+    })
+    .await;
 }
 
 fn answer(status: StatusCode, outcome: &str, delivery: &DeliveryId) -> Response {

@@ -13,6 +13,7 @@ mod log_limit;
 pub mod metrics;
 mod processor;
 mod reconciler;
+mod refusals;
 mod scheduler;
 mod tls;
 pub mod tokens;
@@ -33,8 +34,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    read_secret_file, ConfigError, DashboardConfig, DatabaseConfig, GitHubConfig, RetentionConfig,
-    ServerConfig, TlsFiles, WebhookConfig,
+    read_secret_file, ConfigError, DashboardConfig, DatabaseConfig, GitHubConfig, RefusalConfig,
+    RetentionConfig, ServerConfig, TlsFiles, WebhookConfig,
 };
 pub use error::ApiError;
 pub use processor::Processor;
@@ -49,6 +50,8 @@ pub struct AppState {
     max_body_bytes: usize,
     processor_wakeup: Arc<Notify>,
     log_limiter: log_limit::LogLimiter,
+    /// Per-source limits on refused requests, and their audit summaries.
+    refusals: refusals::Refusals,
     security_txt: Option<config::SecurityTxtConfig>,
     /// The agent CA and the server CA agents pin (with TLS and a GitHub App).
     pki: Option<Arc<agent_pki::AgentPki>>,
@@ -327,6 +330,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         max_body_bytes: config.webhook.max_body_bytes,
         processor_wakeup: wakeup.clone(),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
+        refusals: refusals::Refusals::new(&config.refusals),
         security_txt: config.security_txt.clone(),
         pki: pki.clone(),
         agent_port,
@@ -367,6 +371,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             shutdown.clone(),
         ));
     }
+    tasks.spawn(summarise_refusals(state.clone(), shutdown.clone()));
     tasks.spawn(serve(listener, tls, router(state), http.clone()));
     let schedule = Arc::new(Notify::new());
     let processor = Processor {
@@ -464,6 +469,32 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         http,
         tasks,
     })
+}
+
+/// Writes the audit summaries of refused requests as their windows end, and of every open
+/// window at shutdown.
+async fn summarise_refusals(state: Arc<AppState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.refusals.window());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        for summary in state
+            .refusals
+            .take_summaries(std::time::Instant::now(), last)
+        {
+            let row = summary.audit_row(state.clock.now());
+            if let Err(e) = state.store.append_audit(&row).await {
+                tracing::error!(error = %error::chain(&e), source = ?row.source,
+                    "could not write the audit summary of refused requests");
+            }
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// Serves `app` on `listener` until the handle shuts it down; logs why if it stops otherwise.

@@ -33,7 +33,7 @@ fn duration_histogram() -> Histogram {
 }
 
 /// What became of a webhook delivery.
-pub const DELIVERY_RESULTS: [&str; 8] = [
+pub const DELIVERY_RESULTS: [&str; 9] = [
     "accepted",
     "duplicate",
     "ignored",
@@ -42,6 +42,7 @@ pub const DELIVERY_RESULTS: [&str; 8] = [
     "bad_payload",
     "too_large",
     "unavailable",
+    "rate_limited",
 ];
 
 /// GitHub's job conclusions; anything else is counted as `other` (webhook text is never a label).

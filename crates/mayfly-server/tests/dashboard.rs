@@ -418,6 +418,13 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
                 .click()
                 .await
                 .unwrap();
+            // The answer's page, not the form's: a signed-in page, or the refusal's address.
+            if ok {
+                browser.wait().for_element(Locator::Css("#who")).await.unwrap();
+            } else {
+                let refused = format!("{base}dashboard/login/operator").parse().unwrap();
+                browser.wait().for_url(refused).await.unwrap();
+            }
             let page = browser.source().await.unwrap();
             assert_eq!(page.contains("operator: every tenant"), ok, "{page}");
             if ok {

@@ -11,6 +11,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("could not create the database file {path} (mode 600): does its directory exist, and may this user write there?")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "could not bring the database at {path} up to date; is it a mayfly database, undamaged?"
     )]

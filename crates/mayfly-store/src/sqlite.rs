@@ -24,6 +24,42 @@ use crate::{
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Creates the database file, if missing, readable by its owner only (mode 600 whatever the
+/// umask). SQLite gives the `-wal` and `-shm` files it makes later the database file's mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The `-wal` and `-shm` files beside `path`, narrowed to mode 600 in case a database made by
+/// an older version (or by hand) left them open to others. Best effort: they hold ciphertext.
+fn restrict_companions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let companion = PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&companion) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            let _ = std::fs::set_permissions(&companion, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -35,6 +71,7 @@ impl SqliteStore {
     /// Opens (creating if missing) the encrypted database file with `key` and brings its schema
     /// up to date. A wrong key is reported as such and leaves the file as it was.
     pub async fn open(path: &Path, key: &crate::DbKey) -> Result<Self, StoreError> {
+        create_private(path)?;
         let options = SqliteConnectOptions::new()
             .pragma("key", key.pragma_value().to_string())
             .filename(path)
@@ -81,6 +118,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
+        restrict_companions(path);
         Ok(Self {
             pool,
             path: path.to_owned(),

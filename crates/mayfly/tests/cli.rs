@@ -81,6 +81,8 @@ fn the_example_configuration_is_accepted() {
         .unwrap();
     assert_eq!(config.listen, mayfly_server::ServerConfig::default().listen);
     assert_eq!(config.webhook.max_body_bytes, 1024 * 1024);
+    assert_eq!(config.refusals.burst, 20);
+    assert_eq!(config.refusals.window_secs, 60);
 }
 
 #[test]

@@ -27,6 +27,7 @@ use cookie::{Cookie, CookieJar, Key, SameSite};
 use mayfly_github::{OAuthApp, OAuthError};
 use serde::{Deserialize, Serialize};
 
+use crate::refusals::Route;
 use crate::usage::{self, ReportParams, Visible};
 use crate::AppState;
 
@@ -225,6 +226,21 @@ async fn audit(state: &AppState, actor: &str, peer: &Peer, action: &str, outcome
         .is_ok()
 }
 
+/// Audits a refused sign-in as a refusal from its source ([`AppState::audit_refusal`]).
+async fn refused(state: &AppState, peer: &Peer, action: &str, outcome: &str) -> bool {
+    state
+        .audit_refusal(
+            Route::Dashboard,
+            "anonymous",
+            peer.0.clone(),
+            action.to_owned(),
+            None,
+            outcome.to_owned(),
+        )
+        .await
+        .is_ok()
+}
+
 fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -404,6 +420,9 @@ async fn callback(
     let Some(dash) = state.dashboard.as_deref() else {
         return not_configured();
     };
+    if let Err(limited) = state.turn_away(peer.0.as_deref(), Route::Dashboard) {
+        return limited.into_response();
+    }
     let mut jar = jar(&headers);
     let expected = jar.signed(&dash.key).get(STATE);
     // The state cookie is single-use: whatever happens next, it is gone.
@@ -418,12 +437,12 @@ async fn callback(
         response
     };
     let Ok(Query(q)) = query else {
+        let _ = state.count_refusal(peer.0.as_deref(), Route::Dashboard);
         return refuse("GitHub's answer was malformed. Sign in again.");
     };
     if let Some(error) = q.error {
-        audit(
+        refused(
             &state,
-            "anonymous",
             &peer,
             "dashboard login",
             &format!("refused: GitHub said {error}"),
@@ -442,19 +461,13 @@ async fn callback(
         _ => false,
     };
     if !state_ok {
-        audit(
-            &state,
-            "anonymous",
-            &peer,
-            "dashboard login",
-            "refused: state",
-        )
-        .await;
+        refused(&state, &peer, "dashboard login", "refused: state").await;
         return refuse(
             "This sign-in link is not the one this browser started, or it expired. Sign in again.",
         );
     }
     let Some(code) = q.code else {
+        let _ = state.count_refusal(peer.0.as_deref(), Route::Dashboard);
         return refuse("GitHub sent no code. Sign in again.");
     };
     let signed_in = async {
@@ -468,14 +481,7 @@ async fn callback(
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "a dashboard sign-in failed at GitHub");
-            audit(
-                &state,
-                "anonymous",
-                &peer,
-                "dashboard login",
-                "refused: GitHub",
-            )
-            .await;
+            refused(&state, &peer, "dashboard login", "refused: GitHub").await;
             return refuse("GitHub refused the sign-in. Sign in again.");
         }
     };
@@ -539,6 +545,9 @@ async fn login_operator(
     let Some(dash) = state.dashboard.as_deref() else {
         return not_configured();
     };
+    if let Err(limited) = state.turn_away(peer.0.as_deref(), Route::Dashboard) {
+        return limited.into_response();
+    }
     let token = form.ok().map(|Form(f)| f.token);
     let row = match token.as_deref().map(str::trim) {
         Some(t) => crate::tokens::lookup(state.store.as_ref(), t).await,
@@ -552,14 +561,7 @@ async fn login_operator(
         .as_ref()
         .filter(|r| crate::tokens::Scope::from_row(r) == Some(crate::tokens::Scope::Admin));
     let Some(admin) = admin else {
-        audit(
-            &state,
-            "anonymous",
-            &peer,
-            "dashboard login operator",
-            "refused",
-        )
-        .await;
+        refused(&state, &peer, "dashboard login operator", "refused").await;
         return (
             StatusCode::UNAUTHORIZED,
             page::message(

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::ApiError;
+use crate::refusals::Route;
 use crate::tokens::Scope;
 use crate::AppState;
 
@@ -28,6 +29,11 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// except the first of each token after the server starts, so every reader is on record.
 async fn scrape(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let source = crate::api::peer(request.extensions());
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        if let Err(limited) = state.turn_away(source.as_deref(), Route::Metrics) {
+            return limited.into_response();
+        }
+    }
     let caller = match crate::api::bearer_caller(&state, request.headers()).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
@@ -58,9 +64,14 @@ async fn scrape(State(state): State<Arc<AppState>>, request: Request) -> Respons
     };
     if first_read || !response.status().is_success() {
         let outcome = response.status().as_u16().to_string();
-        let audited = state
-            .audit(&actor, source, "api GET /metrics".into(), None, outcome)
-            .await;
+        let action = "api GET /metrics".to_owned();
+        let audited = if caller.is_none() {
+            state
+                .audit_refusal(Route::Metrics, &actor, source, action, None, outcome)
+                .await
+        } else {
+            state.audit(&actor, source, action, None, outcome).await
+        };
         if let Err(e) = audited {
             state.metrics.readers.forget(&actor);
             return e.into_response();

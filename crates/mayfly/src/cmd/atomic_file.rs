@@ -82,6 +82,17 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Makes `dir` and any missing parents with mode 700 (whatever the umask); an existing
+/// directory is left as it is.
+pub fn create_private_dir_all(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("could not create the directory {}", dir.display()))
+}
+
 /// Removes the temporary files an interrupted `write` left in `dir` (they carry their target's
 /// mode, so they expose nothing, but they are clutter).
 pub fn remove_leftovers(dir: &Path) {
@@ -138,6 +149,18 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(names(dir.path()), ["agent.key"]);
+    }
+
+    #[test]
+    fn a_private_directory_and_its_new_parents_are_mode_700() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("data").join("server");
+        create_private_dir_all(&inner).unwrap();
+        create_private_dir_all(&inner).unwrap();
+        for made in [dir.path().join("data"), inner] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", made.display());
+        }
     }
 
     #[test]

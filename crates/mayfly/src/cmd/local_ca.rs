@@ -35,8 +35,7 @@ impl LocalCa {
             return Ok(ca);
         }
         let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("could not create {}", dir.display()))?;
+        crate::cmd::atomic_file::create_private_dir_all(dir)?;
 
         let ca_key = KeyPair::generate().context("could not generate the CA key")?;
         let mut ca_params = CertificateParams::new(Vec::new()).context("CA parameters")?;

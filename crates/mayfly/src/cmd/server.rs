@@ -60,6 +60,7 @@ const CONFIG_KEYS: &[&str] = &[
     "server_id",
     "database",
     "retention",
+    "refusals",
 ];
 
 /// The configuration from defaults, the TOML file and `MAYFLY_*` variables, not yet validated
@@ -127,14 +128,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .map(|path| read_secret_file(path).map(WebhookSecret::new))
         .collect::<Result<Vec<_>, _>>()
         .config_err()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| {
-            format!(
-                "could not create the data directory {}",
-                config.data_dir.display()
-            )
-        })
-        .config_err()?;
+    crate::cmd::atomic_file::create_private_dir_all(&config.data_dir).config_err()?;
     let store = open_store(&config).await?;
     let github = match &config.github {
         Some(github) => Some(Arc::new(github_client(github).config_err()?)),

@@ -154,8 +154,7 @@ pub async fn run(args: SimArgs) -> Result<(), Failure> {
 /// first start (and the key pair again when a previous start was interrupted before both halves
 /// were written).
 pub fn ensure_identity(dir: &Path) -> anyhow::Result<SimIdentity> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("could not create the simulator directory {}", dir.display()))?;
+    atomic_file::create_private_dir_all(dir)?;
     atomic_file::remove_leftovers(dir);
     let private_path = dir.join(APP_PRIVATE_KEY);
     let public_path = dir.join(APP_PUBLIC_KEY);
