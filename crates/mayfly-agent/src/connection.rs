@@ -140,7 +140,6 @@ async fn session(
         hello(config, shared),
         welcome,
         shared.clone(),
-        config.heartbeat,
         stop.clone(),
         over,
     );
@@ -152,9 +151,18 @@ async fn session(
     let first = tokio::time::timeout(config.welcome_timeout, inbound.message())
         .await
         .map_err(|_| SessionError::NoWelcome(config.welcome_timeout))?;
-    match first {
+    let heartbeat = match first {
         Ok(Some(message)) => match message.body {
-            Some(ServerBody::Welcome(welcome)) if welcome.protocol_version == PROTOCOL_VERSION => {}
+            Some(ServerBody::Welcome(welcome)) if welcome.protocol_version == PROTOCOL_VERSION => {
+                // The server's lease is a few of its heartbeat intervals: never beat slower.
+                match welcome.heartbeat_ms {
+                    0 => config.heartbeat,
+                    ms => config
+                        .heartbeat
+                        .min(Duration::from_millis(u64::from(ms)))
+                        .max(Duration::from_millis(50)),
+                }
+            }
             Some(ServerBody::Welcome(welcome)) => {
                 return Err(SessionError::Version {
                     ours: PROTOCOL_VERSION,
@@ -165,8 +173,8 @@ async fn session(
         },
         Ok(None) => return Err(SessionError::Closed),
         Err(status) => return Err(SessionError::Broken(status)),
-    }
-    let _ = welcomed.send(());
+    };
+    let _ = welcomed.send(heartbeat);
     shared.heard_now();
     config.backoff.reset();
     tracing::info!(server = %config.endpoint.uri(), agent = config.agent_id, "session with the server open");
@@ -251,29 +259,27 @@ fn hello(config: &ConnectionConfig, shared: &ConnectionShared) -> AgentMessage {
 /// everything.
 fn request_stream(
     hello: AgentMessage,
-    welcome: oneshot::Receiver<()>,
+    welcome: oneshot::Receiver<Duration>,
     shared: ConnectionShared,
-    heartbeat: Duration,
     stop: CancellationToken,
     over: CancellationToken,
 ) -> impl futures::Stream<Item = AgentMessage> + Send + 'static {
     struct Pump {
         hello: Option<AgentMessage>,
-        welcome: Option<oneshot::Receiver<()>>,
+        welcome: Option<oneshot::Receiver<Duration>>,
         shared: ConnectionShared,
-        ticker: tokio::time::Interval,
+        /// Made once welcomed, at the interval the server asked for.
+        ticker: Option<tokio::time::Interval>,
         stop: CancellationToken,
         over: CancellationToken,
         /// The last event sent in this session.
         sent: u64,
     }
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let pump = Pump {
         hello: Some(hello),
         welcome: Some(welcome),
         shared,
-        ticker,
+        ticker: None,
         stop,
         over,
         sent: 0,
@@ -284,7 +290,10 @@ fn request_stream(
         }
         if let Some(welcome) = pump.welcome.take() {
             // Events go out only to a server that welcomed us; dropped means the session ended.
-            welcome.await.ok()?;
+            let every = welcome.await.ok()?;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pump.ticker = Some(ticker);
         }
         if pump.over.is_cancelled() {
             return None;
@@ -297,7 +306,7 @@ fn request_stream(
                 pump.sent = event.seq;
                 AgentBody::VmEvent(event)
             }
-            _ = pump.ticker.tick() => AgentBody::Heartbeat(Heartbeat {
+            _ = async { match pump.ticker.as_mut() { Some(t) => t.tick().await, None => std::future::pending().await } } => AgentBody::Heartbeat(Heartbeat {
                 free_slots: pump.shared.table.free_slots(),
             }),
             () = async { pump.stop.cancelled().await; outbox.drained().await } => return None,

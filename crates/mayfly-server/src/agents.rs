@@ -63,14 +63,18 @@ pub struct AgentHub {
     conns: Mutex<HashMap<String, Conn>>,
     events: mpsc::UnboundedSender<HubEvent>,
     next_session: AtomicU64,
+    /// An agent silent for this long is dropped (and lost); agents are told to heartbeat at a
+    /// quarter of it.
+    pub lease: Duration,
 }
 
 impl AgentHub {
-    pub fn new(events: mpsc::UnboundedSender<HubEvent>) -> Self {
+    pub fn new(events: mpsc::UnboundedSender<HubEvent>, lease: Duration) -> Self {
         Self {
             conns: Mutex::new(HashMap::new()),
             events,
             next_session: AtomicU64::new(1),
+            lease,
         }
     }
 
@@ -301,6 +305,7 @@ impl AgentService for AgentServiceImpl {
         tx.send(Ok(ServerMessage {
             body: Some(ServerBody::Welcome(Welcome {
                 protocol_version: PROTOCOL_VERSION,
+                heartbeat_ms: u32::try_from(self.hub.lease.as_millis() / 4).unwrap_or(u32::MAX),
             })),
         }))
         .await

@@ -393,7 +393,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     let agent_addr = match (deps.github, agent_listener) {
         (Some(github), Some(listener)) => {
             let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-            let hub = Arc::new(agents::AgentHub::new(events_tx));
+            let lease = Duration::from_secs(config.agent_lease_secs.max(1));
+            let hub = Arc::new(agents::AgentHub::new(events_tx, lease));
             metrics.watch_agents(hub.clone());
             github.set_observer(metrics.clone());
             let addr = listener
@@ -452,7 +453,8 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 server_id,
                 metrics,
                 phases_pending: Default::default(),
-                lease: Duration::from_secs(config.agent_lease_secs.max(1)),
+                lease,
+                backoff: Default::default(),
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");

@@ -82,6 +82,17 @@ impl Reconciler {
         for job in self.store.jobs().await.map_err(|e| e.to_string())? {
             installations.extend(job.installation_id);
         }
+        // An installation whose `installation` webhook was lost is known to GitHub all the same.
+        let app = self
+            .github
+            .list_installations()
+            .await
+            .map_err(|e| e.to_string())?;
+        installations.extend(
+            app.into_iter()
+                .filter(|i| i.suspended_at.is_none())
+                .map(|i| InstallationId(i.id)),
+        );
         installations.sort();
         installations.dedup();
         let mut recovered = 0;

@@ -42,7 +42,13 @@ pub struct Scheduler {
     /// An agent not heard from for this long is lost: its VMs are marked lost, their idle
     /// runners deleted and their jobs placed elsewhere.
     pub lease: Duration,
+    /// Jobs whose JIT config GitHub could not give for a transient reason (5xx, 429, no
+    /// connection): when to try again, and how many times it was tried.
+    pub backoff: std::sync::Mutex<std::collections::HashMap<i64, (DateTime<Utc>, u32)>>,
 }
+
+/// The longest wait between tries of a job GitHub keeps failing transiently.
+const BACKOFF_MAX_SECS: i64 = 60;
 
 /// How long a destroyed VM waits for its job's completion before its phases are given up on.
 const PHASES_WAIT: chrono::Duration = chrono::Duration::hours(1);
@@ -100,6 +106,7 @@ impl Scheduler {
             self.bind(job, &mut vms).await?;
         }
         self.observe_phases(&jobs, &vms);
+        let jobs = self.replace_stranded(jobs, &vms).await?;
         // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
         for job in jobs
             .iter()
@@ -177,6 +184,16 @@ impl Scheduler {
                 .fail(job, dispatch, "the delivery carried no App installation")
                 .await;
         };
+        let now = self.clock.now();
+        let waiting = self
+            .backoff
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&job.job_id.0).map(|(at, _)| *at > now))
+            .unwrap_or(false);
+        if waiting {
+            return Ok(());
+        }
         let mut hosts = self.hub.hosts();
         for host in &mut hosts {
             let busy = vms
@@ -195,7 +212,6 @@ impl Scheduler {
             // server's agents).
             return Ok(());
         };
-        let now = self.clock.now();
         if !self
             .store
             .claim_job(job.job_id, &self.server_id, now, now - STALE_PLACING)
@@ -211,7 +227,31 @@ impl Scheduler {
             .generate_repo_jitconfig(installation, &job.repo, &request)
             .await
         {
-            Ok(jit) => jit,
+            Ok(jit) => {
+                if let Ok(mut backoff) = self.backoff.lock() {
+                    backoff.remove(&job.job_id.0);
+                }
+                jit
+            }
+            Err(e) if transient(&e) => {
+                // GitHub is having a bad moment: the job waits (not counted as an attempt),
+                // longer each time, and is tried again however long the outage lasts.
+                let tries = self
+                    .backoff
+                    .lock()
+                    .map(|mut backoff| {
+                        let entry = backoff.entry(job.job_id.0).or_insert((now, 0));
+                        entry.1 += 1;
+                        let wait = (1i64 << entry.1.min(6)).min(BACKOFF_MAX_SECS);
+                        entry.0 = now + chrono::Duration::seconds(wait);
+                        entry.1
+                    })
+                    .unwrap_or(1);
+                tracing::warn!(job = %job.job_id, tries, error = %e, "GitHub could not give a JIT config now; will try again");
+                dispatch.disposition = "new".into();
+                dispatch.failure = Some(format!("could not get a JIT config: {e}"));
+                return self.store.set_job_dispatch(job.job_id, &dispatch).await;
+            }
             Err(e) => {
                 dispatch.attempts += 1;
                 return self
@@ -448,6 +488,36 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Queued jobs whose placement no longer stands — every VM started for them is gone (lost,
+    /// failed, destroyed) or its runner took another job (a JIT runner takes any queued job of
+    /// its repository and labels) — are placed again. Returns the jobs as they now are.
+    async fn replace_stranded(
+        &self,
+        mut jobs: Vec<JobRecord>,
+        vms: &[VmRow],
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        for job in jobs
+            .iter_mut()
+            .filter(|j| j.status == JobStatus::Queued && j.dispatch.disposition == "placed")
+        {
+            let stands = vms.iter().any(|v| {
+                v.for_job_id == job.job_id.0
+                    && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
+                    && v.ran_job_id.is_none_or(|ran| ran == job.job_id.0)
+            });
+            if stands {
+                continue;
+            }
+            tracing::warn!(job = %job.job_id, "the job's VM is gone or ran another job; placing the job again");
+            job.dispatch.disposition = "new".into();
+            job.dispatch.failure = Some("its VM is gone or ran another job".into());
+            self.store
+                .set_job_dispatch(job.job_id, &job.dispatch)
+                .await?;
+        }
+        Ok(jobs)
+    }
+
     /// Tells `agent` its events up to `seq` are stored (it may be gone: it resends then).
     async fn acknowledge(&self, agent: &str, seq: u64) {
         if let Err(e) = self.hub.send(agent, ServerBody::Ack(Ack { seq })).await {
@@ -658,6 +728,16 @@ fn destroy_reason(
         }
         _ => None,
     }
+}
+
+/// Whether GitHub may well answer the same request next time (an outage, a rate limit, a
+/// broken connection), as opposed to a refusal that repeating will not change.
+fn transient(e: &mayfly_github::GitHubError) -> bool {
+    use mayfly_github::GitHubError as E;
+    matches!(
+        e,
+        E::Transport { .. } | E::RateLimited { .. } | E::Server { .. } | E::Decode { .. }
+    )
 }
 
 fn uuid_like() -> String {

@@ -301,3 +301,101 @@ async fn an_agent_breaking_the_protocol_is_refused_audited_and_nothing_is_applie
         .any(|r| r.actor == "agent:host-a" && r.outcome.contains("numbers must rise")));
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_vm_ran_another_job_or_vanished_with_a_restart_is_placed_again() {
+    use mayfly_sim::runner_client::RunnerClient;
+    let w = world(60).await;
+    let addr = w.server.agent_addr().unwrap();
+    let mut agent = FakeAgent::connect_as(addr, "host-a").await;
+    agent.keep_alive(Duration::from_millis(500));
+    let (repo, first) = w.queue_job("org-s");
+    let start_first = start_vm(&mut agent).await;
+    let second = w
+        .sim
+        .create_job(NewJob {
+            repository: repo.clone(),
+            labels: vec!["self-hosted".into(), "mayfly-linux-2cpu".into()],
+            ..NewJob::default()
+        })
+        .unwrap()
+        .id as i64;
+    let start_second = start_vm(&mut agent).await;
+
+    // The second job's VM boots first, and its runner takes the oldest queued job: the first.
+    let vm = "vm-00000000000000d2";
+    agent.boot(&start_second, vm).await;
+    let mut runner = RunnerClient::from_encoded_jit_config(&start_second.jitconfig, None).unwrap();
+    runner.authenticate().await.unwrap();
+    let taken = runner.acquire().await.unwrap().unwrap();
+    assert_eq!(taken.job_id as i64, first);
+    runner
+        .complete(taken.job_id, mayfly_sim::Conclusion::Success, "ok")
+        .await
+        .unwrap();
+
+    // The second job's own VM is spent on the first: it gets another one.
+    let again = start_vm(&mut agent).await;
+    assert_ne!(again.start_id, start_first.start_id);
+    let row = w.store.vm(&again.start_id).await.unwrap().unwrap();
+    assert_eq!(row.for_job_id, second);
+
+    // The agent restarts without the VMs it had started (they died with it): the jobs they
+    // were for are placed again.
+    agent.boot(&start_first, "vm-00000000000000d1").await;
+    agent.boot(&again, "vm-00000000000000d3").await;
+    agent.all_acknowledged().await;
+    drop(agent);
+    let mut restarted = FakeAgent::resume(addr, "host-a", "epoch-2", 0, vec![]).await;
+    restarted.keep_alive(Duration::from_millis(500));
+    let replaced = start_vm(&mut restarted).await;
+    let row = w.store.vm(&replaced.start_id).await.unwrap().unwrap();
+    assert_eq!(row.for_job_id, second, "{row:?}");
+    let job = w.store.job(JobId(second)).await.unwrap().unwrap();
+    assert_eq!(job.dispatch.disposition, "placed");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_outage_while_placing_delays_the_job_and_does_not_fail_it() {
+    let w = world(60).await;
+    let addr = w.server.agent_addr().unwrap();
+    let mut agent = FakeAgent::connect_as(addr, "host-a").await;
+    agent.keep_alive(Duration::from_millis(500));
+    // Every JIT config request fails with 503 until cleared: far more than the client's own
+    // retries.
+    w.sim
+        .add_rest_fault(mayfly_sim::RestFault {
+            kind: mayfly_sim::RestFaultKind::ServerError { status: 503 },
+            count: None,
+            path_prefix: Some("/repos/org-o/app/actions/runners/generate-jitconfig".into()),
+        })
+        .unwrap();
+    let (_, job) = w.queue_job("org-o");
+    let store = w.store.clone();
+    until(20, || {
+        let store = store.clone();
+        async move {
+            store
+                .job(JobId(job))
+                .await
+                .unwrap()
+                .is_some_and(|j| j.dispatch.failure.is_some())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let waiting = w.store.job(JobId(job)).await.unwrap().unwrap();
+    assert_eq!(
+        waiting.dispatch.disposition, "new",
+        "{:?}",
+        waiting.dispatch
+    );
+    assert_eq!(waiting.dispatch.attempts, 0, "an outage is not an attempt");
+
+    w.sim.clear_rest_faults();
+    let start = start_vm(&mut agent).await;
+    let row = w.store.vm(&start.start_id).await.unwrap().unwrap();
+    assert_eq!(row.for_job_id, job);
+    w.stop().await;
+}

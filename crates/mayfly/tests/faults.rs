@@ -270,7 +270,10 @@ async fn a_killed_agent_is_lost_its_job_fails_at_github_and_a_new_agent_leaves_n
         let row = store.vm(&vm.start_id).await.unwrap().unwrap();
         let record = mayfly_proto::record_from_json(row.destruction.as_deref().unwrap()).unwrap();
         assert!(record.complete(), "{record:#?}");
-        assert!(processes_mentioning(&vm_id).is_empty(), "a process of {vm_id} survived");
+        assert!(
+            processes_mentioning(&vm_id).is_empty(),
+            "a process of {vm_id} survived"
+        );
         assert!(!root.path().join("vms").join(&vm_id).exists());
         assert!(!root.path().join("net").join(&vm_id).exists());
         let _ = second.start_kill();

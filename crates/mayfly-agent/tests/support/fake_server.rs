@@ -56,6 +56,7 @@ impl AgentService for Service {
                     let welcome = ServerMessage {
                         body: Some(ServerBody::Welcome(Welcome {
                             protocol_version: shared.welcome_version,
+                            heartbeat_ms: 0,
                         })),
                     };
                     let _ = tx.send(Ok(welcome)).await;
