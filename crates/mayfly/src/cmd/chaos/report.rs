@@ -77,7 +77,7 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
 
 /// Counts what the state roots still hold: VM directories, QEMU and passt processes, network
 /// namespaces whose creator's marker points into a state root (and such markers without their
-/// namespace), and every file except the agent's journal.
+/// namespace), and every file except the agent's journal and its lock.
 pub fn orphans(state_roots: &[PathBuf]) -> Orphans {
     let mut found = Orphans::default();
     let live_netns: Vec<String> = std::process::Command::new("ip")
@@ -106,7 +106,10 @@ pub fn orphans(state_roots: &[PathBuf]) -> Orphans {
         found.files.extend(
             files
                 .into_iter()
-                .filter(|f| !f.ends_with("agent-journal.json")),
+                // The agent's journal and its lock file are its bookkeeping, not leftovers.
+                .filter(|f| {
+                    !f.ends_with("agent-journal.json") && !f.ends_with("agent-journal.json.lock")
+                }),
         );
         if let Ok(markers) = std::fs::read_dir(mayfly_vm::network::owner::OWNER_DIR) {
             for marker in markers.flatten() {
