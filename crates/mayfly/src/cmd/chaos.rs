@@ -327,6 +327,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
     let mut last_progress = Instant::now();
     let window = (args.slots as usize * 2).max(2);
     let mut snapshot = SimJobs::new();
+    let (mut last_done, mut last_completion) = (0, Instant::now());
     let fault_deadline = args.duration_secs.map(|d| started + Duration::from_secs(d));
     loop {
         if let Ok(jobs) = sim_jobs(&http, &sim_base).await {
@@ -372,6 +373,19 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
                 queued.len(),
                 args.jobs
             );
+        }
+        if done != last_done {
+            (last_done, last_completion) = (done, Instant::now());
+        }
+        // Jobs that never finish hold the window shut: stop queueing and report what happened.
+        if last_completion.elapsed() > Duration::from_secs(300) {
+            eprintln!(
+                "{} no job completed for 300 s: {} of {} queued; counting now",
+                elapsed(started),
+                queued.len(),
+                args.jobs
+            );
+            break;
         }
         let all_queued = queued.len() >= args.jobs as usize;
         if all_queued || fault_deadline.is_some_and(|d| Instant::now() > d) {
