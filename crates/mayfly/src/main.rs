@@ -40,6 +40,10 @@ enum Command {
     /// Run the quickstart loop with many jobs and append p50/p99 of each phase, beside bare QEMU
     /// boots of the same image, to BENCHMARKS.md with the machine it ran on.
     Bench(cmd::bench::BenchArgs),
+    /// A long run through the real loop (simulator, servers, agents, VMs as separate processes)
+    /// while faults from a printed seed are injected; counts lost jobs, duplicate VMs, lost
+    /// events and orphans and appends them to RELIABILITY.md (scripts/chaos).
+    Chaos(cmd::chaos::ChaosArgs),
     /// Build and list guest images (kernel, initramfs with mayfly-guest, runner disk).
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
@@ -70,7 +74,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(match cli.command {
-        Command::Quickstart(_) | Command::Bench(_) => "warn",
+        Command::Quickstart(_) | Command::Bench(_) | Command::Chaos(_) => "warn",
         Command::Token(_) | Command::Audit(_) | Command::Keys(_) | Command::Agents(_) => "warn",
         Command::Usage(_) => "warn",
         _ => "info",
@@ -86,6 +90,7 @@ fn main() -> std::process::ExitCode {
             Command::Sim(args) => cmd::sim::run(args).await,
             Command::Quickstart(args) => cmd::quickstart::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Chaos(args) => cmd::chaos::run(args).await,
             Command::Image(command) => cmd::image::run(command).await,
             Command::Vm(command) => cmd::vm::run(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,

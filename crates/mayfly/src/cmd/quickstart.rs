@@ -75,7 +75,7 @@ pub struct QuickstartArgs {
     stay: bool,
 }
 
-const PROFILE: &str = "mayfly-linux-2cpu";
+pub(crate) const PROFILE: &str = "mayfly-linux-2cpu";
 const ORGS: [&str; 2] = ["acme-robotics", "globex-labs"];
 
 impl QuickstartArgs {
@@ -90,18 +90,7 @@ impl QuickstartArgs {
     /// The jobs to queue, as (name, steps): the workflow file's, or `--jobs` greeting jobs.
     fn planned_jobs(&self) -> Result<Vec<(String, Vec<JobStep>)>, Failure> {
         let Some(path) = &self.workflow else {
-            return Ok((1..=self.jobs)
-                .map(|i| {
-                    let run = format!(
-                        "echo job {i} ran on $(uname -r); echo quickstart-marker > $HOME/marker"
-                    );
-                    let step = JobStep {
-                        name: SCRIPT_STEP_NAME.to_owned(),
-                        run,
-                    };
-                    (format!("build-{i}"), vec![step])
-                })
-                .collect());
+            return Ok((1..=self.jobs).map(greeting_job).collect());
         };
         let workflow = workflow::load(path).config_err()?;
         Ok(workflow
@@ -110,6 +99,16 @@ impl QuickstartArgs {
             .map(|job| (job.name.clone(), job.job_steps()))
             .collect())
     }
+}
+
+/// The `i`th greeting job: one step that says where it ran and leaves a marker file.
+pub fn greeting_job(i: u32) -> (String, Vec<JobStep>) {
+    let run = format!("echo job {i} ran on $(uname -r); echo quickstart-marker > $HOME/marker");
+    let step = JobStep {
+        name: SCRIPT_STEP_NAME.to_owned(),
+        run,
+    };
+    (format!("build-{i}"), vec![step])
 }
 
 /// What one run of the loop produced.
@@ -504,7 +503,7 @@ pub fn prepare_data_dir(dir: &std::path::Path) -> Result<DataDir, Failure> {
 }
 
 /// The quickstart's database key: a key file in its data directory, made with the database.
-fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failure> {
+pub(crate) fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failure> {
     let file = dir.join("db.key");
     if !file.exists() {
         let key = mayfly_store::DbKey::random();
@@ -517,7 +516,7 @@ fn quickstart_db_key(dir: &std::path::Path) -> Result<mayfly_store::DbKey, Failu
     config.key(&dir.join("mayfly.db")).config_err()
 }
 
-fn free_port_hint() -> u16 {
+pub(crate) fn free_port_hint() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -525,6 +524,42 @@ fn free_port_hint() -> u16 {
 }
 
 type Rows = (Vec<JobRecord>, Vec<VmRow>, BTreeMap<i64, DateTime<Utc>>);
+
+/// Installs the App on the quickstart's two organisations in the simulator, each with one
+/// private repository `app`; returns the repositories' full names.
+pub async fn create_orgs(http: &reqwest::Client, sim: &str) -> anyhow::Result<Vec<String>> {
+    let post = |path: &str, body: serde_json::Value| {
+        let request = http.post(format!("{sim}{path}")).json(&body);
+        async move {
+            let response = request.send().await?.error_for_status()?;
+            response.json::<serde_json::Value>().await
+        }
+    };
+    let mut repos = Vec::new();
+    for org in ORGS {
+        let inst = post(
+            "_sim/installations",
+            serde_json::to_value(NewInstallation {
+                account: org.to_owned(),
+                account_type: AccountType::Organization,
+                sender: None,
+            })?,
+        )
+        .await?;
+        let id = inst["id"].as_u64().context("installation id")?;
+        let repo = post(
+            "_sim/repos",
+            serde_json::to_value(NewRepo {
+                installation_id: id,
+                name: "app".into(),
+                private: true,
+            })?,
+        )
+        .await?;
+        repos.push(repo["full_name"].as_str().context("repo name")?.to_owned());
+    }
+    Ok(repos)
+}
 
 async fn drive(
     args: &QuickstartArgs,
@@ -553,42 +588,7 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut repos = Vec::new();
-    for org in ORGS {
-        let inst = post(
-            "_sim/installations",
-            serde_json::to_value(NewInstallation {
-                account: org.to_owned(),
-                account_type: AccountType::Organization,
-                sender: None,
-            })
-            .runtime_err()?,
-        )
-        .await
-        .runtime_err()?;
-        let id = inst["id"]
-            .as_u64()
-            .context("installation id")
-            .runtime_err()?;
-        let repo = post(
-            "_sim/repos",
-            serde_json::to_value(NewRepo {
-                installation_id: id,
-                name: "app".into(),
-                private: true,
-            })
-            .runtime_err()?,
-        )
-        .await
-        .runtime_err()?;
-        repos.push(
-            repo["full_name"]
-                .as_str()
-                .context("repo name")
-                .runtime_err()?
-                .to_owned(),
-        );
-    }
+    let repos = create_orgs(&http, sim).await.runtime_err()?;
     let mut queued_at: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
     for (i, (name, steps)) in planned.iter().enumerate() {
         let job = post(
