@@ -351,6 +351,10 @@ impl Scheduler {
             }
             let reason = destroy_reason(vm, jobs, &self.profiles, now);
             if let (Some(reason), false) = (reason, vm.destroy_requested) {
+                if vm.ran_job_id.is_none() && self.runner_busy(vm).await {
+                    // Its runner took a job GitHub has not told us about yet: not idle.
+                    continue;
+                }
                 self.destroy(vm, reason).await?;
             }
         }
@@ -381,6 +385,19 @@ impl Scheduler {
                 Ok(())
             }
         }
+    }
+
+    /// Whether GitHub says the VM's runner is running a job (an unknown answer counts as no).
+    async fn runner_busy(&self, vm: &VmRow) -> bool {
+        let (Some(runner_id), Ok(repo)) = (vm.runner_id, vm.repo.parse::<RepoFullName>()) else {
+            return false;
+        };
+        self.github
+            .get_repo_runner(InstallationId(vm.installation_id), &repo, runner_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.busy)
     }
 
     /// A runner that never took a job would linger at GitHub: remove it.
@@ -715,8 +732,16 @@ fn destroy_reason(
         return done.then_some("job completed");
     }
     let intended = jobs.iter().find(|j| j.job_id.0 == vm.for_job_id);
-    if intended.is_some_and(|j| j.status == JobStatus::Completed && j.runner_name.is_none()) {
-        return Some("job cancelled before a runner took it");
+    match intended {
+        Some(j) if j.status == JobStatus::Completed && j.runner_name.is_none() => {
+            return Some("job cancelled before a runner took it")
+        }
+        // Another VM's runner ran it (a JIT runner takes any queued job it matches); every
+        // job still queued has a VM of its own, so this one is spare.
+        Some(j) if j.status == JobStatus::Completed => {
+            return Some("its job ran on another VM; no job is left for it")
+        }
+        _ => {}
     }
     let idle = profiles
         .iter()

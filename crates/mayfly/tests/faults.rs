@@ -264,7 +264,8 @@ async fn a_killed_agent_is_lost_its_job_fails_at_github_and_a_new_agent_leaves_n
         // A new agent on the host reaps what is left and reports it.
         let mut second = start_agent(&server, root.path(), "host-k");
         until("the new agent reports the VM destroyed", 60, || async {
-            store.vm(&vm.start_id).await.unwrap().unwrap().state == "destroyed"
+            let row = store.vm(&vm.start_id).await.unwrap().unwrap();
+            row.state == "destroyed" && row.destruction.is_some()
         })
         .await;
         let row = store.vm(&vm.start_id).await.unwrap().unwrap();
@@ -320,15 +321,25 @@ async fn a_server_killed_mid_run_and_restarted_loses_no_job_and_runs_none_twice(
             );
         }
         let store = server.store().await;
-        until("every VM is destroyed", 120, || async {
-            store
-                .vms(false)
-                .await
-                .unwrap()
-                .iter()
-                .all(|v| matches!(v.state.as_str(), "destroyed" | "failed"))
+        let settled = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let vms = store.vms(false).await.unwrap();
+                if vms
+                    .iter()
+                    .all(|v| matches!(v.state.as_str(), "destroyed" | "failed"))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         })
         .await;
+        assert!(
+            settled.is_ok(),
+            "VMs left: {:#?}\nserver log:\n{}",
+            store.vms(true).await.unwrap(),
+            server.log()
+        );
         let vms = store.vms(false).await.unwrap();
         for job in &jobs {
             let ran: Vec<_> = vms
