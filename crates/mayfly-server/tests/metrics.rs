@@ -386,8 +386,9 @@ async fn prometheus_counts_a_runs_jobs_and_the_shipped_rules_name_only_exported_
 
         // After a job mayfly could not place and one it does not serve, every family has a
         // sample, and the shipped dashboard and rules name only those.
+        // A refusal, not an outage: an outage only delays a job.
         sim.add_rest_fault(RestFault {
-            kind: RestFaultKind::ServerError { status: 502 },
+            kind: RestFaultKind::Refusal { status: 422 },
             count: None,
             path_prefix: Some(format!("/repos/{repo}/actions/runners/generate-jitconfig")),
         })

@@ -12,6 +12,8 @@ pub enum FaultsError {
     NotServerError(u16),
     #[error("a rate-limit fault answers 403 or 429, got {0}")]
     NotRateLimitStatus(u16),
+    #[error("a refusal fault answers 403, 404 or 422, got {0}")]
+    NotRefusalStatus(u16),
 }
 
 /// How a rate-limited answer tells the client when to retry.
@@ -29,6 +31,9 @@ pub enum RateLimitKind {
 pub enum RestFaultKind {
     /// Answer with this 5xx status and GitHub's error body.
     ServerError { status: u16 },
+    /// Refuse with 403, 404 or 422 and GitHub's error body: a refusal that repeating does not
+    /// change (e.g. the App lost a permission).
+    Refusal { status: u16 },
     /// Answer 403 or 429 as GitHub's rate limiter does.
     RateLimit { status: u16, limit: RateLimitKind },
     /// Wait this long before answering normally.
@@ -56,6 +61,9 @@ impl RestFault {
             }
             RestFaultKind::RateLimit { status, .. } if status != 403 && status != 429 => {
                 Err(FaultsError::NotRateLimitStatus(status))
+            }
+            RestFaultKind::Refusal { status } if ![403, 404, 422].contains(&status) => {
+                Err(FaultsError::NotRefusalStatus(status))
             }
             _ => Ok(()),
         }

@@ -334,7 +334,7 @@ async fn edge(State(shared): AppState, request: Request, next: Next) -> Response
         CORE
     };
     let mut response = match plan.answer {
-        Some(RestFaultKind::ServerError { status }) => {
+        Some(RestFaultKind::ServerError { status } | RestFaultKind::Refusal { status }) => {
             let state = lock(&shared.rate).state(&key, resource, now);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let message = status.canonical_reason().unwrap_or("Server Error");
