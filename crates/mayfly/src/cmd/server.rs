@@ -61,6 +61,8 @@ const CONFIG_KEYS: &[&str] = &[
     "database",
     "retention",
     "refusals",
+    "security_txt",
+    "dashboard",
 ];
 
 /// The configuration from defaults, the TOML file and `MAYFLY_*` variables, not yet validated
