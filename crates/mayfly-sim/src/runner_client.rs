@@ -185,22 +185,7 @@ impl RunnerClient {
 
     /// Renews the lock on the job it runs (the runner is alive and working on it).
     pub async fn renew(&mut self, job_id: u64) -> Result<(), RunnerClientError> {
-        let token = self.token().await?;
-        let url = self
-            .server_url
-            .join(&format!("_sim/broker/jobs/{job_id}/renew"))?;
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(RunnerClientError::Http)?;
-        match response.status() {
-            StatusCode::OK => Ok(()),
-            StatusCode::UNAUTHORIZED => Err(RunnerClientError::Unauthorized),
-            other => Err(RunnerClientError::Unexpected(other.as_u16())),
-        }
+        self.post_job(job_id, "renew", None).await
     }
 
     /// Reports the job's result; afterwards the runner no longer exists.
@@ -210,18 +195,26 @@ impl RunnerClient {
         conclusion: Conclusion,
         output: &str,
     ) -> Result<(), RunnerClientError> {
+        let body = json!({ "conclusion": conclusion, "output": output });
+        self.post_job(job_id, "complete", Some(body)).await
+    }
+
+    /// `POST _sim/broker/jobs/{job_id}/{action}` with the runner's token; 200 is success.
+    async fn post_job(
+        &mut self,
+        job_id: u64,
+        action: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), RunnerClientError> {
         let token = self.token().await?;
         let url = self
             .server_url
-            .join(&format!("_sim/broker/jobs/{job_id}/complete"))?;
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(token)
-            .json(&json!({ "conclusion": conclusion, "output": output }))
-            .send()
-            .await
-            .map_err(RunnerClientError::Http)?;
+            .join(&format!("_sim/broker/jobs/{job_id}/{action}"))?;
+        let mut request = self.http.post(url).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(RunnerClientError::Http)?;
         match response.status() {
             StatusCode::OK => Ok(()),
             StatusCode::UNAUTHORIZED => Err(RunnerClientError::Unauthorized),
