@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use mayfly_sim::NewJob;
 use mayfly_store::Store;
 use mayfly_vm::network::InternetStandIn;
@@ -30,6 +30,9 @@ use super::quickstart::{create_orgs, greeting_job, prepare_data_dir, PROFILE};
 use super::sim::ensure_identity;
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
+const DEFAULT_SLOTS: u32 = 2;
+const DEFAULT_FAULT_EVERY_SECS: u64 = 30;
+
 /// Flags of `mayfly chaos`.
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
@@ -40,15 +43,19 @@ pub struct ChaosArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// VM slots in all (split between the agents).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_SLOTS)]
     slots: u32,
     /// Run two servers on this PostgreSQL database server (a fresh database is made on it and
     /// dropped after), e.g. postgres://postgres@127.0.0.1:5432/test; PostgreSQL restarts
     /// become one of the faults (`pg_ctlcluster`).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// Draw only these kinds of fault, comma-separated [default: all; restart-postgres only
+    /// with --postgres].
+    #[arg(long, value_delimiter = ',', value_name = "KIND,...")]
+    faults: Vec<FaultKind>,
     /// Mean seconds between faults (each gap is drawn between half and one and a half of it).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = DEFAULT_FAULT_EVERY_SECS)]
     fault_every_secs: u64,
     /// Stop injecting faults after this many seconds [default: when every job is queued].
     #[arg(long, value_name = "SECS")]
@@ -149,6 +156,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
             "mayfly chaos boots VMs in their own network namespaces: run it as root"
         )));
     }
+    let menu = FaultKind::menu(args.postgres.is_some(), &args.faults).config_err()?;
     let seed = args.seed.unwrap_or_else(rand::random);
     eprintln!("chaos seed: {seed} (replay with --seed {seed})");
     let images = std::path::absolute(&args.images).config_err()?;
@@ -289,7 +297,6 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
         started,
         postgres_cluster: postgres.as_ref().and_then(|_| postgres_version()),
     };
-    let menu = FaultKind::menu(postgres.is_some());
     let every = args.fault_every_secs.max(2);
     let fault_task = {
         let stop = stop_faults.clone();
@@ -479,6 +486,7 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
     let report = report::Report {
         variant: &variant,
         seed,
+        replay_flags: replay_flags(&args),
         machine,
         duration_secs,
         counts: &counts,
@@ -502,6 +510,29 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
 }
 
 /// Every job and VM row of the run's store.
+/// The flags besides `--jobs` and `--seed` that a replay of this run needs.
+fn replay_flags(args: &ChaosArgs) -> String {
+    let mut flags = String::new();
+    if args.postgres.is_some() {
+        flags.push_str(" --postgres URL");
+    }
+    if !args.faults.is_empty() {
+        let kinds: Vec<String> = args
+            .faults
+            .iter()
+            .filter_map(|kind| kind.to_possible_value().map(|v| v.get_name().to_owned()))
+            .collect();
+        flags.push_str(&format!(" --faults {}", kinds.join(",")));
+    }
+    if args.fault_every_secs != DEFAULT_FAULT_EVERY_SECS {
+        flags.push_str(&format!(" --fault-every-secs {}", args.fault_every_secs));
+    }
+    if args.slots != DEFAULT_SLOTS {
+        flags.push_str(&format!(" --slots {}", args.slots));
+    }
+    flags
+}
+
 async fn read_store(
     root: &std::path::Path,
     postgres: Option<&str>,

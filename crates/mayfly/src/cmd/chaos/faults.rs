@@ -13,7 +13,7 @@ use serde_json::json;
 use super::cluster::Cluster;
 
 /// One kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FaultKind {
     KillServer,
     KillAgent,
@@ -27,8 +27,17 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The kinds a run draws from; PostgreSQL is restarted only when the run uses it.
-    pub fn menu(postgres: bool) -> Vec<Self> {
+    /// The kinds a run draws from: `only` when given (each once), else all of them, a QEMU kill
+    /// twice as often as the rest. PostgreSQL is restarted only when the run uses it.
+    pub fn menu(postgres: bool, only: &[Self]) -> anyhow::Result<Vec<Self>> {
+        if !only.is_empty() {
+            if !postgres && only.contains(&Self::RestartPostgres) {
+                anyhow::bail!("--faults restart-postgres needs --postgres URL");
+            }
+            let mut kinds = only.to_vec();
+            kinds.dedup();
+            return Ok(kinds);
+        }
         let mut kinds = vec![
             Self::KillServer,
             Self::KillAgent,
@@ -43,7 +52,7 @@ impl FaultKind {
         if postgres {
             kinds.push(Self::RestartPostgres);
         }
-        kinds
+        Ok(kinds)
     }
 }
 

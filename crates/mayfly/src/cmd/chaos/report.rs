@@ -238,6 +238,8 @@ pub fn machine(accel: &str) -> String {
 pub struct Report<'a> {
     pub variant: &'a str,
     pub seed: u64,
+    /// Flags beyond `--jobs` and `--seed` that shaped the schedule (`--postgres URL`, `--faults …`).
+    pub replay_flags: String,
     pub machine: String,
     pub duration_secs: f64,
     pub counts: &'a Counts,
@@ -253,7 +255,7 @@ impl Report<'_> {
         let mut text = format!(
             "\n## {date} — {queued} jobs, {variant}, seed {seed}\n\n\
              Machine: {machine}. Run took {mins:.1} min; {faults} faults.\n\
-             Replay: `scripts/chaos --jobs {queued} --seed {seed}{pg}`.\n\n\
+             Replay: `scripts/chaos --jobs {queued} --seed {seed}{flags}`.\n\n\
              | count | value |\n|---|---|\n\
              | jobs queued | {queued} |\n\
              | jobs completed (GitHub: completed, success) | {completed} |\n\
@@ -275,11 +277,7 @@ impl Report<'_> {
             machine = self.machine,
             mins = self.duration_secs / 60.0,
             faults = self.faults.len(),
-            pg = if self.variant.contains("PostgreSQL") {
-                " --postgres URL"
-            } else {
-                ""
-            },
+            flags = self.replay_flags,
             completed = c.completed,
             other = c.completed_other,
             killed = c.killed_mid_run,
