@@ -329,15 +329,18 @@ impl Metrics {
 
     /// Updates the gauges that come from the store and the agent hub, then encodes everything.
     pub async fn render(&self, store: &dyn Store) -> Result<String, StoreError> {
-        self.refresh_waiting(&store.jobs().await?);
+        self.refresh_waiting(&store.open_jobs(chrono::Utc::now()).await?);
         match self.hub.get() {
             Some(hub) => {
                 let hosts = hub.hosts();
-                let live = store.vms(true).await?;
+                let live = store.open_vms().await?;
                 let total: i64 = hosts.iter().map(|h| i64::from(h.free_slots)).sum();
                 let busy = live
                     .iter()
-                    .filter(|v| v.state != "failed" && hosts.iter().any(|h| h.host == v.host))
+                    .filter(|v| {
+                        !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
+                            && hosts.iter().any(|h| h.host == v.host)
+                    })
                     .count();
                 let busy = i64::try_from(busy).unwrap_or(i64::MAX).min(total);
                 self.agents

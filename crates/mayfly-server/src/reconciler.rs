@@ -79,7 +79,12 @@ impl Reconciler {
             .filter(|i| i.state == "active")
             .map(|i| i.installation_id)
             .collect();
-        for job in self.store.jobs().await.map_err(|e| e.to_string())? {
+        let open = self
+            .store
+            .open_jobs(self.clock.now())
+            .await
+            .map_err(|e| e.to_string())?;
+        for job in open {
             installations.extend(job.installation_id);
         }
         // An installation whose `installation` webhook was lost is known to GitHub all the same.
@@ -133,7 +138,7 @@ impl Reconciler {
     pub async fn close_finished(&self) -> Result<usize, String> {
         let open: Vec<_> = self
             .store
-            .jobs()
+            .open_jobs(self.clock.now())
             .await
             .map_err(|e| e.to_string())?
             .into_iter()

@@ -14,7 +14,7 @@ use mayfly_core::{
 use mayfly_github::{GitHubClient, JitConfigRequest};
 use mayfly_proto::v1::{Ack, DestroyVm, StartVm, VmEvent};
 use mayfly_proto::{EventKind, ServerBody};
-use mayfly_store::{JobDispatch, JobRecord, Placement, Store, StoreError, VmRow};
+use mayfly_store::{JobDispatch, JobRecord, Placement, Store, StoreError, VmKey, VmRow};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,9 @@ const BACKOFF_MAX_SECS: i64 = 60;
 
 /// How long a destroyed VM waits for its job's completion before its phases are given up on.
 const PHASES_WAIT: chrono::Duration = chrono::Duration::hours(1);
+/// A job that names a runner but is bound to no VM is looked at for this long after its last
+/// update (a job run by a runner that is not mayfly's never binds).
+const UNBOUND_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 /// At most this many VMs wait for that (beyond it, phases go unobserved rather than memory).
 const PHASES_PENDING_MAX: usize = 10_000;
 
@@ -100,12 +103,17 @@ impl Scheduler {
             tracing::warn!(%agent, lease = ?self.lease, "agent silent for longer than its lease; its session is dropped");
         }
         self.mark_lost().await?;
-        let jobs = self.store.jobs().await?;
-        let mut vms = self.store.vms(false).await?;
+        // Only what can change a decision, through indexed queries: history costs nothing.
+        let jobs = self
+            .store
+            .open_jobs(self.clock.now() - UNBOUND_WINDOW)
+            .await?;
+        let mut vms = self.store.open_vms().await?;
+        self.add_runner_vms(&jobs, &mut vms).await?;
         for job in &jobs {
             self.bind(job, &mut vms).await?;
         }
-        self.observe_phases(&jobs, &vms);
+        self.observe_phases().await?;
         let jobs = self.replace_stranded(jobs, &vms).await?;
         // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
         for job in jobs
@@ -117,15 +125,42 @@ impl Scheduler {
         self.cleanup(&jobs, &mut vms).await
     }
 
+    /// Adds the VMs named by jobs' runners that are not open any more (gone, their runner
+    /// deleted), so a job whose runner's VM went before its webhook came is still bound.
+    async fn add_runner_vms(
+        &self,
+        jobs: &[JobRecord],
+        vms: &mut Vec<VmRow>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.dispatch.vm_start_id.is_none())
+            .filter_map(|j| j.runner_name.clone())
+            .filter(|name| !vms.iter().any(|v| &v.runner_name == name))
+            .collect();
+        if !missing.is_empty() {
+            vms.extend(self.store.vms_by_key(VmKey::RunnerName, &missing).await?);
+        }
+        Ok(())
+    }
+
     /// Observes the phases of each job whose VM is gone, once GitHub says the job completed.
-    fn observe_phases(&self, jobs: &[JobRecord], vms: &[VmRow]) {
+    async fn observe_phases(&self) -> Result<(), StoreError> {
+        let looked_up: Vec<String> = match self.phases_pending.lock() {
+            Ok(pending) if !pending.is_empty() => pending.clone(),
+            _ => return Ok(()),
+        };
+        let vms = self.store.vms_by_key(VmKey::StartId, &looked_up).await?;
+        let ran: Vec<i64> = vms.iter().filter_map(|v| v.ran_job_id).collect();
+        let jobs = self.store.jobs_by_id(&ran).await?;
         let Ok(mut pending) = self.phases_pending.lock() else {
-            return;
+            return Ok(());
         };
         let now = self.clock.now();
         pending.retain(|start_id| {
             let Some(vm) = vms.iter().find(|v| &v.start_id == start_id) else {
-                return false;
+                // Added since the lookup (next pass), or its row is gone.
+                return !looked_up.contains(start_id);
             };
             let job = vm
                 .ran_job_id
@@ -139,6 +174,7 @@ impl Scheduler {
                 _ => vm.destroyed_at.is_some_and(|at| now - at < PHASES_WAIT),
             }
         });
+        Ok(())
     }
 
     /// Records which VM's runner ran `job` (GitHub does not bind a job to the runner it was
@@ -572,7 +608,7 @@ impl Scheduler {
         if job.status != JobStatus::Queued || job.dispatch.disposition != "placed" {
             return Ok(());
         }
-        let other_live = self.store.vms(true).await?.iter().any(|v| {
+        let other_live = self.store.vms_for_job(job.job_id).await?.iter().any(|v| {
             v.for_job_id == vm.for_job_id
                 && v.start_id != vm.start_id
                 && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
@@ -637,7 +673,7 @@ impl Scheduler {
         agent: &str,
         reported: &[mayfly_proto::v1::VmState],
     ) -> Result<(), StoreError> {
-        for mut vm in self.store.vms(true).await? {
+        for mut vm in self.store.vms_on_host(agent).await? {
             let started = vm.state != "requested";
             let still_there = reported.iter().any(|r| r.start_id == vm.start_id);
             if vm.host == agent && vm.state == "lost" && still_there {

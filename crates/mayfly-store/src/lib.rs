@@ -37,6 +37,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mayfly_core::{DeliveryId, InstallationChange, JobEvent, JobId, Transition};
 
+/// A unique key of a VM row, for [`CommonStore::vms_by_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmKey {
+    StartId,
+    RunnerName,
+}
+
 /// Store operations whose SQL is the same on every backend (written once in `shared.rs`).
 /// Every [`Store`] is one; bring this trait into scope to call them.
 #[async_trait]
@@ -70,6 +77,37 @@ pub trait CommonStore: Send + Sync {
 
     /// One VM row, by its start id.
     async fn vm(&self, start_id: &str) -> Result<Option<VmRow>, StoreError>;
+
+    /// The jobs that can still change a scheduling decision, oldest first: not completed, or
+    /// not yet decided (`new`, `placing`), or wanted by an open VM ([`CommonStore::open_vms`]),
+    /// or naming a runner but bound to no VM and updated since `unbound_since`. Read through
+    /// partial indexes: retained history costs nothing.
+    async fn open_jobs(&self, unbound_since: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// The VMs that can still change a scheduling decision, oldest first: not destroyed, failed
+    /// or lost, or gone with a runner that took no job and is not deleted yet.
+    async fn open_vms(&self) -> Result<Vec<VmRow>, StoreError>;
+
+    /// VM rows whose `key` is one of `values` (indexed lookups, in chunks).
+    async fn vms_by_key(&self, key: VmKey, values: &[String]) -> Result<Vec<VmRow>, StoreError>;
+
+    /// Job rows by id (indexed lookups, in chunks); ids with no row are left out.
+    async fn jobs_by_id(&self, ids: &[i64]) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Every VM started for `job`.
+    async fn vms_for_job(&self, job: JobId) -> Result<Vec<VmRow>, StoreError>;
+
+    /// The VMs on `host` not destroyed.
+    async fn vms_on_host(&self, host: &str) -> Result<Vec<VmRow>, StoreError>;
+
+    /// Adds `jobs` finished jobs (ids from `first_id`, completed at `at`, each run by its own
+    /// destroyed VM) in one transaction: history for benchmarks and tests of what history costs.
+    async fn seed_history(
+        &self,
+        jobs: u32,
+        first_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// A server heard from `agent` (its `Hello` or a heartbeat) at `at`, with journal `epoch`:
     /// its lease runs from then. A new epoch (a new journal) starts counting events from 0.
@@ -235,6 +273,11 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
 
     /// Appends an event to the audit log, chained to the last row. Writers are serialised.
     async fn append_audit(&self, event: &NewAudit) -> Result<AuditRow, StoreError>;
+
+    /// How the database plans the queries every scheduling pass makes, one line per step
+    /// (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL): a full scan of `jobs` or `vms`
+    /// there would make a pass cost the whole retained history.
+    async fn pass_query_plans(&self) -> Result<Vec<String>, StoreError>;
 
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;

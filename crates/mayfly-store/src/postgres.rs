@@ -721,6 +721,24 @@ impl Store for PgStore {
         })
     }
 
+    async fn pass_query_plans(&self) -> Result<Vec<String>, StoreError> {
+        let mut lines = Vec::new();
+        for sql in crate::shared::pass_queries() {
+            let explain = format!("EXPLAIN {sql}");
+            let mut query = sqlx::query(&explain);
+            if sql.contains("$1") {
+                query = query.bind(Utc::now());
+            }
+            for row in query.fetch_all(&self.pool).await.op("explain a query")? {
+                lines.push(
+                    row.try_get::<String, _>("QUERY PLAN")
+                        .op("read a query plan")?,
+                );
+            }
+        }
+        Ok(lines)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

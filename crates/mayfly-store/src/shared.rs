@@ -37,6 +37,79 @@ pub(crate) const UPDATE_VM: &str = "UPDATE vms SET vm_id = $1, host = $2, profil
     runner_deleted = $18, destruction = $19, failure = $20, runner_started_at = $21
   WHERE start_id = $22";
 
+/// A VM that can still change a scheduling decision: not gone, or gone with an idle runner still
+/// to delete at GitHub. Repeated verbatim in queries so the `vms_open` partial index applies.
+pub(crate) const OPEN_VM: &str =
+    "(state NOT IN ('destroyed', 'failed', 'lost') OR (ran_job_id IS NULL AND NOT runner_deleted))";
+
+/// The jobs a scheduling pass reads (see `CommonStore::open_jobs`); `$1` is `unbound_since`.
+pub(crate) fn open_jobs_sql() -> String {
+    format!(
+        "SELECT * FROM jobs WHERE job_id IN (
+           SELECT job_id FROM jobs WHERE status <> 'completed' OR disposition IN ('new', 'placing')
+           UNION SELECT job_id FROM jobs
+             WHERE vm_start_id IS NULL AND runner_name IS NOT NULL AND updated_at >= $1
+           UNION SELECT for_job_id FROM vms WHERE {OPEN_VM}
+           UNION SELECT ran_job_id FROM vms WHERE ran_job_id IS NOT NULL AND {OPEN_VM})
+         ORDER BY first_seen_at, job_id"
+    )
+}
+
+/// The VMs a scheduling pass reads.
+pub(crate) fn open_vms_sql() -> String {
+    format!("SELECT * FROM vms WHERE {OPEN_VM} ORDER BY requested_at, start_id")
+}
+
+/// The SELECTs every scheduling pass makes, for query-plan checks; each binds one timestamp as
+/// `$1` (a query that has no `$1` ignores it).
+pub(crate) fn pass_queries() -> Vec<String> {
+    vec![
+        open_jobs_sql(),
+        open_vms_sql(),
+        SILENT_AGENTS_VMS.to_owned(),
+    ]
+}
+
+/// VMs neither gone nor given up on, requested before `$1`, whose agent no server heard from
+/// since `$1`.
+pub(crate) const SILENT_AGENTS_VMS: &str =
+    "SELECT vms.* FROM vms LEFT JOIN agent_journals ON agent_journals.agent = vms.host
+     WHERE state NOT IN ('destroyed', 'failed', 'lost') AND requested_at < $1
+       AND (agent_journals.seen_at IS NULL OR agent_journals.seen_at < $1)
+     ORDER BY vms.requested_at, vms.start_id";
+
+/// `$1, $2, …, $n`.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lookups by a list of keys go in chunks of this many binds.
+pub(crate) const IN_CHUNK: usize = 500;
+
+/// Seeds history for benchmarks and tests: `$1` jobs, ids from `$2`, completed at `$3`, each
+/// run by its own destroyed VM.
+pub(crate) const SEED_JOBS: &str =
+    "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1)
+    INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender, status,
+      conclusion, labels, job_name, workflow_name, runner_id, runner_name, created_at, started_at,
+      completed_at, first_seen_at, updated_at, profile, disposition, attempts, vm_start_id)
+    SELECT $2 + i, $2 + i, 1, 'history/seeded', 1, 'history', 'seeder', 'completed', 'success',
+      '[\"self-hosted\"]', 'seeded', 'seeded', $2 + i, 'seeded-' || ($2 + i), $3, $3, $3, $3, $3,
+      'seeded', 'placed', 1, 'seeded-' || ($2 + i)
+    FROM n";
+pub(crate) const SEED_VMS: &str =
+    "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1)
+    INSERT INTO vms (start_id, vm_id, host, profile, installation_id, repo, runner_name,
+      runner_id, for_job_id, ran_job_id, state, requested_at, started_at, booted_at, exited_at,
+      destroyed_at, exit_code, destroy_requested, runner_deleted, runner_started_at)
+    SELECT 'seeded-' || ($2 + i), 'seeded-' || ($2 + i), 'history-host', 'seeded', 1,
+      'history/seeded', 'seeded-' || ($2 + i), $2 + i, $2 + i, $2 + i, 'destroyed', $3, $3, $3, $3,
+      $3, 0, TRUE, TRUE, $3
+    FROM n";
+
 /// `CommonStore` for a backend whose `self.pool` and `self.begin_write()` exist.
 macro_rules! shared_methods {
     ($store:ty) => {
@@ -198,16 +271,118 @@ macro_rules! shared_methods {
                 })
                 .transpose()
             }
+            async fn open_jobs(
+                &self,
+                unbound_since: DateTime<Utc>,
+            ) -> Result<Vec<JobRecord>, StoreError> {
+                let rows = sqlx::query(&crate::shared::open_jobs_sql())
+                    .bind(unbound_since)
+                    .fetch_all(&self.pool)
+                    .await
+                    .op("list open jobs")?;
+                rows.iter().map(job_from_row).collect()
+            }
+            async fn open_vms(&self) -> Result<Vec<VmRow>, StoreError> {
+                let rows = sqlx::query(&crate::shared::open_vms_sql())
+                    .fetch_all(&self.pool)
+                    .await
+                    .op("list open vms")?;
+                rows.iter().map(vm_from_row).collect()
+            }
+            async fn vms_by_key(
+                &self,
+                key: crate::VmKey,
+                values: &[String],
+            ) -> Result<Vec<VmRow>, StoreError> {
+                let column = match key {
+                    crate::VmKey::StartId => "start_id",
+                    crate::VmKey::RunnerName => "runner_name",
+                };
+                let mut out = Vec::new();
+                for chunk in values.chunks(crate::shared::IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM vms WHERE {column} IN ({})",
+                        crate::shared::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for value in chunk {
+                        query = query.bind(value);
+                    }
+                    let rows = query.fetch_all(&self.pool).await.op("look up vms")?;
+                    for row in &rows {
+                        out.push(vm_from_row(row)?);
+                    }
+                }
+                Ok(out)
+            }
+            async fn jobs_by_id(&self, ids: &[i64]) -> Result<Vec<JobRecord>, StoreError> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(crate::shared::IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM jobs WHERE job_id IN ({})",
+                        crate::shared::placeholders(chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    let rows = query.fetch_all(&self.pool).await.op("look up jobs")?;
+                    for row in &rows {
+                        out.push(job_from_row(row)?);
+                    }
+                }
+                Ok(out)
+            }
+            async fn vms_for_job(&self, job: JobId) -> Result<Vec<VmRow>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM vms WHERE for_job_id = $1 ORDER BY requested_at, start_id",
+                )
+                .bind(job.0)
+                .fetch_all(&self.pool)
+                .await
+                .op("list a job's vms")?;
+                rows.iter().map(vm_from_row).collect()
+            }
+            async fn vms_on_host(&self, host: &str) -> Result<Vec<VmRow>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM vms WHERE host = $1 AND state NOT IN ('destroyed')
+                     ORDER BY requested_at, start_id",
+                )
+                .bind(host)
+                .fetch_all(&self.pool)
+                .await
+                .op("list a host's vms")?;
+                rows.iter().map(vm_from_row).collect()
+            }
+            async fn seed_history(
+                &self,
+                jobs: u32,
+                first_id: i64,
+                at: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for sql in [crate::shared::SEED_JOBS, crate::shared::SEED_VMS] {
+                    sqlx::query(sql)
+                        .bind(i64::from(jobs))
+                        .bind(first_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await
+                        .op("seed history")?;
+                }
+                tx.commit().await.op("commit seeded history")?;
+                // A bulk load: let the planner know the tables' new shape.
+                sqlx::query("ANALYZE")
+                    .execute(&self.pool)
+                    .await
+                    .op("analyze seeded history")?;
+                Ok(())
+            }
             async fn vms_of_silent_agents(
                 &self,
                 before: DateTime<Utc>,
             ) -> Result<Vec<VmRow>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT vms.* FROM vms LEFT JOIN agent_journals ON agent_journals.agent = vms.host
-                     WHERE vms.state NOT IN ('destroyed', 'lost') AND vms.requested_at < $1
-                       AND (agent_journals.seen_at IS NULL OR agent_journals.seen_at < $1)
-                     ORDER BY vms.requested_at, vms.start_id",
-                )
+                let rows = sqlx::query(crate::shared::SILENT_AGENTS_VMS)
                 .bind(before)
                 .fetch_all(&self.pool)
                 .await

@@ -8,7 +8,7 @@ use mayfly_core::{
     DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
     JobId, JobStatus, RunId, Transition,
 };
-use mayfly_store::{NewDelivery, PgStore, Recorded, SqliteStore, Store};
+use mayfly_store::{CommonStore, NewDelivery, PgStore, Recorded, SqliteStore, Store};
 
 fn job_event(status: JobStatus) -> JobEvent {
     JobEvent {
@@ -219,6 +219,141 @@ async fn dispatch_and_vm_rows_round_trip(store: &dyn Store) {
     store.update_vm(&vm).await.unwrap();
     assert!(store.vms(true).await.unwrap().is_empty());
     assert_eq!(store.vms(false).await.unwrap(), [vm]);
+}
+
+/// A scheduling pass reads only what can change a decision: with 100,000 finished jobs (and their
+/// VMs) in the tables, the pass's queries return exactly the open rows, and the database plans
+/// none of them as a full scan of `jobs` or `vms`.
+async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
+    let placed = |vm: Option<&str>| mayfly_store::JobDispatch {
+        profile: None,
+        disposition: "placed".into(),
+        failure: None,
+        attempts: 1,
+        vm_start_id: vm.map(str::to_owned),
+    };
+    const HISTORY: u32 = 100_000;
+    let long_ago = Utc::now() - Duration::days(30);
+    store
+        .seed_history(HISTORY, 1_000_000, long_ago)
+        .await
+        .unwrap();
+    let vm_row = |start: &str, job: i64| {
+        mayfly_store::VmRow::requested(
+            mayfly_store::Placement {
+                start_id: start.into(),
+                host: "host-a".into(),
+                profile: "mayfly-linux-2cpu".into(),
+                installation_id: 9,
+                repo: "org-a/app".into(),
+                runner_name: format!("mayfly-{start}"),
+                runner_id: Some(5),
+                for_job_id: job,
+            },
+            now_micros(),
+        )
+    };
+    // Open: a queued job with its live VM; a completed job whose idle VM's runner is still to
+    // be deleted; a job that names a runner but is bound to none.
+    record_and_apply(store, "o-1", job_event(JobStatus::Queued)).await;
+    store.insert_vm(&vm_row("live", 77)).await.unwrap();
+    let done = JobEvent {
+        job_id: JobId(78),
+        status: JobStatus::Completed,
+        completed_at: Some(Utc::now()),
+        ..job_event(JobStatus::Queued)
+    };
+    record_and_apply(store, "o-2", done.clone()).await;
+    let mut idle = vm_row("idle", 78);
+    idle.state = "destroyed".into();
+    store.insert_vm(&idle).await.unwrap();
+    let unbound = JobEvent {
+        job_id: JobId(79),
+        runner_name: Some("someone-elses-runner".into()),
+        ..done
+    };
+    record_and_apply(store, "o-3", unbound).await;
+    // Decided (a completed job left `new` would be open until the scheduler skips it).
+    for id in [78, 79] {
+        store
+            .set_job_dispatch(JobId(id), &placed(None))
+            .await
+            .unwrap();
+    }
+    // Settled, though recent: a completed job, its VM destroyed after its runner ran it.
+    let settled = JobEvent {
+        job_id: JobId(80),
+        status: JobStatus::Completed,
+        completed_at: Some(Utc::now()),
+        ..job_event(JobStatus::Queued)
+    };
+    record_and_apply(store, "o-4", settled).await;
+    store
+        .set_job_dispatch(JobId(80), &placed(Some("ran")))
+        .await
+        .unwrap();
+    let mut ran = vm_row("ran", 80);
+    ran.state = "destroyed".into();
+    ran.ran_job_id = Some(80);
+    store.insert_vm(&ran).await.unwrap();
+
+    let jobs: Vec<i64> = store
+        .open_jobs(Utc::now() - Duration::hours(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id.0)
+        .collect();
+    assert_eq!(jobs, [77, 78, 79]);
+    let vms: Vec<String> = store
+        .open_vms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.start_id)
+        .collect();
+    assert_eq!(vms, ["live", "idle"]);
+    // An unbound job stops being looked at once its window has passed.
+    let later: Vec<i64> = store
+        .open_jobs(Utc::now() + Duration::seconds(1))
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id.0)
+        .collect();
+    assert_eq!(later, [77, 78]);
+
+    let plans = store.pass_query_plans().await.unwrap();
+    assert!(!plans.is_empty());
+    for line in &plans {
+        let scan = line.contains("SCAN jobs")
+            || line.contains("SCAN vms")
+            || line.contains("Seq Scan on jobs")
+            || line.contains("Seq Scan on vms");
+        let through_index = line.contains("INDEX") || line.contains("Index");
+        assert!(
+            !scan || through_index,
+            "a full scan in a pass's plan: {line}\n{}",
+            plans.join("\n")
+        );
+    }
+    // The history is all there, just not read.
+    assert_eq!(
+        store
+            .jobs_by_id(&[1_000_000, 1_099_999, 77])
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let by_runner = store
+        .vms_by_key(
+            mayfly_store::VmKey::RunnerName,
+            &["mayfly-live".into(), "nope".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_runner.len(), 1);
 }
 
 /// A usage range returns exactly the jobs first seen inside it, with their VMs.
@@ -883,4 +1018,5 @@ on_both_backends!(
     current tokens_are_found_by_hash_and_revoked,
     threads the_audit_log_is_one_chain,
     current bootstrap_tokens_are_one_time_and_agents_revocable,
+    current a_pass_reads_open_work_not_history,
 );
