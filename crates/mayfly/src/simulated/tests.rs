@@ -35,14 +35,39 @@ fn fast() -> SimulatedTimings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolled_simulated_agents_run_every_job_through_a_whole_vm_life() {
-    // Shown when the test fails.
+    // Each test runs in a process of its own (nextest), so this subscriber sees only this one.
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
+        .with_env_filter("info,mayfly=debug,mayfly_agent=debug,mayfly_sim=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
         .try_init();
     tokio::time::timeout(Duration::from_secs(60), whole_loop())
         .await
         .expect("the loop did not finish in time");
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(logged.contains("runner exited"), "{logged}");
+    // JIT configs (base64 of a JSON object) and JWTs both start `eyJ`: none is logged.
+    assert!(
+        !logged.contains("eyJ"),
+        "a secret reached the log: {logged}"
+    );
+}
+
+/// Keeps what is logged, and echoes it to the test's captured output (shown on failure).
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        print!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn whole_loop() {
