@@ -326,8 +326,8 @@ fn usage_help_explains_every_flag_with_examples() {
 }
 
 /// The simulated driver runs no VM: `mayfly agent` refuses it without `--allow-simulated-vms`
-/// (exit 3, saying why), refuses that flag and the `--simulated-*` flags without it, and no
-/// environment variable selects it.
+/// (exit 3, saying why), refuses that flag and the `--simulated-*` flags without it, wants N
+/// enrolments for N agents with `--credentials`, and no environment variable selects it.
 #[test]
 fn the_simulated_driver_is_refused_without_its_flag() {
     let loopback = ["--server-url", "http://127.0.0.1:1"];
@@ -366,6 +366,20 @@ fn the_simulated_driver_is_refused_without_its_flag() {
             assert!(stderr.contains(text), "{args:?}: {stderr}");
         }
     }
+    // N agents from --credentials need N enrolments in its subdirectories.
+    let credentials = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--vm-driver", "simulated", "--allow-simulated-vms"])
+        .args(["--simulated-agents", "3", "--credentials"])
+        .arg(credentials.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds 0 enrolments") && stderr.contains("mayfly agent enrol"),
+        "{stderr}"
+    );
     // An environment variable picks nothing: this is the QEMU agent's refusal of a server off
     // loopback, not the simulated one.
     let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
