@@ -4,7 +4,9 @@
 //! executes. A small journal lets a restarted agent find what the previous one left.
 //!
 //! Invariants: every VM this agent creates is destroyed, and reported `DESTROYED`, exactly once;
-//! the JIT config is in memory only (never logged, never in the journal).
+//! the JIT config is in memory only (never logged, never in the journal). An agent whose driver
+//! runs no VM ([`VmDriver::simulated`]) logs every line inside a span that says so; its tasks
+//! carry that span.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 pub use backoff::Backoff;
 pub use journal::{Journal, JournalError};
@@ -141,6 +144,15 @@ pub enum AgentError {
 /// `run` returns. Dropping the future aborts every VM task (their VMs are then the next agent's
 /// to clean up from the journal, as after a crash).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let span = match config.driver.simulated() {
+        // At error level, so that no log filter can show the agent's lines without it.
+        Some(driver) => tracing::error_span!("agent", id = %config.agent_id, driver),
+        None => tracing::Span::none(),
+    };
+    run_agent(config, shutdown).instrument(span).await
+}
+
+async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     if config.slots == 0 {
         return Err(AgentError::NoSlots);
     }
@@ -188,29 +200,32 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let connection_stop = CancellationToken::new();
     // JoinSets abort their tasks when dropped: dropping `run` leaves nothing running.
     let mut connection = JoinSet::new();
-    connection.spawn(connection::maintain(
-        ConnectionConfig {
-            agent_id: config.agent_id.clone(),
-            endpoint,
-            capacity: Capacity {
-                slots: config.slots,
-                vcpus: config.vcpus,
-                memory_mib: config.memory_mib,
-                images: config.images.clone(),
+    connection.spawn(
+        connection::maintain(
+            ConnectionConfig {
+                agent_id: config.agent_id.clone(),
+                endpoint,
+                capacity: Capacity {
+                    slots: config.slots,
+                    vcpus: config.vcpus,
+                    memory_mib: config.memory_mib,
+                    images: config.images.clone(),
+                },
+                heartbeat: config.heartbeat,
+                backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
+                welcome_timeout: Duration::from_secs(30),
             },
-            heartbeat: config.heartbeat,
-            backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
-            welcome_timeout: Duration::from_secs(30),
-        },
-        ConnectionShared {
-            journal: journal.clone(),
-            outbox: outbox.clone(),
-            table: table.clone(),
-            heard: heard.clone(),
-        },
-        commands_tx,
-        connection_stop.clone(),
-    ));
+            ConnectionShared {
+                journal: journal.clone(),
+                outbox: outbox.clone(),
+                table: table.clone(),
+                heard: heard.clone(),
+            },
+            commands_tx,
+            connection_stop.clone(),
+        )
+        .in_current_span(),
+    );
     let mut vms = JoinSet::new();
     let mut lease = Lease::new(config.lease, heard);
 
@@ -388,7 +403,7 @@ fn start_vm(
         boot_timeout: secs(start.boot_timeout_secs, config.default_boot_timeout),
         max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
     };
-    vms.spawn(vm::run_vm(ctx.clone(), handle, request));
+    vms.spawn(vm::run_vm(ctx.clone(), handle, request).in_current_span());
 }
 
 /// The agent's side of the lease: when the server has not been heard from for `lease`, VMs

@@ -679,3 +679,53 @@ async fn the_jit_config_never_reaches_a_log_line_or_the_journal() {
     );
     assert!(!logged.contains(JIT), "the JIT config was logged");
 }
+
+/// An agent whose driver runs no VM says so, and names itself, on every line it logs, from
+/// connecting through a job's whole VM life to stopping; an agent of real VMs adds nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn an_agent_whose_driver_runs_no_vms_says_so_on_every_line() {
+    for simulated in [true, false] {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        within(60, async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut server = FakeServer::start().await;
+            let driver = Arc::new(if simulated {
+                FakeDriver::simulated("simulated (no VMs)")
+            } else {
+                FakeDriver::default()
+            });
+            let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j")));
+            server.hello().await;
+            server.send(start_vm("s-1")).await;
+            let events = server.expect(&UNTIL_RUNNER_STARTED).await;
+            driver.finish(&VmId::parse(&events[0].vm_id).unwrap(), 0);
+            server
+                .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+                .await;
+            agent.stop().await.unwrap();
+        })
+        .await;
+        let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        let lines: Vec<&str> = logged.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("s-1") && l.contains("runner exited")),
+            "the agent logged the VM's life: {logged}"
+        );
+        for line in &lines {
+            assert_eq!(
+                line.contains("simulated (no VMs)") && line.contains("host-a"),
+                simulated,
+                "{line}"
+            );
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The `VmDriver` trait: how the agent makes, runs and destroys one VM per job. QEMU implements
 //! it today ([`crate::qemu::QemuDriver`]); Virtualization.framework and Firecracker are further
-//! drivers. Lifecycle: `create` → `start` → `wait_ready` → `hand_over` → `wait_exit` → `destroy`.
-//! `destroy` is always allowed and always leaves nothing, whatever state the VM is in.
+//! drivers; the `mayfly` binary adds a load driver that runs no VM at all (`simulated`, see
+//! [`VmDriver::simulated`]). Lifecycle: `create` → `start` → `wait_ready` → `hand_over` →
+//! `wait_exit` → `destroy`. `destroy` is always allowed and always leaves nothing, whatever
+//! state the VM is in.
 
 use std::time::Duration;
 
@@ -84,4 +86,10 @@ pub trait VmDriver: Send + Sync + std::fmt::Debug {
     async fn list(&self) -> Vec<VmInfo>;
     /// Destroys VMs left behind by a crashed owner.
     async fn reap(&self) -> Vec<DestructionRecord>;
+    /// `Some(what it is)` for a driver that runs no VM at all (a load driver for the control
+    /// plane, e.g. `simulated (no VMs)`); an agent with such a driver says so in every line it
+    /// logs. Drivers of real VMs keep the default, `None`.
+    fn simulated(&self) -> Option<&'static str> {
+        None
+    }
 }

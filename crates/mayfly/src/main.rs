@@ -6,6 +6,7 @@
 mod cmd;
 mod exit;
 mod logging;
+mod simulated;
 
 use clap::{Parser, Subcommand};
 
@@ -73,12 +74,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init(match cli.command {
+    // An agent whose VMs are simulated says so on every line the process logs.
+    let prefix = match &cli.command {
+        Command::Agent(args) if args.runs_simulated_vms() => Some(cmd::agent::SIMULATED_LOG_PREFIX),
+        _ => None,
+    };
+    let level = match cli.command {
         Command::Quickstart(_) | Command::Bench(_) | Command::Chaos(_) => "warn",
         Command::Token(_) | Command::Audit(_) | Command::Keys(_) | Command::Agents(_) => "warn",
         Command::Usage(_) => "warn",
         _ => "info",
-    });
+    };
+    logging::init(level, prefix);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return exit::report(&exit::Failure::Runtime(e.into())),

@@ -324,3 +324,141 @@ fn usage_help_explains_every_flag_with_examples() {
     let out = mayfly(&["usage", "jobs", "--token", "mfy_x"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The simulated driver runs no VM: `mayfly agent` refuses it without `--allow-simulated-vms`
+/// (exit 3, saying why), refuses that flag and the `--simulated-*` flags without it, wants N
+/// enrolments for N agents with `--credentials`, and no environment variable selects it.
+#[test]
+fn the_simulated_driver_is_refused_without_its_flag() {
+    let loopback = ["--server-url", "http://127.0.0.1:1"];
+    for (args, says) in [
+        (
+            &["agent", "--vm-driver", "simulated"][..],
+            &["--allow-simulated-vms", "runs NO VM"][..],
+        ),
+        (
+            &[
+                "agent",
+                "--vm-driver",
+                "simulated",
+                "--simulated-agents",
+                "5",
+            ][..],
+            &["--allow-simulated-vms", "runs NO VM"][..],
+        ),
+        (
+            &["agent", "--allow-simulated-vms"][..],
+            &["only for --vm-driver simulated"][..],
+        ),
+        (
+            &["agent", "--simulated-job-ms", "10"][..],
+            &["only for --vm-driver simulated"][..],
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+            .args(args)
+            .args(loopback)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for text in says {
+            assert!(stderr.contains(text), "{args:?}: {stderr}");
+        }
+    }
+    // N agents from --credentials need N enrolments in its subdirectories.
+    let credentials = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--vm-driver", "simulated", "--allow-simulated-vms"])
+        .args(["--simulated-agents", "3", "--credentials"])
+        .arg(credentials.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds 0 enrolments") && stderr.contains("mayfly agent enrol"),
+        "{stderr}"
+    );
+    // An environment variable picks nothing: this is the QEMU agent's refusal of a server off
+    // loopback, not the simulated one.
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--server-url", "http://10.0.0.5:8444"])
+        .env("MAYFLY_AGENT_VM_DRIVER", "simulated")
+        .env("MAYFLY_AGENT_ALLOW_SIMULATED_VMS", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mayfly agent enrol"), "{stderr}");
+    assert!(!stderr.contains("SIMULATED"), "{stderr}");
+}
+
+/// With its flag, a process of simulated agents says so on every line it logs, each agent's
+/// lines naming it (here they retry a server that is not there).
+#[test]
+fn simulated_agents_say_so_on_every_log_line() {
+    use std::io::BufRead;
+
+    let state = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["agent", "--vm-driver", "simulated", "--allow-simulated-vms"])
+        .args(["--simulated-agents", "2", "--server-url"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("--state-root")
+        .arg(state.path())
+        .env("MAYFLY_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut lines = Vec::new();
+    let retried = |lines: &[String], agent: &str| {
+        lines
+            .iter()
+            .any(|l| l.contains(agent) && l.contains("no session with the server"))
+    };
+    while !(retried(&lines, "simulated-1") && retried(&lines, "simulated-2")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        retried(&lines, "simulated-1") && retried(&lines, "simulated-2"),
+        "both agents tried the server: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("NO VM runs here")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        assert!(
+            line.starts_with("[SIMULATED AGENT: no VMs] "),
+            "a line without the announcement: {line}"
+        );
+    }
+    // Each agent's own lines also name it and its driver.
+    assert!(lines
+        .iter()
+        .filter(|l| l.contains("no session with the server"))
+        .all(|l| l.contains("driver=\"simulated (no VMs)\"")));
+}

@@ -30,6 +30,8 @@ struct Inner {
 pub struct FakeDriver {
     inner: Mutex<Inner>,
     fail_create: bool,
+    /// What `VmDriver::simulated` says.
+    simulated: Option<&'static str>,
 }
 
 impl FakeDriver {
@@ -37,6 +39,14 @@ impl FakeDriver {
     pub fn failing_create() -> Self {
         Self {
             fail_create: true,
+            ..Self::default()
+        }
+    }
+
+    /// A driver that calls itself a load driver running no VM, as `what`.
+    pub fn simulated(what: &'static str) -> Self {
+        Self {
+            simulated: Some(what),
             ..Self::default()
         }
     }
@@ -181,5 +191,9 @@ impl VmDriver for FakeDriver {
             .iter()
             .map(|vm| Self::record(vm, "reaped: its owner process is gone", true))
             .collect()
+    }
+
+    fn simulated(&self) -> Option<&'static str> {
+        self.simulated
     }
 }

@@ -6,7 +6,10 @@
 //! server must be on loopback: JIT configs never cross a network in clear. Enrolling over
 //! existing credentials needs `--force`; they are then replaced file by file, each atomically,
 //! and `agent.json`, written last, names the certificate it belongs to, so a set left half
-//! replaced is recognised instead of half used.
+//! replaced is recognised instead of half used. `--vm-driver simulated` (a load driver that
+//! runs no VM, refused without `--allow-simulated-vms`) is in [`simulated`].
+
+mod simulated;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -22,6 +25,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::atomic_file::{self, Existing};
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
+
+/// What runs each job. Deliberately no environment variable: only an explicit flag selects
+/// the simulated driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VmDriverKind {
+    /// A fresh QEMU VM per job.
+    Qemu,
+    /// NO VM: a load driver for the control plane that only plays each VM's life through the
+    /// protocol (needs --allow-simulated-vms).
+    Simulated,
+}
 
 /// Which accelerator VMs use.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -136,7 +150,28 @@ pub struct RunArgs {
     /// runtime.
     #[arg(long, env = "MAYFLY_AGENT_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     lease_secs: u64,
+    /// What runs each job: `qemu`, a fresh VM; or `simulated`, which runs NO VM and no job
+    /// step (each VM's life is only played through the protocol, its runner against `mayfly
+    /// sim`), for load tests of the control plane; it needs --allow-simulated-vms too.
+    #[arg(long, value_enum, default_value_t = VmDriverKind::Qemu, value_name = "DRIVER")]
+    vm_driver: VmDriverKind,
+    /// Allow `--vm-driver simulated`: this agent then runs no VM, and says so on every line
+    /// it logs.
+    #[arg(long)]
+    allow_simulated_vms: bool,
+    #[command(flatten)]
+    simulated: simulated::SimulatedArgs,
 }
+
+impl AgentArgs {
+    /// Whether this runs agents of the simulated driver (asked for; maybe refused later).
+    pub fn runs_simulated_vms(&self) -> bool {
+        self.command.is_none() && self.run.vm_driver == VmDriverKind::Simulated
+    }
+}
+
+/// The prefix of every log line of `mayfly agent --vm-driver simulated`.
+pub const SIMULATED_LOG_PREFIX: &str = simulated::LOG_PREFIX;
 
 pub async fn run(args: AgentArgs) -> Result<(), Failure> {
     match args.command {
@@ -390,7 +425,40 @@ pub fn load_credentials(
 }
 
 async fn run_agent(args: RunArgs) -> Result<(), Failure> {
-    let (server_url, tls, enrolled_as) = match &args.credentials {
+    match (args.vm_driver, args.allow_simulated_vms) {
+        (VmDriverKind::Simulated, true) => return simulated::run(args).await,
+        (VmDriverKind::Simulated, false) => {
+            return Err(anyhow!(
+                "refusing --vm-driver simulated without --allow-simulated-vms: the simulated \
+                 driver runs NO VM and no job step (each job is only reported as run); it is \
+                 for load tests of the control plane"
+            ))
+            .config_err()
+        }
+        (VmDriverKind::Qemu, true) => {
+            return Err(anyhow!(
+                "--allow-simulated-vms is only for --vm-driver simulated"
+            ))
+            .config_err()
+        }
+        (VmDriverKind::Qemu, false) if args.simulated.given() => {
+            return Err(anyhow!(
+                "the --simulated-* flags are only for --vm-driver simulated"
+            ))
+            .config_err()
+        }
+        (VmDriverKind::Qemu, false) => {}
+    }
+    let (server_url, tls, enrolled_as) = connection(&args)?;
+    run_qemu_agent(args, server_url, tls, enrolled_as).await
+}
+
+/// The server's agent URL, the mTLS material and the enrolled name (from --credentials), or
+/// a loopback --server-url without them.
+fn connection(
+    args: &RunArgs,
+) -> Result<(String, Option<mayfly_agent::AgentTls>, Option<String>), Failure> {
+    Ok(match &args.credentials {
         Some(dir) => {
             let (credentials, tls) = load_credentials(dir).config_err()?;
             let url = args.server_url.clone().unwrap_or(credentials.agent_url);
@@ -407,7 +475,15 @@ async fn run_agent(args: RunArgs) -> Result<(), Failure> {
             check_loopback(&url).config_err()?;
             (url, None, None)
         }
-    };
+    })
+}
+
+async fn run_qemu_agent(
+    args: RunArgs,
+    server_url: String,
+    tls: Option<mayfly_agent::AgentTls>,
+    enrolled_as: Option<String>,
+) -> Result<(), Failure> {
     let store = ImageStore::new(args.images.clone());
     let images: Vec<String> = store
         .list()
