@@ -130,8 +130,8 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Resp
     };
 
     let recorded = state
-        .store
-        .record_delivery(&NewDelivery {
+        .deliveries
+        .record(NewDelivery {
             delivery_id: delivery_id.clone(),
             event: event.to_owned(),
             action,
@@ -139,10 +139,7 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Resp
             intake,
         })
         .await
-        .map_err(|e| {
-            tracing::error!(error = %crate::error::chain(&e), %delivery_id, "could not record a delivery; answering 503");
-            ApiError::Unavailable
-        })?;
+        .map_err(|_| ApiError::Unavailable)?;
     Ok(match recorded {
         Recorded::New => {
             state.processor_wakeup.notify_one();

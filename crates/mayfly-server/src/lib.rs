@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 mod dashboard;
 mod error;
+mod group_commit;
 mod intake;
 mod log_limit;
 pub mod metrics;
@@ -49,6 +50,8 @@ pub struct AppState {
     verifier: WebhookVerifier,
     max_body_bytes: usize,
     processor_wakeup: Arc<Notify>,
+    /// Records deliveries durably, many requests to a commit.
+    deliveries: group_commit::DeliveryWriter,
     log_limiter: log_limit::LogLimiter,
     /// Per-source limits on refused requests, and their audit summaries.
     refusals: refusals::Refusals,
@@ -329,6 +332,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         verifier: WebhookVerifier::new(deps.webhook_secrets),
         max_body_bytes: config.webhook.max_body_bytes,
         processor_wakeup: wakeup.clone(),
+        deliveries: group_commit::DeliveryWriter::spawn(deps.store.clone(), metrics.clone()),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
         refusals: refusals::Refusals::new(&config.refusals),
         security_txt: config.security_txt.clone(),
@@ -381,6 +385,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
         metrics: metrics.clone(),
+        summary: processor::Summary::default(),
     };
     tasks.spawn(processor.run(shutdown.clone()));
     tasks.spawn(purge_loop(

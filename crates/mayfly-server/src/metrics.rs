@@ -134,6 +134,7 @@ pub struct Metrics {
     vm_boot: HistogramFamily<ProfileLabel>,
     deliveries: Family<ResultLabel, Counter>,
     webhook_lag: Histogram,
+    intake_batch: Histogram,
     github_requests: Family<GitHubLabels, Counter>,
     rate_limit_remaining: Family<InstallationLabel, Gauge>,
     rate_limit_limit: Family<InstallationLabel, Gauge>,
@@ -211,6 +212,15 @@ impl Metrics {
             Unit::Seconds,
             webhook_lag.clone(),
         );
+        let intake_batch = Histogram::new([
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ]);
+        registry.register(
+            "intake_commit_deliveries",
+            "Webhook deliveries recorded by one commit (group commit: requests that arrived while \
+             the previous commit synced share the next)",
+            intake_batch.clone(),
+        );
         let github_requests = Family::<GitHubLabels, Counter>::default();
         registry.register(
             "github_api_requests",
@@ -259,6 +269,7 @@ impl Metrics {
             vm_boot,
             deliveries,
             webhook_lag,
+            intake_batch,
             github_requests,
             rate_limit_remaining,
             rate_limit_limit,
@@ -277,6 +288,11 @@ impl Metrics {
     /// A webhook delivery's result (one of [`DELIVERY_RESULTS`]).
     pub(crate) fn delivery(&self, result: &'static str) {
         self.deliveries.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// One intake commit recorded `deliveries` deliveries.
+    pub(crate) fn intake_batch(&self, deliveries: usize) {
+        self.intake_batch.observe(deliveries as f64);
     }
 
     pub(crate) fn webhook_lag(&self, lag: chrono::Duration) {

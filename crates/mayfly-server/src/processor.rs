@@ -7,14 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::{Clock, IntakeEvent, JobStatus, Transition};
+use mayfly_core::{Clock, DeliveryId, IntakeEvent, JobEvent, JobStatus, Transition};
 use mayfly_store::{PendingDelivery, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-const BATCH: u32 = 64;
+const BATCH: u32 = 256;
 const POLL: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// How often what was applied is summed up in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// A claimed delivery still unprocessed after this long is taken over by another server.
 pub const STALE_CLAIM: chrono::Duration = chrono::Duration::seconds(60);
 
@@ -29,12 +31,18 @@ pub struct Processor {
     /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
     pub scheduler: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub summary: Summary,
 }
 
 impl Processor {
     /// Runs until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut last_summary = tokio::time::Instant::now();
         loop {
+            if last_summary.elapsed() >= SUMMARY_EVERY {
+                self.summary.log();
+                last_summary = tokio::time::Instant::now();
+            }
             let pause = match self.drain().await {
                 Ok(()) => POLL,
                 Err(e) => {
@@ -50,7 +58,8 @@ impl Processor {
         }
     }
 
-    /// Processes every pending delivery.
+    /// Processes every pending delivery, a claimed batch at a time: its job events in one
+    /// transaction, the rest one by one.
     pub async fn drain(&self) -> Result<(), StoreError> {
         loop {
             let now = self.clock.now();
@@ -61,31 +70,49 @@ impl Processor {
             if batch.is_empty() {
                 return Ok(());
             }
-            for delivery in batch {
-                self.apply(&delivery).await?;
+            let jobs: Vec<(DeliveryId, JobEvent)> = batch
+                .iter()
+                .filter_map(|d| match &d.intake {
+                    IntakeEvent::Job(job) => Some((d.delivery_id.clone(), job.clone())),
+                    _ => None,
+                })
+                .collect();
+            self.apply_jobs(&jobs).await?;
+            for delivery in &batch {
+                self.apply_other(delivery).await?;
             }
             self.scheduler.notify_one();
         }
     }
 
-    async fn apply(&self, d: &PendingDelivery) -> Result<(), StoreError> {
-        let now = self.clock.now();
-        match &d.intake {
-            IntakeEvent::Job(job) => {
-                match self.store.apply_job_event(&d.delivery_id, job, now).await? {
-                    Some(transition) => {
-                        tracing::info!(delivery = %d.delivery_id, job = %job.job_id, repo = %job.repo,
-                            status = job.status.as_str(), ?transition, "job event applied");
-                        // Counted once: only the server that applied the completion gets here.
-                        if transition == Transition::Advance(JobStatus::Completed) {
-                            if let Some(row) = self.store.job(job.job_id).await? {
-                                self.metrics.job_completed(&row);
-                            }
-                        }
-                    }
-                    None => already_processed(d),
+    async fn apply_jobs(&self, batch: &[(DeliveryId, JobEvent)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let transitions = self.store.apply_job_events(batch, self.clock.now()).await?;
+        for ((delivery, job), transition) in batch.iter().zip(transitions) {
+            let Some(transition) = transition else {
+                already_processed(delivery);
+                continue;
+            };
+            self.summary.count(transition);
+            tracing::debug!(%delivery, job = %job.job_id, repo = %job.repo,
+                status = job.status.as_str(), ?transition, "job event applied");
+            // Counted once: only the server that applied the completion gets here.
+            if transition == Transition::Advance(JobStatus::Completed) {
+                if let Some(row) = self.store.job(job.job_id).await? {
+                    self.metrics.job_completed(&row);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Applies a delivery that is not a job event (those go in batches).
+    async fn apply_other(&self, d: &PendingDelivery) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        match &d.intake {
+            IntakeEvent::Job(_) => {}
             IntakeEvent::Installation(change) => {
                 if self
                     .store
@@ -95,7 +122,7 @@ impl Processor {
                     tracing::info!(delivery = %d.delivery_id, installation = %change.installation_id,
                         kind = ?change.kind, "installation change applied");
                 } else {
-                    already_processed(d);
+                    already_processed(&d.delivery_id);
                 }
             }
             IntakeEvent::Ping => {
@@ -106,7 +133,7 @@ impl Processor {
                 {
                     tracing::info!(delivery = %d.delivery_id, "ping received");
                 } else {
-                    already_processed(d);
+                    already_processed(&d.delivery_id);
                 }
             }
         }
@@ -114,6 +141,35 @@ impl Processor {
     }
 }
 
-fn already_processed(d: &PendingDelivery) {
-    tracing::debug!(delivery = %d.delivery_id, "already processed by another server");
+/// What was applied since the last summary (logged at info once a minute when anything was).
+#[derive(Debug, Default)]
+pub struct Summary {
+    counts: std::sync::Mutex<(u64, u64, u64)>,
+}
+
+impl Summary {
+    fn count(&self, transition: Transition) {
+        if let Ok(mut c) = self.counts.lock() {
+            match transition {
+                Transition::Advance(_) => c.0 += 1,
+                Transition::Unchanged => c.1 += 1,
+                Transition::Stale => c.2 += 1,
+            }
+        }
+    }
+
+    fn log(&self) {
+        let Ok(mut c) = self.counts.lock() else {
+            return;
+        };
+        let (advanced, unchanged, stale) = std::mem::take(&mut *c);
+        if advanced + unchanged + stale > 0 {
+            tracing::info!(advanced, unchanged, stale, every = ?SUMMARY_EVERY,
+                "job events applied (each one is logged at debug)");
+        }
+    }
+}
+
+fn already_processed(delivery: &DeliveryId) {
+    tracing::debug!(%delivery, "already processed by another server");
 }

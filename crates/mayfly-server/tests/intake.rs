@@ -304,3 +304,75 @@ async fn every_fixture_is_accepted_and_processed() {
     assert!(!h.store.installations().await.unwrap().is_empty());
     h.stop().await;
 }
+
+/// Group commit: concurrent deliveries are answered each with its own outcome (a copy sent at
+/// the same moment is a duplicate, once), every one answered 2xx is stored, and they shared
+/// commits (the server's histogram of deliveries per commit holds fewer commits than deliveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_share_commits_and_each_gets_its_own_answer() {
+    let h = harness().await;
+    let body = fixture("workflow_job.queued.json");
+    let ids: Vec<String> = (0..96).map(|i| format!("group-{i}")).collect();
+    // Every fourth delivery is sent twice at once.
+    let sends = ids
+        .iter()
+        .chain(ids.iter().step_by(4))
+        .map(|id| h.deliver("workflow_job", id, &body, SECRET));
+    let answers = futures::future::join_all(sends).await;
+    let mut outcomes = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (status, answer) in &answers {
+        assert!(status.is_success(), "{status} {answer}");
+        outcomes
+            .entry(answer["delivery"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(answer["status"].as_str().unwrap().to_owned());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let mut got = outcomes[id].clone();
+        got.sort();
+        let want: &[&str] = if i % 4 == 0 {
+            &["accepted", "duplicate"]
+        } else {
+            &["accepted"]
+        };
+        assert_eq!(got, want, "{id}");
+        let stored = h
+            .store
+            .delivery(&mayfly_core::DeliveryId::parse(id).unwrap())
+            .await
+            .unwrap();
+        assert!(stored.is_some(), "{id} answered 2xx but not stored");
+    }
+
+    let admin = mayfly_server::tokens::create(
+        h.store.as_ref(),
+        "cli:test",
+        "prometheus",
+        mayfly_server::tokens::Scope::Admin,
+    )
+    .await
+    .unwrap();
+    let metrics = h
+        .http
+        .get(h.url.replace("webhooks/github", "metrics"))
+        .bearer_auth(admin.expose())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{metrics}"))
+    };
+    let commits = value("mayfly_intake_commit_deliveries_count");
+    let recorded = value("mayfly_intake_commit_deliveries_sum");
+    assert_eq!(recorded, answers.len() as f64);
+    assert!(
+        commits < recorded,
+        "{commits} commits for {recorded} concurrent deliveries: none shared a commit"
+    );
+}

@@ -78,6 +78,20 @@ pub trait CommonStore: Send + Sync {
     /// One VM row, by its start id.
     async fn vm(&self, start_id: &str) -> Result<Option<VmRow>, StoreError>;
 
+    /// Records verified deliveries durably, all in one transaction (one commit, one fsync: group
+    /// commit), and says for each whether it is new or a delivery id seen before (also earlier
+    /// in the same batch). On error nothing is recorded.
+    async fn record_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError>;
+
+    /// Applies job events and marks their deliveries processed, all in one transaction: for
+    /// each, its transition, or `None` when its delivery was already processed (by another
+    /// server). On error nothing is applied.
+    async fn apply_job_events(
+        &self,
+        batch: &[(DeliveryId, JobEvent)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<Transition>>, StoreError>;
+
     /// The jobs that can still change a scheduling decision, oldest first: not completed, or
     /// not yet decided (`new`, `placing`), or wanted by an open VM ([`CommonStore::open_vms`]),
     /// or naming a runner but bound to no VM and updated since `unbound_since`. Read through
@@ -203,7 +217,14 @@ pub trait CommonStore: Send + Sync {
 #[async_trait]
 pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
     /// Records a verified delivery durably. A delivery id seen before is not recorded again.
-    async fn record_delivery(&self, delivery: &NewDelivery) -> Result<Recorded, StoreError>;
+    async fn record_delivery(&self, delivery: &NewDelivery) -> Result<Recorded, StoreError> {
+        self.record_deliveries(std::slice::from_ref(delivery))
+            .await?
+            .pop()
+            .ok_or(StoreError::Corrupt {
+                what: "a recorded delivery's outcome",
+            })
+    }
 
     /// Deliveries recorded but not yet processed, oldest first.
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError>;
@@ -226,7 +247,10 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
         delivery: &DeliveryId,
         event: &JobEvent,
         now: DateTime<Utc>,
-    ) -> Result<Option<Transition>, StoreError>;
+    ) -> Result<Option<Transition>, StoreError> {
+        let batch = [(delivery.clone(), event.clone())];
+        Ok(self.apply_job_events(&batch, now).await?.pop().flatten())
+    }
 
     /// Applies an installation change and marks its delivery processed, atomically. `false`
     /// when the delivery was already processed: nothing changed.

@@ -15,7 +15,7 @@ use mayfly_core::{
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
-use crate::codec::{from_json, parse, to_json};
+use crate::codec::{from_json, parse};
 use crate::error::QueryContext;
 use crate::{
     AgentJournal, AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord,
@@ -254,27 +254,6 @@ async fn roll_up_usage(conn: &mut sqlx::PgConnection, job: JobId) -> Result<(), 
 
 #[async_trait]
 impl Store for PgStore {
-    async fn record_delivery(&self, d: &NewDelivery) -> Result<Recorded, StoreError> {
-        let intake = to_json(&d.intake, "intake event")?;
-        let result = sqlx::query(
-            "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id) DO NOTHING",
-        )
-        .bind(d.delivery_id.as_str())
-        .bind(&d.event)
-        .bind(&d.action)
-        .bind(d.received_at)
-        .bind(intake)
-        .execute(&self.pool)
-        .await
-        .op("record delivery")?;
-        Ok(if result.rows_affected() == 1 {
-            Recorded::New
-        } else {
-            Recorded::Duplicate
-        })
-    }
-
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
         let rows = sqlx::query(
             "SELECT delivery_id, event, intake FROM deliveries
@@ -285,107 +264,6 @@ impl Store for PgStore {
         .await
         .op("list pending deliveries")?;
         rows.iter().map(pending_from_row).collect()
-    }
-
-    async fn apply_job_event(
-        &self,
-        delivery: &DeliveryId,
-        e: &JobEvent,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Transition>, StoreError> {
-        let mut tx = self.pool.begin().await.op("begin write")?;
-        if !claim_unprocessed(&mut tx, delivery, now).await? {
-            return Ok(None);
-        }
-        // Insert first: of two writers racing on a new job, one inserts and the other waits for
-        // it to commit, then takes the update path below under the row lock.
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
-               status, conclusion, labels, job_name, workflow_name, runner_id, runner_name,
-               created_at, started_at, completed_at, first_seen_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-               $18, $19)
-             ON CONFLICT (job_id) DO NOTHING",
-        )
-        .bind(e.job_id.0)
-        .bind(e.run_id.0)
-        .bind(e.installation_id.map(|i| i.0))
-        .bind(e.repo.to_string())
-        .bind(e.repo_id)
-        .bind(&e.org)
-        .bind(&e.sender)
-        .bind(e.status.as_str())
-        .bind(&e.conclusion)
-        .bind(to_json(&e.labels, "job labels")?)
-        .bind(&e.job_name)
-        .bind(&e.workflow_name)
-        .bind(e.runner_id)
-        .bind(&e.runner_name)
-        .bind(e.created_at)
-        .bind(e.started_at)
-        .bind(e.completed_at)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .op("insert job")?
-        .rows_affected();
-        let transition = if inserted == 1 {
-            Transition::Advance(e.status)
-        } else {
-            let raw: String =
-                sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE")
-                    .bind(e.job_id.0)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .op("read job status")?;
-            let current =
-                JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
-            let transition = current.transition(e.status);
-            let new_status = match transition {
-                Transition::Advance(next) => next,
-                Transition::Unchanged | Transition::Stale => current,
-            };
-            // A stale delivery may still carry facts not yet known (say, the runner's name from
-            // an `in_progress` that arrived after `completed`): fill gaps, never overwrite.
-            let advance = matches!(transition, Transition::Advance(_));
-            sqlx::query(
-                "UPDATE jobs SET status = $1,
-                   conclusion = CASE WHEN $2 THEN COALESCE($3, conclusion)
-                                ELSE COALESCE(conclusion, $3) END,
-                   runner_id = COALESCE(runner_id, $4), runner_name = COALESCE(runner_name, $5),
-                   installation_id = COALESCE(installation_id, $6),
-                   started_at = COALESCE(started_at, $7), completed_at = COALESCE(completed_at, $8),
-                   created_at = COALESCE(created_at, $9), updated_at = $10
-                 WHERE job_id = $11",
-            )
-            .bind(new_status.as_str())
-            .bind(advance)
-            .bind(&e.conclusion)
-            .bind(e.runner_id)
-            .bind(&e.runner_name)
-            .bind(e.installation_id.map(|i| i.0))
-            .bind(e.started_at)
-            .bind(e.completed_at)
-            .bind(e.created_at)
-            .bind(now)
-            .bind(e.job_id.0)
-            .execute(&mut *tx)
-            .await
-            .op("update job")?;
-            transition
-        };
-        let outcome = match transition {
-            Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
-            Transition::Unchanged => format!("job {} unchanged", e.job_id),
-            Transition::Stale => format!("job {} stale event ignored", e.job_id),
-        };
-        if transition == Transition::Advance(JobStatus::Completed) {
-            roll_up_usage(&mut tx, e.job_id).await?;
-        }
-        set_outcome(&mut tx, delivery, &outcome).await?;
-        tx.commit().await.op("commit job event")?;
-        Ok(Some(transition))
     }
 
     async fn apply_installation_change(
@@ -810,4 +688,5 @@ fn vm_from_row(row: &PgRow) -> Result<VmRow, StoreError> {
 }
 
 crate::shared::shared_rows!(PgRow);
+crate::shared::shared_job_events!(sqlx::PgConnection, "FOR UPDATE");
 crate::shared::shared_methods!(PgStore);

@@ -110,6 +110,115 @@ pub(crate) const SEED_VMS: &str =
       $3, 0, TRUE, TRUE, $3
     FROM n";
 
+/// One job event applied inside `conn`'s transaction (see `Store::apply_job_events`). The backend
+/// module's `claim_unprocessed`, `set_outcome` and `roll_up_usage` are used; `$lock` is the row
+/// lock clause (`FOR UPDATE` where rows lock, empty on SQLite, whose writers are serialised).
+macro_rules! shared_job_events {
+    ($conn:ty, $lock:literal) => {
+        async fn apply_job_event_in(
+            conn: &mut $conn,
+            delivery: &DeliveryId,
+            e: &JobEvent,
+            now: DateTime<Utc>,
+        ) -> Result<Option<Transition>, StoreError> {
+            if !claim_unprocessed(&mut *conn, delivery, now).await? {
+                return Ok(None);
+            }
+            // Insert first: of two writers racing on a new job, one inserts and the other waits
+            // for it to commit, then takes the update path below under the row lock.
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
+                   status, conclusion, labels, job_name, workflow_name, runner_id, runner_name,
+                   created_at, started_at, completed_at, first_seen_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                   $17, $18, $19)
+                 ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(e.job_id.0)
+            .bind(e.run_id.0)
+            .bind(e.installation_id.map(|i| i.0))
+            .bind(e.repo.to_string())
+            .bind(e.repo_id)
+            .bind(&e.org)
+            .bind(&e.sender)
+            .bind(e.status.as_str())
+            .bind(&e.conclusion)
+            .bind(crate::codec::to_json(&e.labels, "job labels")?)
+            .bind(&e.job_name)
+            .bind(&e.workflow_name)
+            .bind(e.runner_id)
+            .bind(&e.runner_name)
+            .bind(e.created_at)
+            .bind(e.started_at)
+            .bind(e.completed_at)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .op("insert job")?
+            .rows_affected();
+            let transition = if inserted == 1 {
+                Transition::Advance(e.status)
+            } else {
+                let raw: String = sqlx::query_scalar(concat!(
+                    "SELECT status FROM jobs WHERE job_id = $1 ",
+                    $lock
+                ))
+                .bind(e.job_id.0)
+                .fetch_one(&mut *conn)
+                .await
+                .op("read job status")?;
+                let current =
+                    JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
+                let transition = current.transition(e.status);
+                let new_status = match transition {
+                    Transition::Advance(next) => next,
+                    Transition::Unchanged | Transition::Stale => current,
+                };
+                // A stale delivery may still carry facts not yet known (say, the runner's name
+                // from an `in_progress` that arrived after `completed`): fill gaps, never
+                // overwrite.
+                let advance = matches!(transition, Transition::Advance(_));
+                sqlx::query(
+                    "UPDATE jobs SET status = $1,
+                       conclusion = CASE WHEN $2 THEN COALESCE($3, conclusion)
+                                    ELSE COALESCE(conclusion, $3) END,
+                       runner_id = COALESCE(runner_id, $4), runner_name = COALESCE(runner_name, $5),
+                       installation_id = COALESCE(installation_id, $6),
+                       started_at = COALESCE(started_at, $7), completed_at = COALESCE(completed_at, $8),
+                       created_at = COALESCE(created_at, $9), updated_at = $10
+                     WHERE job_id = $11",
+                )
+                .bind(new_status.as_str())
+                .bind(advance)
+                .bind(&e.conclusion)
+                .bind(e.runner_id)
+                .bind(&e.runner_name)
+                .bind(e.installation_id.map(|i| i.0))
+                .bind(e.started_at)
+                .bind(e.completed_at)
+                .bind(e.created_at)
+                .bind(now)
+                .bind(e.job_id.0)
+                .execute(&mut *conn)
+                .await
+                .op("update job")?;
+                transition
+            };
+            let outcome = match transition {
+                Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
+                Transition::Unchanged => format!("job {} unchanged", e.job_id),
+                Transition::Stale => format!("job {} stale event ignored", e.job_id),
+            };
+            if transition == Transition::Advance(JobStatus::Completed) {
+                roll_up_usage(&mut *conn, e.job_id).await?;
+            }
+            set_outcome(&mut *conn, delivery, &outcome).await?;
+            Ok(Some(transition))
+        }
+    };
+}
+
 /// `CommonStore` for a backend whose `self.pool` and `self.begin_write()` exist.
 macro_rules! shared_methods {
     ($store:ty) => {
@@ -270,6 +379,66 @@ macro_rules! shared_methods {
                     })
                 })
                 .transpose()
+            }
+            async fn record_deliveries(
+                &self,
+                batch: &[NewDelivery],
+            ) -> Result<Vec<Recorded>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let mut new: std::collections::HashSet<String> = std::collections::HashSet::new();
+                for chunk in batch.chunks(crate::shared::IN_CHUNK / 5) {
+                    let rows: Vec<String> = (0..chunk.len())
+                        .map(|r| {
+                            let b = r * 5;
+                            format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
+                         VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+                        rows.join(", ")
+                    );
+                    let mut query = sqlx::query_scalar::<_, String>(&sql);
+                    for d in chunk {
+                        query = query
+                            .bind(d.delivery_id.as_str())
+                            .bind(&d.event)
+                            .bind(&d.action)
+                            .bind(d.received_at)
+                            .bind(crate::codec::to_json(&d.intake, "intake event")?);
+                    }
+                    new.extend(query.fetch_all(&mut *tx).await.op("record deliveries")?);
+                }
+                tx.commit().await.op("commit recorded deliveries")?;
+                // The first of a batch's copies is the one recorded.
+                Ok(batch
+                    .iter()
+                    .map(|d| {
+                        if new.remove(d.delivery_id.as_str()) {
+                            Recorded::New
+                        } else {
+                            Recorded::Duplicate
+                        }
+                    })
+                    .collect())
+            }
+            async fn apply_job_events(
+                &self,
+                batch: &[(DeliveryId, JobEvent)],
+                now: DateTime<Utc>,
+            ) -> Result<Vec<Option<Transition>>, StoreError> {
+                // Rows are locked in job id order, so two servers' batches never deadlock; a
+                // job's own events keep their order (and job states only move forward anyway).
+                let mut order: Vec<usize> = (0..batch.len()).collect();
+                order.sort_by_key(|&i| batch[i].1.job_id.0);
+                let mut out = vec![None; batch.len()];
+                let mut tx = self.begin_write().await?;
+                for i in order {
+                    let (delivery, event) = &batch[i];
+                    out[i] = apply_job_event_in(&mut tx, delivery, event, now).await?;
+                }
+                tx.commit().await.op("commit job events")?;
+                Ok(out)
             }
             async fn open_jobs(
                 &self,
@@ -674,4 +843,4 @@ macro_rules! shared_methods {
     };
 }
 
-pub(crate) use {shared_methods, shared_rows};
+pub(crate) use {shared_job_events, shared_methods, shared_rows};

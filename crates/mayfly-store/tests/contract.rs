@@ -8,7 +8,7 @@ use mayfly_core::{
     DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
     JobId, JobStatus, RunId, Transition,
 };
-use mayfly_store::{CommonStore, NewDelivery, PgStore, Recorded, SqliteStore, Store};
+use mayfly_store::{NewDelivery, PgStore, Recorded, SqliteStore, Store};
 
 fn job_event(status: JobStatus) -> JobEvent {
     JobEvent {
@@ -354,6 +354,82 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(by_runner.len(), 1);
+}
+
+/// Group commit's store side: a batch of deliveries is recorded in one transaction, each told
+/// whether it is new (a copy earlier in the batch, or recorded before, is a duplicate); a batch of
+/// job events applies each once, a job's events in their order.
+async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
+    let queued = job_event(JobStatus::Queued);
+    let running = JobEvent {
+        status: JobStatus::InProgress,
+        runner_name: Some("mayfly-r".into()),
+        started_at: Some(Utc::now()),
+        ..job_event(JobStatus::Queued)
+    };
+    let other = JobEvent {
+        job_id: JobId(5),
+        ..job_event(JobStatus::Queued)
+    };
+    assert_eq!(
+        store
+            .record_delivery(&delivery("b-0", IntakeEvent::Ping))
+            .await
+            .unwrap(),
+        Recorded::New
+    );
+    let batch = [
+        delivery("b-1", IntakeEvent::Job(running.clone())),
+        delivery("b-0", IntakeEvent::Ping),
+        delivery("b-2", IntakeEvent::Job(queued.clone())),
+        delivery("b-1", IntakeEvent::Job(running.clone())),
+        delivery("b-3", IntakeEvent::Job(other.clone())),
+    ];
+    assert_eq!(
+        store.record_deliveries(&batch).await.unwrap(),
+        [
+            Recorded::New,
+            Recorded::Duplicate,
+            Recorded::New,
+            Recorded::Duplicate,
+            Recorded::New
+        ]
+    );
+    let id = |s: &str| DeliveryId::parse(s).unwrap();
+    // `in_progress` before `queued` (as GitHub may deliver them), and one applied already.
+    store
+        .apply_job_event(&id("b-3"), &other, Utc::now())
+        .await
+        .unwrap();
+    let applied = store
+        .apply_job_events(
+            &[
+                (id("b-3"), other.clone()),
+                (id("b-1"), running.clone()),
+                (id("b-2"), queued.clone()),
+            ],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        [
+            None,
+            Some(Transition::Advance(JobStatus::InProgress)),
+            Some(Transition::Stale)
+        ]
+    );
+    let job = store.job(JobId(77)).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(job.runner_name.as_deref(), Some("mayfly-r"));
+    assert!(store
+        .pending_deliveries(10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|p| p.delivery_id.as_str() == "b-0"));
+    assert!(store.record_deliveries(&[]).await.unwrap().is_empty());
 }
 
 /// A usage range returns exactly the jobs first seen inside it, with their VMs.
@@ -1019,4 +1095,5 @@ on_both_backends!(
     threads the_audit_log_is_one_chain,
     current bootstrap_tokens_are_one_time_and_agents_revocable,
     current a_pass_reads_open_work_not_history,
+    current deliveries_and_job_events_go_in_batches,
 );

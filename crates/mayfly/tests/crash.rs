@@ -1,4 +1,5 @@
-//! `kill -9` of the server in the middle of a burst of webhooks: the encrypted database is not
+//! `kill -9` of the server in the middle of a burst of concurrent webhooks (32 senders, so
+//! deliveries share group commits): the encrypted database is not
 //! corrupted, and every delivery that was answered 2xx is in it (GitHub will not send it again).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -83,7 +84,7 @@ async fn kill_9_during_a_burst_loses_no_acknowledged_delivery() {
     let signature = signature_header(&WebhookSecret::new(b"crash-secret".to_vec()), &body);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut senders = Vec::new();
-    for worker in 0..8 {
+    for worker in 0..32 {
         let (http, body, signature, acked) =
             (http.clone(), body.clone(), signature.clone(), acked.clone());
         senders.push(tokio::spawn(async move {
