@@ -229,6 +229,54 @@ pub struct InstallationFilter {
     pub installation: Option<i64>,
 }
 
+/// A page of a listing. Pages follow each other through the `Link` header's `rel="next"` URL
+/// (absent on the last page): rows are in a fixed order and a cursor names the last row of a
+/// page, so paging through while rows are added returns each row at most once, and every row
+/// that was there when the paging began exactly once.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListPage {
+    /// Only rows of this installation. A tenant token may name only its own.
+    pub installation: Option<i64>,
+    /// The cursor from the previous page's `Link` header (opaque).
+    pub after: Option<String>,
+    /// At most this many rows (1 to 1000; default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+impl ListPage {
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit.unwrap_or(MAX_PAGE) {
+            n @ 1..=MAX_PAGE => Ok(n),
+            _ => Err(ApiError::BadRequest("limit is 1 to 1000")),
+        }
+    }
+
+    /// The `Link` header for the page after one that ended at `cursor`.
+    fn next_link(&self, path: &str, cursor: &str, limit: u32) -> String {
+        let mut url = format!("{path}?after={cursor}&limit={limit}");
+        if let Some(i) = self.installation {
+            url.push_str(&format!("&installation={i}"));
+        }
+        format!("<{url}>; rel=\"next\"")
+    }
+}
+
+/// The most rows one page holds.
+const MAX_PAGE: u32 = 1000;
+
+/// A listing's rows with, when more may follow, the `Link` to the next page.
+fn paged<T: Serialize>(rows: Vec<T>, next: Option<String>) -> Response {
+    let mut response = Json(rows).into_response();
+    if let Some(link) = next.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LINK, link);
+    }
+    response
+}
+
 /// A job's metadata: who started it, where, when, on what hardware, how it ended.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
@@ -283,25 +331,40 @@ impl From<&JobRecord> for JobView {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(InstallationFilter),
-    responses((status = 200, body = [JobView]), (status = 400, body = ErrorBody),
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListPage),
+    responses((status = 200, body = [JobView], description = "Jobs in job id order, a page at a time",
+            headers(("link" = String, description = "`<URL>; rel=\"next\"`: the next page, when there may be one"))),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_jobs(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    filter: Result<Query<InstallationFilter>, QueryRejection>,
-) -> Result<Json<Vec<JobView>>, ApiError> {
-    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
-    let only = caller(c)?.listing(filter.installation)?;
-    let jobs = state.store.jobs().await.map_err(store_error)?;
-    Ok(Json(
-        jobs.iter()
-            .filter(|j| only.is_none_or(|i| j.installation_id.map(|x| x.0) == Some(i)))
-            .map(JobView::from)
-            .collect(),
-    ))
+    page: Result<Query<ListPage>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(page) = page.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
+    let only = caller(c)?.listing(page.installation)?;
+    let limit = page.limit()?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("after is a cursor from a Link header"))?,
+        ),
+    };
+    let mut jobs = state
+        .store
+        .jobs_page(only, after, limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let next = jobs
+        .last()
+        .filter(|_| more)
+        .map(|j| page.next_link("/api/v1/jobs", &j.job_id.0.to_string(), limit));
+    Ok(paged(jobs.iter().map(JobView::from).collect(), next))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "jobs",
@@ -358,42 +421,72 @@ pub struct VmView {
     pub failure: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(InstallationFilter),
-    responses((status = 200, body = [VmView]), (status = 400, body = ErrorBody),
+#[utoipa::path(get, path = "/api/v1/vms", tag = "vms", params(ListPage),
+    responses((status = 200, body = [VmView], description = "VMs in the order they were requested, a page at a time",
+            headers(("link" = String, description = "`<URL>; rel=\"next\"`: the next page, when there may be one"))),
+        (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_vms(
     State(state): State<Arc<AppState>>,
     c: Option<axum::Extension<Caller>>,
-    filter: Result<Query<InstallationFilter>, QueryRejection>,
-) -> Result<Json<Vec<VmView>>, ApiError> {
-    let Query(filter) = filter.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
-    let only = caller(c)?.listing(filter.installation)?;
-    let vms = state.store.vms(false).await.map_err(store_error)?;
-    Ok(Json(
-        vms.into_iter()
-            .filter(|v| only.is_none_or(|i| v.installation_id == i))
-            .map(|v| VmView {
-                start_id: v.start_id,
-                vm_id: v.vm_id,
-                host: v.host,
-                profile: v.profile,
-                installation_id: v.installation_id,
-                repository: v.repo,
-                for_job_id: v.for_job_id,
-                ran_job_id: v.ran_job_id,
-                state: v.state,
-                requested_at: v.requested_at,
-                started_at: v.started_at,
-                booted_at: v.booted_at,
-                runner_started_at: v.runner_started_at,
-                exited_at: v.exited_at,
-                destroyed_at: v.destroyed_at,
-                failure: v.failure,
-            })
-            .collect(),
-    ))
+    page: Result<Query<ListPage>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(page) = page.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
+    let only = caller(c)?.listing(page.installation)?;
+    let limit = page.limit()?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            vm_cursor(raw).ok_or(ApiError::BadRequest("after is a cursor from a Link header"))?,
+        ),
+    };
+    let mut vms = state
+        .store
+        .vms_page(only, after, limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = vms.len() > limit as usize;
+    vms.truncate(limit as usize);
+    let next = vms.last().filter(|_| more).map(|v| {
+        let nanos = v.requested_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let cursor = format!("{nanos}.{}", v.start_id);
+        page.next_link("/api/v1/vms", &cursor, limit)
+    });
+    let views = vms
+        .into_iter()
+        .map(|v| VmView {
+            start_id: v.start_id,
+            vm_id: v.vm_id,
+            host: v.host,
+            profile: v.profile,
+            installation_id: v.installation_id,
+            repository: v.repo,
+            for_job_id: v.for_job_id,
+            ran_job_id: v.ran_job_id,
+            state: v.state,
+            requested_at: v.requested_at,
+            started_at: v.started_at,
+            booted_at: v.booted_at,
+            runner_started_at: v.runner_started_at,
+            exited_at: v.exited_at,
+            destroyed_at: v.destroyed_at,
+            failure: v.failure,
+        })
+        .collect();
+    Ok(paged(views, next))
+}
+
+/// A VM page cursor: `<requested_at in ns since the epoch>.<start id>`.
+fn vm_cursor(raw: &str) -> Option<(DateTime<Utc>, String)> {
+    let (nanos, start_id) = raw.split_once('.')?;
+    let at = DateTime::<Utc>::from_timestamp_nanos(nanos.parse().ok()?);
+    (!start_id.is_empty()
+        && start_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    .then(|| (at, start_id.to_owned()))
 }
 
 /// Usage of one installation on one day (UTC) on one hardware profile.

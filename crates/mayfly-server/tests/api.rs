@@ -344,3 +344,188 @@ async fn tenants_see_only_their_own_data_on_every_route_and_every_call_is_audite
     t.server.shutdown().await;
     t.store.close().await;
 }
+
+/// Inserts jobs `ids` (queued, installation 9) in two transactions.
+async fn add_jobs(store: &dyn Store, ids: impl IntoIterator<Item = i64>) {
+    let events: Vec<(DeliveryId, JobEvent)> = ids
+        .into_iter()
+        .map(|id| {
+            let event = JobEvent {
+                job_id: JobId(id),
+                run_id: RunId(id),
+                installation_id: Some(InstallationId(9)),
+                repo: "org-nine/app".parse().unwrap(),
+                repo_id: 9,
+                org: Some("org-nine".into()),
+                sender: "dev".into(),
+                status: JobStatus::Queued,
+                conclusion: None,
+                labels: vec!["self-hosted".into()],
+                job_name: "build".into(),
+                workflow_name: None,
+                runner_id: None,
+                runner_name: None,
+                created_at: None,
+                started_at: None,
+                completed_at: None,
+            };
+            (DeliveryId::parse(&format!("page-{id}")).unwrap(), event)
+        })
+        .collect();
+    let deliveries: Vec<NewDelivery> = events
+        .iter()
+        .map(|(id, event)| NewDelivery {
+            delivery_id: id.clone(),
+            event: "workflow_job".into(),
+            action: Some("queued".into()),
+            received_at: Utc::now(),
+            intake: IntakeEvent::Job(event.clone()),
+        })
+        .collect();
+    store.record_deliveries(&deliveries).await.unwrap();
+    store.apply_job_events(&events, Utc::now()).await.unwrap();
+}
+
+async fn add_vm(store: &dyn Store, n: u32) {
+    store
+        .insert_vm(&mayfly_store::VmRow::requested(
+            mayfly_store::Placement {
+                start_id: format!("page-vm-{n:04}"),
+                host: "host-a".into(),
+                profile: "linux".into(),
+                installation_id: 9,
+                repo: "org-nine/app".into(),
+                runner_name: format!("mayfly-page-{n}"),
+                runner_id: None,
+                for_job_id: 1,
+            },
+            Utc::now(),
+        ))
+        .await
+        .unwrap();
+}
+
+/// Follows `Link: <…>; rel="next"` from `first`, calling `between` after each page; returns
+/// every row's `key`, in the order the pages gave them.
+async fn page_through(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    first: &str,
+    key: &str,
+    mut between: impl FnMut(usize) -> futures::future::BoxFuture<'static, ()>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut next = Some(first.to_owned());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let response = http
+            .get(format!("{}{}", base, path.trim_start_matches('/')))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        next = response
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned())
+            .map(|l| {
+                let inner = l
+                    .strip_prefix('<')
+                    .and_then(|l| l.strip_suffix(">; rel=\"next\""));
+                inner
+                    .unwrap_or_else(|| panic!("not a next link: {l}"))
+                    .to_owned()
+            });
+        let rows: Vec<Value> = response.json().await.unwrap();
+        assert!(rows.len() <= 40, "a page of {} rows, limit 40", rows.len());
+        seen.extend(rows.iter().map(|r| r[key].to_string()));
+        between(pages).await;
+        pages += 1;
+        assert!(pages < 100, "paging does not end");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_routes_page_every_row_exactly_once_while_rows_are_inserted() {
+    let t = support::start(false, SECRET, None, |_| {}).await;
+    let store: std::sync::Arc<dyn Store> = t.store.clone();
+    let admin = tokens::create(store.as_ref(), "cli:test", "ops", Scope::Admin)
+        .await
+        .unwrap();
+    // Ids out of order, so new rows land before and after the cursor.
+    let before: Vec<i64> = (0..150).map(|i| (i * 7919) % 100_000 + 10).collect();
+    add_jobs(store.as_ref(), before.clone()).await;
+    for n in 0..150 {
+        add_vm(store.as_ref(), n).await;
+    }
+    let http = reqwest::Client::new();
+    let base = t.server.base_url();
+
+    let adding = store.clone();
+    let jobs = page_through(
+        &http,
+        &base,
+        admin.expose(),
+        "/api/v1/jobs?limit=40",
+        "job_id",
+        |page| {
+            let store = adding.clone();
+            Box::pin(async move {
+                let page = page as i64;
+                add_jobs(store.as_ref(), [1 + page, 200_000 + page, 50_000 + page]).await;
+            })
+        },
+    )
+    .await;
+    let adding = store.clone();
+    let vms = page_through(
+        &http,
+        &base,
+        admin.expose(),
+        "/api/v1/vms?limit=40&installation=9",
+        "start_id",
+        |page| {
+            let store = adding.clone();
+            Box::pin(async move { add_vm(store.as_ref(), 1000 + page as u32).await })
+        },
+    )
+    .await;
+
+    for (name, seen, wanted) in [
+        (
+            "jobs",
+            &jobs,
+            before.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        ),
+        (
+            "vms",
+            &vms,
+            (0..150).map(|n| format!("\"page-vm-{n:04}\"")).collect(),
+        ),
+    ] {
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{name}: a row came twice");
+        for row in wanted {
+            assert!(seen.contains(&row), "{name}: {row} never came");
+        }
+    }
+    // Rows added behind the cursor are not returned; those ahead of it are.
+    assert!(jobs.contains(&"200000".to_owned()));
+
+    let api = Api { http, base };
+    for bad in [
+        "/api/v1/jobs?after=x",
+        "/api/v1/jobs?limit=0",
+        "/api/v1/jobs?limit=1001",
+        "/api/v1/vms?after=12.",
+        "/api/v1/vms?after=nope",
+    ] {
+        let (status, body) = api.get(bad, Some(admin.expose())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}

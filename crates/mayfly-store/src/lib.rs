@@ -102,6 +102,24 @@ pub trait CommonStore: Send + Sync {
     /// or lost, or gone with a runner that took no job and is not deleted yet.
     async fn open_vms(&self) -> Result<Vec<VmRow>, StoreError>;
 
+    /// A page of jobs in job id order: those after `after` (a job id), at most `limit`, of one
+    /// installation or all. Rows added while a client pages through appear at most once.
+    async fn jobs_page(
+        &self,
+        installation: Option<i64>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// A page of VMs in the order they were requested: those after `after` (a row's
+    /// `requested_at` and `start_id`), at most `limit`, of one installation or all.
+    async fn vms_page(
+        &self,
+        installation: Option<i64>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: u32,
+    ) -> Result<Vec<VmRow>, StoreError>;
+
     /// VM rows whose `key` is one of `values` (indexed lookups, in chunks).
     async fn vms_by_key(&self, key: VmKey, values: &[String]) -> Result<Vec<VmRow>, StoreError>;
 

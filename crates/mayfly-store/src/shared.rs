@@ -458,6 +458,47 @@ macro_rules! shared_methods {
                     .op("list open vms")?;
                 rows.iter().map(vm_from_row).collect()
             }
+            async fn jobs_page(
+                &self,
+                installation: Option<i64>,
+                after: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<JobRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM jobs
+                     WHERE (CAST($1 AS BIGINT) IS NULL OR installation_id = $1) AND job_id > $2
+                     ORDER BY job_id LIMIT $3",
+                )
+                .bind(installation)
+                .bind(after.unwrap_or(i64::MIN))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .op("list a page of jobs")?;
+                rows.iter().map(job_from_row).collect()
+            }
+            async fn vms_page(
+                &self,
+                installation: Option<i64>,
+                after: Option<(DateTime<Utc>, String)>,
+                limit: u32,
+            ) -> Result<Vec<VmRow>, StoreError> {
+                let (at, start_id) = after.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, String::new()));
+                let rows = sqlx::query(
+                    "SELECT * FROM vms
+                     WHERE (CAST($1 AS BIGINT) IS NULL OR installation_id = $1)
+                       AND (requested_at > $2 OR (requested_at = $2 AND start_id > $3))
+                     ORDER BY requested_at, start_id LIMIT $4",
+                )
+                .bind(installation)
+                .bind(at)
+                .bind(start_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .op("list a page of vms")?;
+                rows.iter().map(vm_from_row).collect()
+            }
             async fn vms_by_key(
                 &self,
                 key: crate::VmKey,

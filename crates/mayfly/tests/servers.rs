@@ -124,7 +124,8 @@ image = "test-image"
         .arg("server")
         .arg("--config")
         .arg(&config_file)
-        .env("MAYFLY_LOG", "info")
+        // Each applied job event is logged at debug (info has a per-minute summary).
+        .env("MAYFLY_LOG", "info,mayfly_server::processor=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -14,3 +14,5 @@ CREATE INDEX vms_by_ran_job ON vms (ran_job_id) WHERE ran_job_id IS NOT NULL;
 CREATE INDEX vms_by_host ON vms (host) WHERE state NOT IN ('destroyed');
 -- VMs whose agent may have gone silent (neither gone nor already given up on).
 CREATE INDEX vms_unsettled ON vms (requested_at) WHERE state NOT IN ('destroyed', 'failed', 'lost');
+-- The API lists VMs a page at a time in this order (jobs page by their primary key).
+CREATE INDEX vms_by_requested ON vms (requested_at, start_id);
