@@ -17,7 +17,10 @@ use crate::exit::{Failure, RuntimeContext};
 
 /// Flags of `mayfly bench`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchKind>,
     #[command(flatten)]
     run: QuickstartArgs,
     /// Bare QEMU boots of the same image to measure for comparison.
@@ -26,6 +29,15 @@ pub struct BenchArgs {
     /// Where to write the report (appended as a new section).
     #[arg(long, default_value = "BENCHMARKS.md", value_name = "FILE")]
     out: PathBuf,
+}
+
+/// Benchmarks other than the default (jobs through the whole loop on real VMs).
+#[derive(Debug, clap::Subcommand)]
+enum BenchKind {
+    /// The control plane alone at load: webhook intake beside /healthz, received → StartVm
+    /// latency with simulated agents (no VMs), a scheduling pass with and without a million
+    /// finished jobs, on SQLite (and PostgreSQL with --postgres).
+    ControlPlane(super::bench_control_plane::ControlPlaneArgs),
 }
 
 /// p50 and p99 (nearest rank) of a sample, in seconds.
@@ -129,7 +141,7 @@ async fn bare_boot(
     Ok(elapsed)
 }
 
-fn machine() -> String {
+pub(super) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -157,6 +169,9 @@ fn machine() -> String {
 
 #[allow(clippy::print_stdout)] // the report is the command's output
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if let Some(BenchKind::ControlPlane(args)) = args.what {
+        return super::bench_control_plane::run(args).await;
+    }
     if args.run.workflow().is_some() {
         return Err(Failure::Config(anyhow::anyhow!(
             "mayfly bench measures --jobs N identical jobs; --workflow is for mayfly quickstart"

@@ -6,6 +6,7 @@ pub mod api_client;
 pub mod atomic_file;
 pub mod audit;
 pub mod bench;
+pub mod bench_control_plane;
 pub mod chaos;
 pub mod doctor;
 pub mod image;

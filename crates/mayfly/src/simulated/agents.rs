@@ -117,7 +117,6 @@ fn check_ids(agents: &[SimulatedAgent]) -> anyhow::Result<()> {
 /// store is `store`: a one-time bootstrap token pinning `server_ca_pem`, then the enrolment a
 /// remote host would do (CSR, client certificate), its credentials written to
 /// `<credentials_root>/<name>/`. Returns the agents ready for [`run_simulated_agents`].
-#[cfg_attr(not(test), allow(dead_code))] // for `mayfly bench control-plane`; tested already
 pub async fn enrol_simulated_agents(
     store: &dyn mayfly_store::Store,
     server_base_url: &str,

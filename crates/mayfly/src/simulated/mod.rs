@@ -17,11 +17,9 @@ mod tests;
 
 use std::time::Duration;
 
-// `mayfly bench control-plane` (next) enrols its agents with `enrol_simulated_agents`; until
-// then only the tests call it.
-#[cfg_attr(not(test), allow(unused_imports))]
-pub use agents::enrol_simulated_agents;
-pub use agents::{run_simulated_agents, SimulatedAgent, SimulatedAgentsConfig};
+pub use agents::{
+    enrol_simulated_agents, run_simulated_agents, SimulatedAgent, SimulatedAgentsConfig,
+};
 pub use driver::SimulatedDriver;
 #[cfg(test)]
 use runner::JOB_OUTPUT;
