@@ -345,7 +345,7 @@ impl Metrics {
 
     /// Updates the gauges that come from the store and the agent hub, then encodes everything.
     pub async fn render(&self, store: &dyn Store) -> Result<String, StoreError> {
-        self.refresh_waiting(&store.open_jobs(chrono::Utc::now()).await?);
+        self.refresh_waiting(&store.queued_jobs().await?);
         match self.hub.get() {
             Some(hub) => {
                 let hosts = hub.hosts();

@@ -92,11 +92,15 @@ pub trait CommonStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<Transition>>, StoreError>;
 
-    /// The jobs that can still change a scheduling decision, oldest first: not completed, or
-    /// not yet decided (`new`, `placing`), or wanted by an open VM ([`CommonStore::open_vms`]),
+    /// The jobs that can still change a scheduling decision, oldest first: not yet decided
+    /// (`new`, `placing`), or placed and not completed, or wanted by an open VM ([`CommonStore::open_vms`]),
     /// or naming a runner but bound to no VM and updated since `unbound_since`. Read through
     /// partial indexes: retained history costs nothing.
     async fn open_jobs(&self, unbound_since: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Jobs queued at GitHub (whatever mayfly decided for them), oldest first; indexed by
+    /// status, for the waiting-jobs metrics.
+    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
 
     /// The VMs that can still change a scheduling decision, oldest first: not destroyed, failed
     /// or lost, or gone with a runner that took no job and is not deleted yet.

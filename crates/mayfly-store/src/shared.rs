@@ -46,7 +46,8 @@ pub(crate) const OPEN_VM: &str =
 pub(crate) fn open_jobs_sql() -> String {
     format!(
         "SELECT * FROM jobs WHERE job_id IN (
-           SELECT job_id FROM jobs WHERE status <> 'completed' OR disposition IN ('new', 'placing')
+           SELECT job_id FROM jobs
+             WHERE disposition IN ('new', 'placing') OR (disposition = 'placed' AND status <> 'completed')
            UNION SELECT job_id FROM jobs
              WHERE vm_start_id IS NULL AND runner_name IS NOT NULL AND updated_at >= $1
            UNION SELECT for_job_id FROM vms WHERE {OPEN_VM}
@@ -449,6 +450,15 @@ macro_rules! shared_methods {
                     .fetch_all(&self.pool)
                     .await
                     .op("list open jobs")?;
+                rows.iter().map(job_from_row).collect()
+            }
+            async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM jobs WHERE status = 'queued' ORDER BY first_seen_at, job_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .op("list queued jobs")?;
                 rows.iter().map(job_from_row).collect()
             }
             async fn open_vms(&self) -> Result<Vec<VmRow>, StoreError> {
