@@ -325,17 +325,31 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
 
     let plans = store.pass_query_plans().await.unwrap();
     assert!(!plans.is_empty());
+    // A walk over jobs or vms is bounded only through the partial indexes that leave finished
+    // work out (a walk of an index over all rows — say one matching an ORDER BY — is a full
+    // scan too).
+    let bounded = [
+        "jobs_open",
+        "jobs_unbound",
+        "jobs_pkey",
+        "vms_open",
+        "vms_unsettled",
+        "vms_by_host",
+        "vms_live_host",
+    ];
     for line in &plans {
-        let scan = line.contains("SCAN jobs")
-            || line.contains("SCAN vms")
-            || line.contains("Seq Scan on jobs")
-            || line.contains("Seq Scan on vms");
-        let through_index = line.contains("INDEX") || line.contains("Index");
-        assert!(
-            !scan || through_index,
-            "a full scan in a pass's plan: {line}\n{}",
-            plans.join("\n")
-        );
+        let sqlite_walk = line.contains("SCAN jobs") || line.contains("SCAN vms");
+        let pg_walk = line.contains("Seq Scan on jobs")
+            || line.contains("Seq Scan on vms")
+            || (line.contains("Scan using")
+                && (line.contains(" on jobs") || line.contains(" on vms")));
+        if sqlite_walk || pg_walk {
+            assert!(
+                bounded.iter().any(|index| line.contains(index)),
+                "a pass reads more than open work: {line}\n{}",
+                plans.join("\n")
+            );
+        }
     }
     // The history is all there, just not read.
     assert_eq!(
