@@ -81,7 +81,7 @@ pub(crate) const SILENT_AGENTS_VMS: &str =
 /// `ORDER BY` that an index of all rows matches tempts SQLite's planner into walking that whole
 /// index instead (it did, with a million finished jobs: 0.9 ms became 1.9 s).
 pub(crate) fn jobs_oldest_first(mut jobs: Vec<crate::JobRecord>) -> Vec<crate::JobRecord> {
-    jobs.sort_by(|a, b| (a.first_seen_at, a.job_id.0).cmp(&(b.first_seen_at, b.job_id.0)));
+    jobs.sort_by_key(|j| (j.first_seen_at, j.job_id.0));
     jobs
 }
 
