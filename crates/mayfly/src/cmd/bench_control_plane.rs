@@ -89,6 +89,7 @@ struct Measured {
     history_rows: u32,
 }
 
+#[allow(clippy::print_stdout)] // the report is the command's output
 pub async fn run(args: ControlPlaneArgs) -> Result<(), Failure> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; numbers for BENCHMARKS.md come from `scripts/bench control-plane` (release)");
