@@ -32,6 +32,7 @@ use mayfly_store::{DbKey, SqliteStore, Store};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use super::chaos::{fresh_database, psql};
 use crate::exit::{Failure, RuntimeContext};
 use crate::simulated::{
     enrol_simulated_agents, run_simulated_agents, SimulatedAgentsConfig, SimulatedTimings,
@@ -96,16 +97,10 @@ pub async fn run(args: ControlPlaneArgs) -> Result<(), Failure> {
     }
     let mut results = vec![bench_one(&args, None).await.runtime_err()?];
     if let Some(url) = &args.postgres {
-        let name = format!("mayfly_bench_{}", std::process::id());
-        psql(url, &format!("CREATE DATABASE {name}"))
+        let (db_url, name) = fresh_database(url, format!("mayfly_bench_{}", std::process::id()))
             .await
             .runtime_err()?;
-        let base = url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .context("the PostgreSQL URL has no database")
-            .runtime_err()?;
-        let result = bench_one(&args, Some(&format!("{base}/{name}"))).await;
+        let result = bench_one(&args, Some(&db_url)).await;
         let _ = psql(url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         results.push(result.runtime_err()?);
     }
@@ -120,18 +115,6 @@ pub async fn run(args: ControlPlaneArgs) -> Result<(), Failure> {
         .with_context(|| format!("could not write {}", args.out.display()))
         .runtime_err()?;
     eprintln!("appended to {}", args.out.display());
-    Ok(())
-}
-
-async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("psql")
-        .args([url, "-q", "-c", sql])
-        .status()
-        .await
-        .context("could not run psql")?;
-    if !status.success() {
-        return Err(anyhow!("psql {sql:?}: {status}"));
-    }
     Ok(())
 }
 

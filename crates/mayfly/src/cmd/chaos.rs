@@ -116,8 +116,8 @@ fn elapsed(started: Instant) -> String {
 }
 
 /// A fresh database beside the one `url` names; returns its URL and name.
-async fn fresh_database(url: &str, seed: u64) -> anyhow::Result<(String, String)> {
-    let name = format!("mayfly_chaos_{seed:016x}");
+/// Makes database `name` on the server at `url`; returns its URL and name.
+pub(super) async fn fresh_database(url: &str, name: String) -> anyhow::Result<(String, String)> {
     psql(url, &format!("CREATE DATABASE {name}")).await?;
     let base = url
         .rsplit_once('/')
@@ -126,7 +126,7 @@ async fn fresh_database(url: &str, seed: u64) -> anyhow::Result<(String, String)
     Ok((format!("{base}/{name}"), name))
 }
 
-async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+pub(super) async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
     let status = tokio::process::Command::new("psql")
         .args([url, "-q", "-c", sql])
         .status()
@@ -184,7 +184,9 @@ pub async fn run(args: ChaosArgs) -> Result<(), Failure> {
 
     let (postgres, database) = match &args.postgres {
         Some(url) => {
-            let (db_url, name) = fresh_database(url, seed).await.config_err()?;
+            let (db_url, name) = fresh_database(url, format!("mayfly_chaos_{seed:016x}"))
+                .await
+                .config_err()?;
             (Some(db_url), Some(name))
         }
         None => (None, None),
