@@ -15,7 +15,7 @@ pub mod event;
 pub use event::{InstallationChange, InstallationChangeKind, IntakeEvent, JobEvent};
 pub mod vm;
 
-pub use vm::{DestroyStep, DestructionRecord, VmId};
+pub use vm::{DestroyStep, DestructionRecord, StartStep, VmId};
 pub mod phases;
 pub use phases::{Ordered, Phase, PhaseTimes, Stretch, STRETCHES};
 pub mod profile;

@@ -60,6 +60,15 @@ impl fmt::Display for VmId {
     }
 }
 
+/// One step of starting a VM, as the server and its agent measured it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartStep {
+    /// What was done, e.g. `jit_config` (GitHub registered the runner and gave its config).
+    pub step: String,
+    /// How long it took, in milliseconds.
+    pub millis: f64,
+}
+
 /// One step of tearing a VM down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestroyStep {

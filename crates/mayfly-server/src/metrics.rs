@@ -135,6 +135,7 @@ pub struct Metrics {
     deliveries: Family<ResultLabel, Counter>,
     webhook_lag: Histogram,
     intake_batch: Histogram,
+    jit_config: Histogram,
     github_requests: Family<GitHubLabels, Counter>,
     rate_limit_remaining: Family<InstallationLabel, Gauge>,
     rate_limit_limit: Family<InstallationLabel, Gauge>,
@@ -221,6 +222,15 @@ impl Metrics {
              the previous commit synced share the next)",
             intake_batch.clone(),
         );
+        let jit_config =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        registry.register_with_unit(
+            "github_jit_config_duration",
+            "GitHub's answer time to a JIT runner config request (it registers the runner and \
+             makes its key), token request included",
+            Unit::Seconds,
+            jit_config.clone(),
+        );
         let github_requests = Family::<GitHubLabels, Counter>::default();
         registry.register(
             "github_api_requests",
@@ -270,6 +280,7 @@ impl Metrics {
             deliveries,
             webhook_lag,
             intake_batch,
+            jit_config,
             github_requests,
             rate_limit_remaining,
             rate_limit_limit,
@@ -293,6 +304,11 @@ impl Metrics {
     /// One intake commit recorded `deliveries` deliveries.
     pub(crate) fn intake_batch(&self, deliveries: usize) {
         self.intake_batch.observe(deliveries as f64);
+    }
+
+    /// One JIT config request's round trip to GitHub.
+    pub(crate) fn jit_config(&self, took: std::time::Duration) {
+        self.jit_config.observe(took.as_secs_f64());
     }
 
     pub(crate) fn webhook_lag(&self, lag: chrono::Duration) {

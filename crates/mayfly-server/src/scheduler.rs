@@ -47,6 +47,20 @@ pub struct Scheduler {
     pub backoff: std::sync::Mutex<std::collections::HashMap<i64, (DateTime<Utc>, u32)>>,
 }
 
+/// JIT configs asked of GitHub at once (each registers a runner; GitHub makes its key).
+const JIT_CONCURRENCY: usize = 16;
+
+/// A queued job claimed by this server, with a slot taken for it, waiting for its JIT config.
+struct Claimed {
+    job: JobRecord,
+    dispatch: JobDispatch,
+    profile: Profile,
+    installation: InstallationId,
+    host: String,
+    start_id: String,
+    runner_name: String,
+}
+
 /// The longest wait between tries of a job GitHub keeps failing transiently.
 const BACKOFF_MAX_SECS: i64 = 60;
 
@@ -111,17 +125,20 @@ impl Scheduler {
         let mut vms = self.store.open_vms().await?;
         self.add_runner_vms(&jobs, &mut vms).await?;
         for job in &jobs {
-            self.bind(job, &mut vms).await?;
+            self.bind(job, &jobs, &mut vms).await?;
         }
         self.observe_phases().await?;
         let jobs = self.replace_stranded(jobs, &vms).await?;
         // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
+        let mut hosts = self.free_hosts(&vms);
+        let mut claimed = Vec::new();
         for job in jobs
             .iter()
             .filter(|j| matches!(j.dispatch.disposition.as_str(), "new" | "placing"))
         {
-            self.dispatch(job, &mut vms).await?;
+            claimed.extend(self.claim(job, &mut hosts).await?);
         }
+        self.provision(claimed, &mut vms).await?;
         self.cleanup(&jobs, &mut vms).await
     }
 
@@ -178,8 +195,15 @@ impl Scheduler {
     }
 
     /// Records which VM's runner ran `job` (GitHub does not bind a job to the runner it was
-    /// started for).
-    async fn bind(&self, job: &JobRecord, vms: &mut [VmRow]) -> Result<(), StoreError> {
+    /// started for). When that VM was started for another job still waiting, the VM started for
+    /// `job`, if its runner took nothing yet, is that job's now: runners swapped jobs, and
+    /// nothing is started again.
+    async fn bind(
+        &self,
+        job: &JobRecord,
+        jobs: &[JobRecord],
+        vms: &mut [VmRow],
+    ) -> Result<(), StoreError> {
         let Some(runner) = job.runner_name.as_deref() else {
             return Ok(());
         };
@@ -191,45 +215,34 @@ impl Scheduler {
         };
         vm.ran_job_id = Some(job.job_id.0);
         self.store.update_vm(vm).await?;
+        let (ran_on, intended) = (vm.start_id.clone(), vm.for_job_id);
         let dispatch = JobDispatch {
-            vm_start_id: Some(vm.start_id.clone()),
+            vm_start_id: Some(ran_on.clone()),
             ..job.dispatch.clone()
         };
         self.store.set_job_dispatch(job.job_id, &dispatch).await?;
-        tracing::info!(job = %job.job_id, vm = %vm.start_id, "job runs on VM");
+        tracing::info!(job = %job.job_id, vm = %ran_on, "job runs on VM");
+        let waiting = jobs.iter().any(|j| {
+            j.job_id.0 == intended && j.status == JobStatus::Queued && j.runner_name.is_none()
+        });
+        if intended == job.job_id.0 || !waiting {
+            return Ok(());
+        }
+        if let Some(spare) = vms.iter_mut().find(|v| {
+            v.for_job_id == job.job_id.0
+                && v.start_id != ran_on
+                && v.ran_job_id.is_none()
+                && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
+        }) {
+            tracing::info!(vm = %spare.start_id, from = %job.job_id, to = intended, "runners swapped jobs: the VM started for this job now waits for the other");
+            spare.for_job_id = intended;
+            self.store.update_vm(spare).await?;
+        }
         Ok(())
     }
 
-    async fn dispatch(&self, job: &JobRecord, vms: &mut Vec<VmRow>) -> Result<(), StoreError> {
-        let mut dispatch = job.dispatch.clone();
-        if job.status != JobStatus::Queued {
-            if job.status == JobStatus::Completed {
-                dispatch.disposition = "skipped".into();
-                self.store.set_job_dispatch(job.job_id, &dispatch).await?;
-            }
-            return Ok(());
-        }
-        let Some(profile) = match_profile(&self.profiles, &job.labels) else {
-            dispatch.disposition = "ignored".into();
-            tracing::info!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
-            return self.store.set_job_dispatch(job.job_id, &dispatch).await;
-        };
-        dispatch.profile = Some(profile.name.clone());
-        let Some(installation) = job.installation_id else {
-            return self
-                .fail(job, dispatch, "the delivery carried no App installation")
-                .await;
-        };
-        let now = self.clock.now();
-        let waiting = self
-            .backoff
-            .lock()
-            .ok()
-            .and_then(|b| b.get(&job.job_id.0).map(|(at, _)| *at > now))
-            .unwrap_or(false);
-        if waiting {
-            return Ok(());
-        }
+    /// Free VM slots on each connected host, less the VMs already on it.
+    fn free_hosts(&self, vms: &[VmRow]) -> Vec<mayfly_core::HostSlots> {
         let mut hosts = self.hub.hosts();
         for host in &mut hosts {
             let busy = vms
@@ -243,26 +256,142 @@ impl Scheduler {
                 .free_slots
                 .saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
         }
-        let Some(host) = place(profile, &hosts).map(|h| h.host.clone()) else {
+        hosts
+    }
+
+    /// Decides where a queued job goes and claims it: a slot on `hosts` is taken for it.
+    /// Returns `None` when the job is not to be started now (settled here, waiting, no slot,
+    /// another server's claim).
+    async fn claim(
+        &self,
+        job: &JobRecord,
+        hosts: &mut [mayfly_core::HostSlots],
+    ) -> Result<Option<Claimed>, StoreError> {
+        let mut dispatch = job.dispatch.clone();
+        if job.status != JobStatus::Queued {
+            if job.status == JobStatus::Completed {
+                dispatch.disposition = "skipped".into();
+                self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+            }
+            return Ok(None);
+        }
+        let Some(profile) = match_profile(&self.profiles, &job.labels) else {
+            dispatch.disposition = "ignored".into();
+            tracing::info!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
+            self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+            return Ok(None);
+        };
+        dispatch.profile = Some(profile.name.clone());
+        let Some(installation) = job.installation_id else {
+            self.fail(job, dispatch, "the delivery carried no App installation")
+                .await?;
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let waiting = self
+            .backoff
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&job.job_id.0).map(|(at, _)| *at > now))
+            .unwrap_or(false);
+        if waiting {
+            return Ok(None);
+        }
+        let Some(host) = place(profile, hosts).map(|h| h.host.clone()) else {
             // No capacity here now: stays `new`, placed when a slot frees up (here or on another
             // server's agents).
-            return Ok(());
+            return Ok(None);
         };
         if !self
             .store
-            .claim_job(job.job_id, &self.server_id, now, now - STALE_PLACING)
+            .claim_job(
+                job.job_id,
+                &self.server_id,
+                &profile.name,
+                now,
+                now - STALE_PLACING,
+            )
             .await?
         {
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(slots) = hosts.iter_mut().find(|h| h.host == host) {
+            slots.free_slots = slots.free_slots.saturating_sub(1);
         }
         let start_id = uuid_like();
         let runner_name = format!("mayfly-{}", &start_id[..12]);
-        let request = JitConfigRequest::new(runner_name.clone(), profile.runner_labels());
-        let jit = match self
+        Ok(Some(Claimed {
+            job: job.clone(),
+            dispatch,
+            profile: profile.clone(),
+            installation,
+            host,
+            start_id,
+            runner_name,
+        }))
+    }
+
+    /// Asks GitHub for the claimed jobs' JIT configs, [`JIT_CONCURRENCY`] at a time, and starts
+    /// each job's VM as its config arrives. Every claim is seen through; the first store error
+    /// is returned at the end.
+    async fn provision(
+        &self,
+        claimed: Vec<Claimed>,
+        vms: &mut Vec<VmRow>,
+    ) -> Result<(), StoreError> {
+        use futures::StreamExt as _;
+        let mut answers = futures::stream::iter(claimed)
+            .map(|c| self.ask_jit_config(c))
+            .buffer_unordered(JIT_CONCURRENCY);
+        let mut first_error = None;
+        while let Some((claimed, jit, took)) = answers.next().await {
+            if let Err(e) = self.start(claimed, jit, took, vms).await {
+                tracing::error!(error = %crate::error::chain(&e), "could not record a VM start");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Registers the claimed job's runner at GitHub, for its repository only.
+    async fn ask_jit_config(
+        &self,
+        claimed: Claimed,
+    ) -> (
+        Claimed,
+        Result<mayfly_github::rest::JitRunner, mayfly_github::GitHubError>,
+        Duration,
+    ) {
+        let request =
+            JitConfigRequest::new(claimed.runner_name.clone(), claimed.profile.runner_labels());
+        let asked = std::time::Instant::now();
+        let jit = self
             .github
-            .generate_repo_jitconfig(installation, &job.repo, &request)
-            .await
-        {
+            .generate_repo_jitconfig(claimed.installation, &claimed.job.repo, &request)
+            .await;
+        let took = asked.elapsed();
+        self.metrics.jit_config(took);
+        (claimed, jit, took)
+    }
+
+    /// Starts the VM of a claimed job with GitHub's answer for its JIT config.
+    async fn start(
+        &self,
+        claimed: Claimed,
+        jit: Result<mayfly_github::rest::JitRunner, mayfly_github::GitHubError>,
+        jit_took: Duration,
+        vms: &mut Vec<VmRow>,
+    ) -> Result<(), StoreError> {
+        let Claimed {
+            job,
+            mut dispatch,
+            profile,
+            installation,
+            host,
+            start_id,
+            runner_name,
+        } = claimed;
+        let jit = match jit {
             Ok(jit) => {
                 if let Ok(mut backoff) = self.backoff.lock() {
                     backoff.remove(&job.job_id.0);
@@ -272,6 +401,7 @@ impl Scheduler {
             Err(e) if transient(&e) => {
                 // GitHub is having a bad moment: the job waits (not counted as an attempt),
                 // longer each time, and is tried again however long the outage lasts.
+                let now = self.clock.now();
                 let tries = self
                     .backoff
                     .lock()
@@ -291,11 +421,11 @@ impl Scheduler {
             Err(e) => {
                 dispatch.attempts += 1;
                 return self
-                    .retry(job, dispatch, &format!("could not get a JIT config: {e}"))
+                    .retry(&job, dispatch, &format!("could not get a JIT config: {e}"))
                     .await;
             }
         };
-        let vm = VmRow::requested(
+        let mut vm = VmRow::requested(
             Placement {
                 start_id: start_id.clone(),
                 host: host.clone(),
@@ -308,6 +438,11 @@ impl Scheduler {
             },
             self.clock.now(),
         );
+        let steps = [mayfly_core::StartStep {
+            step: "jit_config".into(),
+            millis: jit_took.as_secs_f64() * 1000.0,
+        }];
+        vm.start_steps = serde_json::to_string(&steps).ok();
         self.store.insert_vm(&vm).await?;
         dispatch.disposition = "placed".into();
         dispatch.attempts += 1;
@@ -333,7 +468,7 @@ impl Scheduler {
             failed.failure = Some(e.to_string());
             self.store.update_vm(&failed).await?;
             vms.push(failed);
-            return self.retry(job, dispatch, &e.to_string()).await;
+            return self.retry(&job, dispatch, &e.to_string()).await;
         }
         vms.push(vm);
         Ok(())

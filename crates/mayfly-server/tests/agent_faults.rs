@@ -303,7 +303,7 @@ async fn an_agent_breaking_the_protocol_is_refused_audited_and_nothing_is_applie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_vm_ran_another_job_or_vanished_with_a_restart_is_placed_again() {
+async fn runners_that_swap_jobs_keep_their_vms_and_a_job_whose_vm_vanished_is_placed_again() {
     use mayfly_sim::runner_client::RunnerClient;
     let w = world(60).await;
     let addr = w.server.agent_addr().unwrap();
@@ -334,16 +334,37 @@ async fn a_job_whose_vm_ran_another_job_or_vanished_with_a_restart_is_placed_aga
         .await
         .unwrap();
 
-    // The second job's own VM is spent on the first: it gets another one.
-    let again = start_vm(&mut agent).await;
-    assert_ne!(again.start_id, start_first.start_id);
-    let row = w.store.vm(&again.start_id).await.unwrap().unwrap();
-    assert_eq!(row.for_job_id, second);
+    // The first job's VM, whose runner took nothing yet, now waits for the second job: the
+    // runners swapped jobs, and no VM is started again.
+    let store = w.store.clone();
+    let first_vm = start_first.start_id.clone();
+    until(20, || {
+        let (store, first_vm) = (store.clone(), first_vm.clone());
+        async move {
+            store
+                .vm(&first_vm)
+                .await
+                .unwrap()
+                .is_some_and(|v| v.for_job_id == second)
+        }
+    })
+    .await;
+    let job = w.store.job(JobId(second)).await.unwrap().unwrap();
+    assert_eq!(job.dispatch.disposition, "placed", "{job:?}");
+    // The VM that ran the first job is destroyed; nothing is started.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(command) = agent.recv().await {
+            match command {
+                mayfly_proto::ServerBody::DestroyVm(d) => assert_eq!(d.vm_id, vm),
+                other => panic!("the second job has its VM; got {other:?}"),
+            }
+        }
+    });
+    let _ = quiet.await;
 
-    // The agent restarts without the VMs it had started (they died with it): the jobs they
-    // were for are placed again.
+    // The agent restarts without the VMs it had started (they died with it): the job still
+    // waiting is placed again.
     agent.boot(&start_first, "vm-00000000000000d1").await;
-    agent.boot(&again, "vm-00000000000000d3").await;
     agent.all_acknowledged().await;
     drop(agent);
     let mut restarted = FakeAgent::resume(addr, "host-a", "epoch-2", 0, vec![]).await;
@@ -397,5 +418,67 @@ async fn a_github_outage_while_placing_delays_the_job_and_does_not_fail_it() {
     let start = start_vm(&mut agent).await;
     let row = w.store.vm(&start.start_id).await.unwrap().unwrap();
     assert_eq!(row.for_job_id, job);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_configs_for_waiting_jobs_are_asked_for_at_once_and_their_time_is_recorded() {
+    let w = world(60).await;
+    // GitHub takes a while with each JIT config.
+    const DELAY_MS: u64 = 1500;
+    w.sim
+        .add_rest_fault(mayfly_sim::RestFault {
+            kind: mayfly_sim::RestFaultKind::Slow { delay_ms: DELAY_MS },
+            count: None,
+            path_prefix: Some("/repos/org-j/app/actions/runners/generate-jitconfig".into()),
+        })
+        .unwrap();
+    let (repo, first) = w.queue_job("org-j");
+    let mut jobs = vec![first];
+    for _ in 0..3 {
+        let job = w
+            .sim
+            .create_job(NewJob {
+                repository: repo.clone(),
+                labels: vec!["self-hosted".into(), "mayfly-linux-2cpu".into()],
+                ..NewJob::default()
+            })
+            .unwrap();
+        jobs.push(job.id as i64);
+    }
+    let store = w.store.clone();
+    until(20, || {
+        let store = store.clone();
+        async move { store.jobs().await.unwrap().len() == 4 }
+    })
+    .await;
+    // The four wait for a host; one with four slots comes.
+    let mut agent = FakeAgent::connect_as(w.server.agent_addr().unwrap(), "host-a").await;
+    agent.keep_alive(Duration::from_millis(500));
+    let mut spans = Vec::new();
+    for _ in 0..4 {
+        let start = start_vm(&mut agent).await;
+        let row = w.store.vm(&start.start_id).await.unwrap().unwrap();
+        assert!(jobs.contains(&row.for_job_id));
+        let steps: Vec<mayfly_core::StartStep> =
+            serde_json::from_str(row.start_steps.as_deref().expect("start steps recorded"))
+                .unwrap();
+        let jit = steps
+            .iter()
+            .find(|s| s.step == "jit_config")
+            .expect("the JIT config step");
+        assert!(jit.millis >= DELAY_MS as f64, "{jit:?}");
+        // When the request went out and when its answer was in.
+        let answered = row.requested_at;
+        let asked = answered - chrono::Duration::microseconds((jit.millis * 1000.0) as i64);
+        spans.push((asked, answered));
+    }
+    // One request at a time would make the four spans disjoint: they all overlap.
+    let last_asked = spans.iter().map(|s| s.0).max().unwrap();
+    let first_answered = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(
+        last_asked < first_answered,
+        "JIT configs were asked for one after another: {spans:?}"
+    );
     w.stop().await;
 }

@@ -245,7 +245,7 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
         }
         let first_acme_fails = ids[0];
         agent
-            .run_jobs(3, |job| {
+            .run_jobs(3, move |job| {
                 if job == first_acme_fails {
                     Conclusion::Failure
                 } else {

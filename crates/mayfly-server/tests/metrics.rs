@@ -342,11 +342,25 @@ async fn prometheus_counts_a_runs_jobs_and_the_shipped_rules_name_only_exported_
                 }
             })
             .await;
-            assert!(
-                reached.is_ok(),
-                "{query} is {last:?}, not {expected}; Prometheus said:\n{}",
-                prometheus.log()
-            );
+            if reached.is_err() {
+                let jobs: Vec<String> = t
+                    .store
+                    .jobs()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|j| {
+                        format!(
+                            "{} {:?} {:?} {:?}",
+                            j.job_id, j.status, j.conclusion, j.dispatch
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{query} is {last:?}, not {expected}; jobs {jobs:#?}; Prometheus said:\n{}",
+                    prometheus.log()
+                );
+            }
         }
         assert_eq!(
             prometheus

@@ -56,11 +56,14 @@ pub trait CommonStore: Send + Sync {
         to: DateTime<Utc>,
     ) -> Result<(Vec<JobRecord>, Vec<VmRow>), StoreError>;
     /// Claims a job for placement by `owner` if it is still `new` (or its claim is older than
-    /// `stale_before`): its disposition becomes `placing`. `false` when another server has it.
+    /// `stale_before`): its disposition becomes `placing` and its profile `profile` (known from
+    /// here on, even if the job completes before it is placed). `false` when another server has
+    /// it.
     async fn claim_job(
         &self,
         job: JobId,
         owner: &str,
+        profile: &str,
         now: DateTime<Utc>,
         stale_before: DateTime<Utc>,
     ) -> Result<bool, StoreError>;

@@ -93,7 +93,8 @@ pub struct VmRow {
     pub repo: String,
     pub runner_name: String,
     pub runner_id: Option<i64>,
-    /// The job it was started for.
+    /// The job it was started for; when another VM's runner took that job first, the job this
+    /// VM's runner now waits for (runners swap jobs: a JIT runner takes any queued job it matches).
     pub for_job_id: i64,
     /// The job its runner actually ran (GitHub may hand it another queued job with the same
     /// labels).
@@ -113,6 +114,8 @@ pub struct VmRow {
     pub runner_deleted: bool,
     /// The destruction record (JSON of `mayfly_core::DestructionRecord`).
     pub destruction: Option<String>,
+    /// How long each step of its start took (JSON of a list of `mayfly_core::StartStep`).
+    pub start_steps: Option<String>,
     pub failure: Option<String>,
 }
 
@@ -164,6 +167,7 @@ impl VmRow {
             destroy_requested: false,
             runner_deleted: false,
             destruction: None,
+            start_steps: None,
             failure: None,
         }
     }

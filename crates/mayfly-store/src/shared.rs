@@ -34,8 +34,17 @@ pub(crate) const UPDATE_VM: &str = "UPDATE vms SET vm_id = $1, host = $2, profil
     installation_id = $4, repo = $5, runner_name = $6, runner_id = $7, for_job_id = $8,
     ran_job_id = $9, state = $10, requested_at = $11, started_at = $12, booted_at = $13,
     exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
-    runner_deleted = $18, destruction = $19, failure = $20, runner_started_at = $21
+    runner_deleted = $18, destruction = $19, failure = $20, runner_started_at = $21,
+    start_steps = $23
   WHERE start_id = $22";
+
+/// Binds as [`UPDATE_VM`] does.
+pub(crate) const INSERT_VM: &str = "INSERT INTO vms (vm_id, host, profile, installation_id, repo,
+    runner_name, runner_id, for_job_id, ran_job_id, state, requested_at, started_at, booted_at,
+    exited_at, destroyed_at, exit_code, destroy_requested, runner_deleted, destruction, failure,
+    runner_started_at, start_id, start_steps)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+    $20, $21, $22, $23)";
 
 /// A VM that can still change a scheduling decision: not gone, or gone with an idle runner still
 /// to delete at GitHub. Repeated verbatim in queries so the `vms_open` partial index applies.
@@ -270,11 +279,13 @@ macro_rules! shared_methods {
                 &self,
                 job: JobId,
                 owner: &str,
+                profile: &str,
                 now: DateTime<Utc>,
                 stale_before: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
                 let updated = sqlx::query(
-                    "UPDATE jobs SET disposition = 'placing', claimed_by = $1, claimed_at = $2
+                    "UPDATE jobs SET disposition = 'placing', claimed_by = $1, claimed_at = $2,
+                       profile = $5
                      WHERE job_id = $3
                        AND (disposition = 'new' OR (disposition = 'placing' AND claimed_at < $4))",
                 )
@@ -282,6 +293,7 @@ macro_rules! shared_methods {
                 .bind(now)
                 .bind(job.0)
                 .bind(stale_before)
+                .bind(profile)
                 .execute(&self.pool)
                 .await
                 .op("claim job")?

@@ -495,16 +495,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
-        bind_vm(sqlx::query(
-            "INSERT INTO vms (vm_id, host, profile, installation_id, repo, runner_name, runner_id,
-               for_job_id, ran_job_id, state, requested_at, started_at, booted_at, exited_at,
-               destroyed_at, exit_code, destroy_requested, runner_deleted, destruction, failure,
-               runner_started_at, start_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        ), vm)
-        .execute(&self.pool)
-        .await
-        .op("insert vm")?;
+        bind_vm(sqlx::query(crate::shared::INSERT_VM), vm)
+            .execute(&self.pool)
+            .await
+            .op("insert vm")?;
         Ok(())
     }
 
@@ -709,6 +703,7 @@ fn bind_vm<'q>(query: SqliteQuery<'q>, vm: &'q VmRow) -> SqliteQuery<'q> {
         .bind(&vm.failure)
         .bind(vm.runner_started_at)
         .bind(&vm.start_id)
+        .bind(&vm.start_steps)
 }
 
 fn vm_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<VmRow, StoreError> {
@@ -735,6 +730,7 @@ fn vm_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<VmRow, StoreError> {
         destroy_requested: row.try_get("destroy_requested").op(op)?,
         runner_deleted: row.try_get("runner_deleted").op(op)?,
         destruction: row.try_get("destruction").op(op)?,
+        start_steps: row.try_get("start_steps").op(op)?,
         failure: row.try_get("failure").op(op)?,
     })
 }

@@ -646,7 +646,7 @@ async fn a_job_is_claimed_by_one_server(store: &dyn Store) {
     let owners: Vec<String> = (0..8).map(|i| format!("server-{i}")).collect();
     let claims = owners
         .iter()
-        .map(|o| store.claim_job(JobId(77), o, now, now - Duration::minutes(2)));
+        .map(|o| store.claim_job(JobId(77), o, "linux", now, now - Duration::minutes(2)));
     let won: Vec<bool> = futures::future::join_all(claims)
         .await
         .into_iter()
@@ -655,13 +655,20 @@ async fn a_job_is_claimed_by_one_server(store: &dyn Store) {
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
     let job = store.job(JobId(77)).await.unwrap().unwrap();
     assert_eq!(job.dispatch.disposition, "placing");
+    assert_eq!(job.dispatch.profile.as_deref(), Some("linux"));
     assert!(!store
-        .claim_job(JobId(77), "late", now, now - Duration::minutes(2))
+        .claim_job(JobId(77), "late", "linux", now, now - Duration::minutes(2))
         .await
         .unwrap());
     let later = now + Duration::minutes(3);
     assert!(store
-        .claim_job(JobId(77), "late", later, later - Duration::minutes(2))
+        .claim_job(
+            JobId(77),
+            "late",
+            "linux",
+            later,
+            later - Duration::minutes(2)
+        )
         .await
         .unwrap());
 }

@@ -202,20 +202,39 @@ impl FakeAgent {
 }
 
 impl FakeAgent {
-    /// Plays VMs until `jobs` were destroyed: each boots, its runner takes a job at the
-    /// simulator and ends it with what `conclude` says for that job, the runner exits, and the
-    /// destroy the server then asks for is reported done. Returns how many VMs were started.
+    /// Plays VMs until `jobs` jobs were run and every VM started was destroyed: each boots,
+    /// its runner takes a job at the simulator (any queued job its labels match, as GitHub
+    /// hands them) and ends it with what `conclude` says for that job, the runner exits, and
+    /// the destroy the server then asks for is reported done. A runner deleted before it took
+    /// a job (spare: another runner took the job it was started for) exits, as the real one
+    /// does; a VM destroyed while its runner waits stops it. Returns how many VMs were started.
     pub async fn run_jobs(
         &mut self,
         jobs: usize,
-        conclude: impl Fn(u64) -> mayfly_sim::Conclusion,
+        conclude: impl Fn(u64) -> mayfly_sim::Conclusion + Send + Sync + 'static,
     ) -> usize {
-        use mayfly_sim::runner_client::RunnerClient;
-        let (mut destroyed, mut started) = (0, 0);
-        while destroyed < jobs {
-            match self.next().await {
+        use mayfly_sim::runner_client::{RunnerClient, RunnerClientError};
+        let conclude = std::sync::Arc::new(conclude);
+        // (start id, VM id, whether its runner ran a job) as each runner ends.
+        let (ended_tx, mut ended) = mpsc::unbounded_channel::<(String, String, bool)>();
+        let mut runners = std::collections::HashMap::new();
+        let (mut ran, mut started, mut live) = (0, 0, 0);
+        while ran < jobs || live > 0 {
+            let command = tokio::select! {
+                command = self.commands.recv() => command.expect("the server ended the session"),
+                Some((start_id, vm, took)) = ended.recv() => {
+                    ran += usize::from(took);
+                    // Unless its VM was destroyed meanwhile.
+                    if runners.remove(&start_id).is_some() {
+                        self.event(&start_id, &vm, EventKind::RunnerExited, "").await;
+                    }
+                    continue;
+                }
+            };
+            match command {
                 ServerBody::StartVm(start) => {
                     started += 1;
+                    live += 1;
                     let vm = format!("vm-{started:016x}");
                     for kind in [
                         EventKind::Started,
@@ -224,26 +243,40 @@ impl FakeAgent {
                     ] {
                         self.event(&start.start_id, &vm, kind, "").await;
                     }
-                    let mut runner =
-                        RunnerClient::from_encoded_jit_config(&start.jitconfig, None).unwrap();
-                    runner.authenticate().await.unwrap();
-                    let job = loop {
-                        if let Some(job) = runner.acquire().await.unwrap() {
-                            break job;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    };
-                    runner
-                        .complete(job.job_id, conclude(job.job_id), "done")
-                        .await
-                        .unwrap();
-                    self.event(&start.start_id, &vm, EventKind::RunnerExited, "")
-                        .await;
+                    let (ended_tx, conclude) = (ended_tx.clone(), conclude.clone());
+                    let start_id = start.start_id.clone();
+                    let runner = tokio::spawn(async move {
+                        let mut runner =
+                            RunnerClient::from_encoded_jit_config(&start.jitconfig, None).unwrap();
+                        let took = async {
+                            runner.authenticate().await?;
+                            let job = loop {
+                                if let Some(job) = runner.acquire().await? {
+                                    break job;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            };
+                            runner
+                                .complete(job.job_id, conclude(job.job_id), "done")
+                                .await
+                        };
+                        let took = match took.await {
+                            Ok(()) => true,
+                            Err(RunnerClientError::Unauthorized) => false,
+                            Err(e) => panic!("the runner failed: {e}"),
+                        };
+                        let _ = ended_tx.send((start.start_id, vm, took));
+                    });
+                    runners.insert(start_id, runner);
                 }
                 ServerBody::DestroyVm(destroy) => {
+                    if let Some(runner) = runners.remove(&destroy.start_id) {
+                        runner.abort();
+                    }
                     self.destroyed(&destroy.start_id, &destroy.vm_id).await;
-                    destroyed += 1;
+                    live -= 1;
                 }
+                ServerBody::Welcome(_) => {}
                 other => panic!("unexpected command {other:?}"),
             }
         }
