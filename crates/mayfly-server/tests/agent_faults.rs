@@ -286,6 +286,20 @@ async fn an_agent_breaking_the_protocol_is_refused_audited_and_nothing_is_applie
         "a reordered event was applied: {row:?}"
     );
 
+    // The refusal is audited by the scheduler, which may come to it after the session ended.
+    let store = w.store.clone();
+    until(20, || {
+        let store = store.clone();
+        async move {
+            let audit = store.audit_log(0, 10_000).await.unwrap();
+            audit[audit_before..]
+                .iter()
+                .filter(|r| r.action == "agent message" && r.outcome.starts_with("refused"))
+                .count()
+                >= 3
+        }
+    })
+    .await;
     let audit = w.store.audit_log(0, 10_000).await.unwrap();
     let refusals: Vec<_> = audit[audit_before..]
         .iter()
