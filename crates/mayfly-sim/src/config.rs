@@ -59,6 +59,11 @@ pub struct SimConfig {
     /// lost communication: its job fails, as GitHub fails a job whose runner vanished. GitHub
     /// waits about ten minutes; tests set less.
     pub runner_timeout: Duration,
+    /// Runner keys for load drivers only: `Some(n)` makes `n` RSA keys at start and hands them
+    /// out in turn, instead of one new key per JIT config as GitHub makes. GitHub's cost of
+    /// making a key is GitHub's, not the client's; a benchmark of the client on the same cores
+    /// says it uses this.
+    pub reuse_runner_keys: Option<usize>,
 }
 
 impl SimConfig {
@@ -85,6 +90,7 @@ impl SimConfig {
             oauth_callback_urls: Vec::new(),
             users: Self::default_users(),
             runner_timeout: Duration::from_secs(600),
+            reuse_runner_keys: None,
         }
     }
 

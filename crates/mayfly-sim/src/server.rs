@@ -44,6 +44,8 @@ pub enum SimError {
     User(#[source] crate::control::ControlError),
     #[error("a configured OAuth callback URL was refused")]
     CallbackUrls(#[source] crate::control::ControlError),
+    #[error("the reused runner keys could not be made")]
+    RunnerKeys(#[source] KeysError),
 }
 
 /// One recorded REST exchange (with `record_exchanges`).
@@ -97,6 +99,30 @@ pub(crate) struct Shared {
     pub exchanges: Option<Mutex<Vec<Exchange>>>,
     /// See `SimConfig::runner_timeout`.
     pub runner_timeout: Mutex<Duration>,
+    /// See `SimConfig::reuse_runner_keys`: the keys, and how many were handed out.
+    pub runner_keys: Option<RunnerKeyPool>,
+}
+
+/// Runner keys made once and handed out in turn (`SimConfig::reuse_runner_keys`).
+pub(crate) struct RunnerKeyPool {
+    keys: Vec<rsa::RsaPrivateKey>,
+    handed: std::sync::atomic::AtomicUsize,
+}
+
+impl RunnerKeyPool {
+    /// The next key, or `None` for a pool of none.
+    pub(crate) fn next(&self) -> Option<rsa::RsaPrivateKey> {
+        let n = self
+            .handed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.keys.get(n % self.keys.len().max(1)).cloned()
+    }
+}
+
+impl std::fmt::Debug for RunnerKeyPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RunnerKeyPool({} keys)", self.keys.len())
+    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +176,23 @@ impl Sim {
             config.app_id,
             http,
         );
+        let runner_keys = match config.reuse_runner_keys {
+            Some(n) => {
+                let keys = tokio::task::spawn_blocking(move || {
+                    (0..n)
+                        .map(|_| keys::generate_rsa_2048())
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+                .unwrap_or_else(|_| Ok(Vec::new()))
+                .map_err(SimError::RunnerKeys)?;
+                Some(RunnerKeyPool {
+                    keys,
+                    handed: std::sync::atomic::AtomicUsize::new(0),
+                })
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             app: AppInfo::new(config.app_id),
             app_owner: Account {
@@ -173,6 +216,7 @@ impl Sim {
             git,
             exchanges: config.record_exchanges.then(|| Mutex::new(Vec::new())),
             runner_timeout: Mutex::new(config.runner_timeout),
+            runner_keys,
         });
         let sweeper = tokio::spawn(crate::broker::fail_lost_runners(Arc::clone(&shared)));
         let control = SimControl {

@@ -203,10 +203,13 @@ fn parse_jit_request(body: &Bytes) -> Result<JitRequest, RestError> {
 
 async fn jitconfig(shared: Shared_, scope: Scope, body: Bytes) -> Result<Response, RestError> {
     let request = parse_jit_request(&body)?;
-    let private_key = tokio::task::spawn_blocking(crate::keys::generate_rsa_2048)
-        .await
-        .map_err(|_| RestError::Internal)?
-        .map_err(|_| RestError::Internal)?;
+    let private_key = match shared.runner_keys.as_ref().and_then(|pool| pool.next()) {
+        Some(key) => key,
+        None => tokio::task::spawn_blocking(crate::keys::generate_rsa_2048)
+            .await
+            .map_err(|_| RestError::Internal)?
+            .map_err(|_| RestError::Internal)?,
+    };
     let client_id = uuid::Uuid::new_v4().to_string();
     let runner = shared.world().register_runner(
         scope.scope,
