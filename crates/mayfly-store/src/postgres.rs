@@ -32,6 +32,11 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// The connections for reads (on PostgreSQL, the one pool).
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects to the database at `url` and brings its schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with_password(url, None).await

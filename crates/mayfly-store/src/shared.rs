@@ -257,7 +257,7 @@ macro_rules! shared_methods {
                 )
                 .bind(from)
                 .bind(to)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list jobs in range")?;
                 let vms = sqlx::query(
@@ -267,7 +267,7 @@ macro_rules! shared_methods {
                 )
                 .bind(from)
                 .bind(to)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list vms in range")?;
                 Ok((
@@ -326,7 +326,7 @@ macro_rules! shared_methods {
             async fn vm(&self, start_id: &str) -> Result<Option<VmRow>, StoreError> {
                 let row = sqlx::query("SELECT * FROM vms WHERE start_id = $1")
                     .bind(start_id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await
                     .op("read vm")?;
                 row.as_ref().map(vm_from_row).transpose()
@@ -391,7 +391,7 @@ macro_rules! shared_methods {
                     "SELECT agent, epoch, applied_seq, seen_at FROM agent_journals WHERE agent = $1",
                 )
                 .bind(agent)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await
                 .op("read an agent's journal position")?;
                 let op = "read an agent's journal position";
@@ -471,7 +471,7 @@ macro_rules! shared_methods {
             ) -> Result<Vec<JobRecord>, StoreError> {
                 let rows = sqlx::query(&crate::shared::open_jobs_sql())
                     .bind(unbound_since)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await
                     .op("list open jobs")?;
                 rows.iter()
@@ -483,7 +483,7 @@ macro_rules! shared_methods {
                 let rows = sqlx::query(
                     "SELECT * FROM jobs WHERE status = 'queued'",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list queued jobs")?;
                 rows.iter()
@@ -493,7 +493,7 @@ macro_rules! shared_methods {
             }
             async fn open_vms(&self) -> Result<Vec<VmRow>, StoreError> {
                 let rows = sqlx::query(&crate::shared::open_vms_sql())
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await
                     .op("list open vms")?;
                 rows.iter()
@@ -515,7 +515,7 @@ macro_rules! shared_methods {
                 .bind(installation)
                 .bind(after.unwrap_or(i64::MIN))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list a page of jobs")?;
                 rows.iter().map(job_from_row).collect()
@@ -537,7 +537,7 @@ macro_rules! shared_methods {
                 .bind(at)
                 .bind(start_id)
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list a page of vms")?;
                 rows.iter().map(vm_from_row).collect()
@@ -561,7 +561,7 @@ macro_rules! shared_methods {
                     for value in chunk {
                         query = query.bind(value);
                     }
-                    let rows = query.fetch_all(&self.pool).await.op("look up vms")?;
+                    let rows = query.fetch_all(self.reader()).await.op("look up vms")?;
                     for row in &rows {
                         out.push(vm_from_row(row)?);
                     }
@@ -579,7 +579,7 @@ macro_rules! shared_methods {
                     for id in chunk {
                         query = query.bind(id);
                     }
-                    let rows = query.fetch_all(&self.pool).await.op("look up jobs")?;
+                    let rows = query.fetch_all(self.reader()).await.op("look up jobs")?;
                     for row in &rows {
                         out.push(job_from_row(row)?);
                     }
@@ -591,7 +591,7 @@ macro_rules! shared_methods {
                     "SELECT * FROM vms WHERE for_job_id = $1",
                 )
                 .bind(job.0)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list a job's vms")?;
                 rows.iter()
@@ -604,7 +604,7 @@ macro_rules! shared_methods {
                     "SELECT * FROM vms WHERE host = $1 AND state NOT IN ('destroyed')",
                 )
                 .bind(host)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list a host's vms")?;
                 rows.iter()
@@ -642,7 +642,7 @@ macro_rules! shared_methods {
             ) -> Result<Vec<VmRow>, StoreError> {
                 let rows = sqlx::query(crate::shared::SILENT_AGENTS_VMS)
                 .bind(before)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("list VMs of silent agents")?;
                 rows.iter()
@@ -656,7 +656,7 @@ macro_rules! shared_methods {
                      WHERE COALESCE($1, installation_id) = installation_id ORDER BY day, installation_id, profile",
                 )
                 .bind(installation)
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("read usage")?;
                 let op = "read usage";
@@ -676,7 +676,7 @@ macro_rules! shared_methods {
                 let rows = sqlx::query(
                     "SELECT id, master_key_id, wrapped, created_at FROM data_keys ORDER BY created_at, id",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("read data keys")?;
                 let op = "read data keys";
@@ -741,7 +741,7 @@ macro_rules! shared_methods {
                 )
                 .bind(kind)
                 .bind(name)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.reader())
                 .await
                 .op("read sealed value")?;
                 let op = "read sealed value";
@@ -774,14 +774,14 @@ macro_rules! shared_methods {
             async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
                 let row = sqlx::query("SELECT * FROM api_tokens WHERE token_hash = $1")
                     .bind(hash)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await
                     .op("read token")?;
                 row.as_ref().map(token_from_row).transpose()
             }
             async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
                 let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY created_at, id")
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await
                     .op("list tokens")?;
                 rows.iter().map(token_from_row).collect()
@@ -802,7 +802,7 @@ macro_rules! shared_methods {
                 let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(after)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await
                     .op("read audit log")?;
                 let op = "read audit log";
@@ -908,14 +908,14 @@ macro_rules! shared_methods {
             async fn agent_by_cert(&self, cert_sha256: &str) -> Result<Option<AgentRow>, StoreError> {
                 let row = sqlx::query("SELECT * FROM agents WHERE cert_sha256 = $1")
                     .bind(cert_sha256)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.reader())
                     .await
                     .op("read agent")?;
                 row.as_ref().map(agent_from_row).transpose()
             }
             async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
                 let rows = sqlx::query("SELECT * FROM agents ORDER BY name")
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.reader())
                     .await
                     .op("list agents")?;
                 rows.iter().map(agent_from_row).collect()

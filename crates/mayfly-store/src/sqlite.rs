@@ -63,7 +63,11 @@ fn restrict_companions(path: &Path) {
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The one connection that writes. SQLite has one writer at a time: writers queue here, in
+    /// order, instead of in SQLite's busy handler, which sleeps up to 100 ms between tries.
     pool: SqlitePool,
+    /// Connections that only read (WAL: they never wait for the writer, nor it for them).
+    reader: SqlitePool,
     path: PathBuf,
 }
 
@@ -95,8 +99,8 @@ impl SqliteStore {
             }
         };
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .map_err(open_error)?;
         // Refuse to run unencrypted: only SQLCipher answers `cipher_version`.
@@ -118,9 +122,15 @@ impl SqliteStore {
                 path: path.to_owned(),
                 source,
             })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(3)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
         restrict_companions(path);
         Ok(Self {
             pool,
+            reader,
             path: path.to_owned(),
         })
     }
@@ -144,13 +154,13 @@ impl SqliteStore {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.reader())
         .await
         .op("list tables")?;
         let mut out = String::new();
         for table in tables {
             let rows = sqlx::query(&format!("SELECT * FROM \"{}\"", table.replace('"', "")))
-                .fetch_all(&self.pool)
+                .fetch_all(self.reader())
                 .await
                 .op("dump table")?;
             for row in rows {
@@ -181,8 +191,14 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// The connections for reads.
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
     /// Checkpoints the write-ahead log into the database file and closes every connection.
     pub async fn close(&self) {
+        self.reader.close().await;
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&self.pool)
             .await
@@ -326,7 +342,7 @@ impl Store for SqliteStore {
              WHERE processed_at IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.reader())
         .await
         .op("list pending deliveries")?;
         rows.iter().map(pending_from_row).collect()
@@ -414,7 +430,7 @@ impl Store for SqliteStore {
             "SELECT event, action, received_at, processed_at, outcome FROM deliveries WHERE delivery_id = ?",
         )
         .bind(delivery.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reader())
         .await
         .op("read delivery")?;
         row.map(|row| {
@@ -433,7 +449,7 @@ impl Store for SqliteStore {
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
             .bind(job.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.reader())
             .await
             .op("read job")?;
         row.as_ref().map(job_from_row).transpose()
@@ -441,7 +457,7 @@ impl Store for SqliteStore {
 
     async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at, job_id")
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await
             .op("list jobs")?;
         rows.iter().map(job_from_row).collect()
@@ -451,7 +467,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT installation_id, account, state FROM installations ORDER BY installation_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.reader())
         .await
         .op("list installations")?;
         let mut out = Vec::with_capacity(rows.len());
@@ -461,7 +477,7 @@ impl Store for SqliteStore {
                 "SELECT repo FROM installation_repos WHERE installation_id = ? ORDER BY repo",
             )
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await
             .op("list installation repos")?;
             out.push(InstallationRecord {
@@ -517,7 +533,7 @@ impl Store for SqliteStore {
             "SELECT * FROM vms ORDER BY requested_at, start_id"
         };
         let rows = sqlx::query(sql)
-            .fetch_all(&self.pool)
+            .fetch_all(self.reader())
             .await
             .op("list vms")?;
         rows.iter().map(vm_from_row).collect()
@@ -656,7 +672,7 @@ impl Store for SqliteStore {
             if sql.contains("$1") {
                 query = query.bind(Utc::now());
             }
-            for row in query.fetch_all(&self.pool).await.op("explain a query")? {
+            for row in query.fetch_all(self.reader()).await.op("explain a query")? {
                 lines.push(row.try_get::<String, _>("detail").op("read a query plan")?);
             }
         }
