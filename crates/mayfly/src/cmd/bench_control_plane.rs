@@ -54,7 +54,7 @@ pub struct ControlPlaneArgs {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Jobs queued at the simulator and run through the server to the simulated agents.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 10_000)]
     jobs: u32,
     /// The rate they are queued at.
     #[arg(long, default_value_t = 1000)]
