@@ -431,6 +431,8 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     }
     shutdown.cancel();
     let _ = running.await;
+    // The server stops first: both timings below are of the store alone, in the same state.
+    server.shutdown().await;
 
     // 3. A pass's reads, as the run left the tables, then with history added.
     m.pass_ms_now = time_pass(store.as_ref()).await?;
@@ -449,7 +451,6 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         m.pass_ms_now, args.history, m.pass_ms_history
     );
 
-    server.shutdown().await;
     sim.shutdown().await;
     store.close().await;
     Ok(m)
