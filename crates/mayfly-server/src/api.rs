@@ -253,13 +253,35 @@ impl ListPage {
         }
     }
 
-    /// The `Link` header for the page after one that ended at `cursor`.
-    fn next_link(&self, path: &str, cursor: &str, limit: u32) -> String {
-        let mut url = format!("{path}?after={cursor}&limit={limit}");
-        if let Some(i) = self.installation {
-            url.push_str(&format!("&installation={i}"));
-        }
-        format!("<{url}>; rel=\"next\"")
+    /// The `after` cursor, read by `parse`.
+    fn after<T>(&self, parse: impl FnOnce(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|raw| {
+                parse(raw).ok_or(ApiError::BadRequest("after is a cursor from a Link header"))
+            })
+            .transpose()
+    }
+
+    /// `rows`, read with one more than `limit`, cut to the page; with the `Link` header for
+    /// the next page (after the last row's `cursor`) when that extra row came.
+    fn cut<T>(
+        &self,
+        path: &str,
+        mut rows: Vec<T>,
+        limit: u32,
+        cursor: impl FnOnce(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = rows.last().filter(|_| more).map(|last| {
+            let mut url = format!("{path}?after={}&limit={limit}", cursor(last));
+            if let Some(i) = self.installation {
+                url.push_str(&format!("&installation={i}"));
+            }
+            format!("<{url}>; rel=\"next\"")
+        });
+        (rows, next)
     }
 }
 
@@ -346,24 +368,13 @@ async fn list_jobs(
     let Query(page) = page.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(page.installation)?;
     let limit = page.limit()?;
-    let after = match page.after.as_deref() {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest("after is a cursor from a Link header"))?,
-        ),
-    };
-    let mut jobs = state
+    let after = page.after(|raw| raw.parse::<i64>().ok())?;
+    let jobs = state
         .store
         .jobs_page(only, after, limit + 1)
         .await
         .map_err(store_error)?;
-    let more = jobs.len() > limit as usize;
-    jobs.truncate(limit as usize);
-    let next = jobs
-        .last()
-        .filter(|_| more)
-        .map(|j| page.next_link("/api/v1/jobs", &j.job_id.0.to_string(), limit));
+    let (jobs, next) = page.cut("/api/v1/jobs", jobs, limit, |j| j.job_id.0.to_string());
     Ok(paged(jobs.iter().map(JobView::from).collect(), next))
 }
 
@@ -402,7 +413,8 @@ pub struct VmView {
     pub profile: String,
     pub installation_id: i64,
     pub repository: String,
-    /// The job it was started for.
+    /// The job it was started for; when another VM's runner took that job first, the job it
+    /// now waits for.
     pub for_job_id: i64,
     /// The job its runner ran.
     pub ran_job_id: Option<i64>,
@@ -436,23 +448,15 @@ async fn list_vms(
     let Query(page) = page.map_err(|_| ApiError::BadRequest(BAD_QUERY))?;
     let only = caller(c)?.listing(page.installation)?;
     let limit = page.limit()?;
-    let after = match page.after.as_deref() {
-        None => None,
-        Some(raw) => Some(
-            vm_cursor(raw).ok_or(ApiError::BadRequest("after is a cursor from a Link header"))?,
-        ),
-    };
-    let mut vms = state
+    let after = page.after(vm_cursor)?;
+    let vms = state
         .store
         .vms_page(only, after, limit + 1)
         .await
         .map_err(store_error)?;
-    let more = vms.len() > limit as usize;
-    vms.truncate(limit as usize);
-    let next = vms.last().filter(|_| more).map(|v| {
+    let (vms, next) = page.cut("/api/v1/vms", vms, limit, |v| {
         let nanos = v.requested_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let cursor = format!("{nanos}.{}", v.start_id);
-        page.next_link("/api/v1/vms", &cursor, limit)
+        format!("{nanos}.{}", v.start_id)
     });
     let views = vms
         .into_iter()
