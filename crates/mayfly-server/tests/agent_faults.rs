@@ -75,15 +75,20 @@ impl World {
             })
             .unwrap()
             .full_name;
-        let job = self
-            .sim
+        let job = self.queue_another(&repo);
+        (repo, job)
+    }
+
+    /// Another queued job for the test profile in `repo`; its id.
+    fn queue_another(&self, repo: &str) -> i64 {
+        self.sim
             .create_job(NewJob {
-                repository: repo.clone(),
+                repository: repo.to_owned(),
                 labels: vec!["self-hosted".into(), "mayfly-linux-2cpu".into()],
                 ..NewJob::default()
             })
-            .unwrap();
-        (repo, job.id as i64)
+            .unwrap()
+            .id as i64
     }
 }
 
@@ -325,15 +330,7 @@ async fn runners_that_swap_jobs_keep_their_vms_and_a_job_whose_vm_vanished_is_pl
     agent.keep_alive(Duration::from_millis(500));
     let (repo, first) = w.queue_job("org-s");
     let start_first = start_vm(&mut agent).await;
-    let second = w
-        .sim
-        .create_job(NewJob {
-            repository: repo.clone(),
-            labels: vec!["self-hosted".into(), "mayfly-linux-2cpu".into()],
-            ..NewJob::default()
-        })
-        .unwrap()
-        .id as i64;
+    let second = w.queue_another(&repo);
     let start_second = start_vm(&mut agent).await;
 
     // The second job's VM boots first, and its runner takes the oldest queued job: the first.
@@ -450,15 +447,7 @@ async fn jit_configs_for_waiting_jobs_are_asked_for_at_once_and_their_time_is_re
     let (repo, first) = w.queue_job("org-j");
     let mut jobs = vec![first];
     for _ in 0..3 {
-        let job = w
-            .sim
-            .create_job(NewJob {
-                repository: repo.clone(),
-                labels: vec!["self-hosted".into(), "mayfly-linux-2cpu".into()],
-                ..NewJob::default()
-            })
-            .unwrap();
-        jobs.push(job.id as i64);
+        jobs.push(w.queue_another(&repo));
     }
     let store = w.store.clone();
     until(20, || {
