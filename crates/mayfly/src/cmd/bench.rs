@@ -40,8 +40,8 @@ enum BenchKind {
     ControlPlane(super::bench_control_plane::ControlPlaneArgs),
 }
 
-/// p50 and p99 (nearest rank) of a sample, in seconds.
-fn percentiles(mut v: Vec<f64>) -> Option<(f64, f64, usize)> {
+/// p50 and p99 (nearest rank) of a sample, in its unit, and its size.
+pub(super) fn percentiles(mut v: Vec<f64>) -> Option<(f64, f64, usize)> {
     if v.is_empty() {
         return None;
     }
@@ -261,14 +261,19 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         d = row("bare qemu-system-x86_64 boot → guest ready", bare),
     );
     print!("{report}");
-    let mut text = std::fs::read_to_string(&args.out).unwrap_or_else(|_| {
+    append_report(&args.out, &report)
+}
+
+/// Appends `report` to the benchmarks file `out` (made with its heading if missing).
+pub(super) fn append_report(out: &std::path::Path, report: &str) -> Result<(), Failure> {
+    let mut text = std::fs::read_to_string(out).unwrap_or_else(|_| {
         "# Benchmarks\n\nWritten by `mayfly bench` (`scripts/bench`); never asserted in tests.\n".to_owned()
     });
-    text.push_str(&report);
-    std::fs::write(&args.out, text)
-        .with_context(|| format!("could not write {}", args.out.display()))
+    text.push_str(report);
+    std::fs::write(out, text)
+        .with_context(|| format!("could not write {}", out.display()))
         .runtime_err()?;
-    eprintln!("appended to {}", args.out.display());
+    eprintln!("appended to {}", out.display());
     Ok(())
 }
 

@@ -26,20 +26,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use clap::Args;
-use mayfly_core::SystemClock;
 use mayfly_github::webhook::{signature_header, WebhookSecret};
-use mayfly_sim::{AccountType, JobStatus, NewInstallation, NewJob, NewRepo};
+use mayfly_sim::{JobStatus, NewJob};
 use mayfly_store::{DbKey, SqliteStore, Store};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::chaos::{fresh_database, psql};
 use crate::exit::{Failure, RuntimeContext};
 use crate::simulated::{
-    enrol_simulated_agents, run_simulated_agents, SimulatedAgentsConfig, SimulatedTimings,
-    SIMULATED_IMAGE,
+    enrol_simulated_agents, run_simulated_agents, simulated_profile, SimulatedAgentsConfig,
+    SimulatedStack, SimulatedTimings,
 };
 
 const SECRET: &[u8] = b"bench-control-plane-secret";
@@ -117,16 +115,7 @@ pub async fn run(args: ControlPlaneArgs) -> Result<(), Failure> {
     }
     let report = report(&args, &results);
     print!("{report}");
-    let mut text = std::fs::read_to_string(&args.out).unwrap_or_else(|_| {
-        "# Benchmarks\n\nWritten by `mayfly bench` (`scripts/bench`); never asserted in tests.\n"
-            .to_owned()
-    });
-    text.push_str(&report);
-    std::fs::write(&args.out, text)
-        .with_context(|| format!("could not write {}", args.out.display()))
-        .runtime_err()?;
-    eprintln!("appended to {}", args.out.display());
-    Ok(())
+    super::bench::append_report(&args.out, &report)
 }
 
 async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::Result<Measured> {
@@ -147,65 +136,20 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         ..Measured::default()
     };
 
-    // The server's certificate is its own CA, as agents pin it.
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
-    let cert_pem = cert.cert.pem();
-    let tls = mayfly_server::TlsFiles {
-        cert_file: dir.path().join("server.crt"),
-        key_file: dir.path().join("server.key"),
-        ca_file: None,
-    };
-    std::fs::write(&tls.cert_file, &cert_pem)?;
-    std::fs::write(&tls.key_file, cert.key_pair.serialize_pem())?;
-    let app = mayfly_sim::AppKeyPair::generate()?;
-    let mut sim_config = mayfly_sim::SimConfig::new(
-        "127.0.0.1:0".parse()?,
-        app.public_pem.clone(),
-        WebhookSecret::new(SECRET.to_vec()),
-    );
-    sim_config.webhook_ca_pem = Some(cert_pem.clone());
-    sim_config.reuse_runner_keys = (!args.fresh_runner_keys).then_some(16);
-    let sim = mayfly_sim::Sim::start(sim_config).await?;
-    let github = mayfly_github::GitHubClient::new(mayfly_github::GitHubClientConfig::new(
-        sim.base_url(),
-        mayfly_github::AppCredentials::new(
-            1,
-            mayfly_github::AppPrivateKeyPem::new(app.private_pem.expose_secret().to_owned()),
-        )?,
-    ))?;
-    let config = mayfly_server::ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().to_owned(),
-        tls: Some(tls),
-        webhook: mayfly_server::WebhookConfig {
-            secret_files: vec!["unused".into()],
-            ..mayfly_server::WebhookConfig::default()
-        },
-        agent_listen: "127.0.0.1:0".parse()?,
-        profiles: vec![mayfly_core::Profile {
-            name: "simulated".into(),
-            labels: vec!["self-hosted".into(), "simulated".into()],
-            vcpus: 1,
-            memory_mib: 512,
-            image: SIMULATED_IMAGE.into(),
-            max_runtime_secs: 600,
-            disk_gib: 1,
-            runner_entry: None,
-            boot_timeout_secs: 60,
-            idle_timeout_secs: 300,
-        }],
-        ..mayfly_server::ServerConfig::default()
-    };
-    let server = mayfly_server::start(
-        &config,
-        mayfly_server::Dependencies {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
-            github: Some(Arc::new(github)),
-        },
+    let stack = SimulatedStack::start(
+        store.clone(),
+        dir.path(),
+        SECRET,
+        simulated_profile(),
+        (!args.fresh_runner_keys).then_some(16),
     )
     .await?;
+    let SimulatedStack {
+        sim,
+        server,
+        cert_pem,
+        repo,
+    } = &stack;
     let base = server.base_url().replace("127.0.0.1", "localhost");
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes())?)
@@ -297,7 +241,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     let agents = enrol_simulated_agents(
         store.as_ref(),
         &server.base_url(),
-        &cert_pem,
+        cert_pem,
         &names,
         &dir.path().join("credentials"),
     )
@@ -305,13 +249,9 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     let journal_dir = dir.path().join("journals");
     std::fs::create_dir_all(&journal_dir)?;
     let shutdown = CancellationToken::new();
-    let agent_port = server
-        .agent_addr()
-        .context("the server has no agent listener")?
-        .port();
     let running = tokio::spawn(run_simulated_agents(
         SimulatedAgentsConfig {
-            server_url: format!("https://localhost:{agent_port}"),
+            server_url: stack.agent_url()?,
             agents,
             slots: args.slots,
             timings: SimulatedTimings {
@@ -330,25 +270,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         },
         shutdown.clone(),
     ));
-    sim.control().set_webhook_url(Some(
-        format!("{}webhooks/github", server.base_url()).parse()?,
-    ));
     let control = sim.control();
-    let inst = control
-        .create_installation(NewInstallation {
-            account: "load".into(),
-            account_type: AccountType::Organization,
-            sender: None,
-        })
-        .map_err(|e| anyhow!("{e}"))?;
-    let repo = control
-        .create_repo(NewRepo {
-            installation_id: inst.id,
-            name: "app".into(),
-            private: true,
-        })
-        .map_err(|e| anyhow!("{e}"))?
-        .full_name;
     let gap = Duration::from_secs_f64(60.0 / f64::from(args.jobs_per_minute.max(1)));
     let loop_started = Instant::now();
     let mut jobs = Vec::new();
@@ -432,7 +354,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     shutdown.cancel();
     let _ = running.await;
     // The server stops first: both timings below are of the store alone, in the same state.
-    server.shutdown().await;
+    stack.server.shutdown().await;
 
     // 3. A pass's reads, as the run left the tables, then with history added.
     m.pass_ms_now = time_pass(store.as_ref()).await?;
@@ -451,7 +373,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         m.pass_ms_now, args.history, m.pass_ms_history
     );
 
-    sim.shutdown().await;
+    stack.sim.shutdown().await;
     store.close().await;
     Ok(m)
 }
@@ -559,14 +481,6 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Some(sorted[i])
-}
-
 fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
     let build = if cfg!(debug_assertions) {
         "debug"
@@ -600,15 +514,9 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
         rss = peak_rss_mib().map_or_else(|| "unknown".to_owned(), |m| format!("{m:.0} MiB")),
     );
     for m in results {
-        let spread = |samples: &[f64]| {
-            let mut sorted = samples.to_vec();
-            sorted.sort_by(f64::total_cmp);
-            let ms = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1} ms"));
-            format!(
-                "{} / {}",
-                ms(percentile(&sorted, 0.5)),
-                ms(percentile(&sorted, 0.99))
-            )
+        let spread = |samples: &[f64]| match super::bench::percentiles(samples.to_vec()) {
+            Some((p50, p99, _)) => format!("{p50:.1} ms / {p99:.1} ms"),
+            None => "— / —".to_owned(),
         };
         text.push_str(&format!(
             "| {store} | {hz:.0} | {acc:.0} ({refused} refused) | {share:.0} % | {applied:.0} | {done}/{jobs} in {secs:.0} s | {total} | {jit} | {ours} | {now:.2} ms | {hist:.2} ms | {ratio:.2} |\n",

@@ -8,12 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mayfly_core::SystemClock;
-use mayfly_github::webhook::WebhookSecret;
-use mayfly_sim::{AccountType, JobStatus, NewInstallation, NewJob, NewRepo};
+use mayfly_sim::{JobStatus, NewJob};
 use mayfly_store::{DbKey, SqliteStore, Store};
 use mayfly_vm::{VmDriver, VmSpec};
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -72,87 +69,38 @@ impl std::io::Write for LogBuffer {
 
 async fn whole_loop() {
     let dir = tempfile::tempdir().unwrap();
-    // The server's certificate is its own CA (the top of its chain), as agents pin it.
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_pem = cert.cert.pem();
-    let tls = mayfly_server::TlsFiles {
-        cert_file: dir.path().join("server.crt"),
-        key_file: dir.path().join("server.key"),
-        ca_file: None,
-    };
-    std::fs::write(&tls.cert_file, &cert_pem).unwrap();
-    std::fs::write(&tls.key_file, cert.key_pair.serialize_pem()).unwrap();
-
-    let app = mayfly_sim::AppKeyPair::generate().unwrap();
-    let mut sim_config = mayfly_sim::SimConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        app.public_pem.clone(),
-        WebhookSecret::new(SECRET.to_vec()),
-    );
-    sim_config.webhook_ca_pem = Some(cert_pem.clone());
-    let sim = mayfly_sim::Sim::start(sim_config).await.unwrap();
-    let github = mayfly_github::GitHubClient::new(mayfly_github::GitHubClientConfig::new(
-        sim.base_url(),
-        mayfly_github::AppCredentials::new(
-            1,
-            mayfly_github::AppPrivateKeyPem::new(app.private_pem.expose_secret().to_owned()),
-        )
-        .unwrap(),
-    ))
-    .unwrap();
-
     let store = Arc::new(
         SqliteStore::open(&dir.path().join("mayfly.db"), &DbKey::random())
             .await
             .unwrap(),
     );
-    let config = mayfly_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_owned(),
-        tls: Some(tls),
-        webhook: mayfly_server::WebhookConfig {
-            secret_files: vec!["unused".into()],
-            ..mayfly_server::WebhookConfig::default()
-        },
-        agent_listen: "127.0.0.1:0".parse().unwrap(),
-        profiles: vec![mayfly_core::Profile {
-            name: "simulated".into(),
-            labels: vec!["self-hosted".into(), "simulated".into()],
-            vcpus: 1,
-            memory_mib: 512,
-            image: SIMULATED_IMAGE.into(),
+    let stack = SimulatedStack::start(
+        store.clone(),
+        dir.path(),
+        SECRET,
+        mayfly_core::Profile {
             max_runtime_secs: 60,
-            disk_gib: 1,
-            runner_entry: None,
             boot_timeout_secs: 30,
             idle_timeout_secs: 60,
-        }],
-        ..mayfly_server::ServerConfig::default()
-    };
-    let server = mayfly_server::start(
-        &config,
-        mayfly_server::Dependencies {
-            store: store.clone(),
-            clock: Arc::new(SystemClock),
-            webhook_secrets: vec![WebhookSecret::new(SECRET.to_vec())],
-            github: Some(Arc::new(github)),
+            ..simulated_profile()
         },
+        None,
     )
     .await
     .unwrap();
-    sim.control().set_webhook_url(Some(
-        format!("{}webhooks/github", server.base_url())
-            .parse()
-            .unwrap(),
-    ));
+    let SimulatedStack {
+        sim,
+        server,
+        cert_pem,
+        repo,
+    } = &stack;
 
     // Enrolled as a bench would: two agents, two slots each.
     let names = vec!["sim-a".to_owned(), "sim-b".to_owned()];
     let agents = enrol_simulated_agents(
         store.as_ref(),
         &server.base_url(),
-        &cert_pem,
+        cert_pem,
         &names,
         &dir.path().join("credentials"),
     )
@@ -167,7 +115,7 @@ async fn whole_loop() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(run_simulated_agents(
         SimulatedAgentsConfig {
-            server_url: format!("https://localhost:{}", server.agent_addr().unwrap().port()),
+            server_url: stack.agent_url().unwrap(),
             agents,
             slots: 2,
             timings: fast(),
@@ -179,21 +127,6 @@ async fn whole_loop() {
     ));
 
     let control = sim.control();
-    let inst = control
-        .create_installation(NewInstallation {
-            account: "load".into(),
-            account_type: AccountType::Organization,
-            sender: None,
-        })
-        .unwrap();
-    let repo = control
-        .create_repo(NewRepo {
-            installation_id: inst.id,
-            name: "app".into(),
-            private: true,
-        })
-        .unwrap()
-        .full_name;
     let jobs: Vec<u64> = (0..6)
         .map(|_| {
             control
@@ -241,8 +174,8 @@ async fn whole_loop() {
 
     shutdown.cancel();
     running.await.unwrap().unwrap();
-    server.shutdown().await;
-    sim.shutdown().await;
+    stack.server.shutdown().await;
+    stack.sim.shutdown().await;
     store.close().await;
 }
 
