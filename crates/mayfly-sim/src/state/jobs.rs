@@ -95,6 +95,18 @@ pub(crate) struct Run {
     pub run_started_at: DateTime<Utc>,
 }
 
+/// What `World::acquire`, `World::jobs_of_run` and run numbering would otherwise find by walking
+/// every job and run ever created.
+#[derive(Debug, Default)]
+pub(crate) struct JobIndex {
+    /// Queued jobs, oldest (lowest id) first.
+    queued: BTreeSet<u64>,
+    /// The jobs of each run.
+    of_run: BTreeMap<u64, Vec<u64>>,
+    /// How many runs each repository has had.
+    runs_of_repo: BTreeMap<u64, u64>,
+}
+
 impl World {
     pub(crate) fn create_job(
         &mut self,
@@ -122,7 +134,11 @@ impl World {
                 i + 1
             )));
         }
-        let run_number = self.runs.values().filter(|r| r.repo_id == repo.id).count() as u64 + 1;
+        let run_number = {
+            let runs = self.job_index.runs_of_repo.entry(repo.id).or_default();
+            *runs += 1;
+            *runs
+        };
         let run = Run {
             id: bump(&mut self.next_run),
             repo_id: repo.id,
@@ -156,6 +172,14 @@ impl World {
             env: new.env,
             output: None,
         };
+        if job.status == JobStatus::Queued {
+            self.job_index.queued.insert(job.id);
+        }
+        self.job_index
+            .of_run
+            .entry(run.id)
+            .or_default()
+            .push(job.id);
         self.runs.insert(run.id, run);
         self.jobs.insert(job.id, job.clone());
         Ok(job)
@@ -175,6 +199,7 @@ impl World {
             )));
         }
         job.status = JobStatus::Queued;
+        self.job_index.queued.insert(job_id);
         let job = job.clone();
         self.touch_run(job.run_id, now);
         Ok(job)
@@ -256,21 +281,21 @@ impl World {
             .map(|l| l.name.to_ascii_lowercase())
             .collect();
         let scope = runner.scope;
-        let candidate = self.jobs.values().find(|job| {
-            job.status == JobStatus::Queued
-                && match scope {
-                    RunnerScope::Repo(repo_id) => job.repo_id == repo_id,
-                    RunnerScope::Org(inst) => self
-                        .repos
-                        .get(&job.repo_id)
-                        .is_some_and(|r| r.installation_id == inst),
-                }
-                && job
-                    .labels
-                    .iter()
-                    .all(|l| runner_labels.contains(&l.to_ascii_lowercase()))
+        let candidate = self.job_index.queued.iter().find_map(|id| {
+            let job = self.jobs.get(id)?;
+            let fits = match scope {
+                RunnerScope::Repo(repo_id) => job.repo_id == repo_id,
+                RunnerScope::Org(inst) => self
+                    .repos
+                    .get(&job.repo_id)
+                    .is_some_and(|r| r.installation_id == inst),
+            } && job
+                .labels
+                .iter()
+                .all(|l| runner_labels.contains(&l.to_ascii_lowercase()));
+            fits.then_some(job.id)
         });
-        let Some(job_id) = candidate.map(|j| j.id) else {
+        let Some(job_id) = candidate else {
             return Ok(None);
         };
         let Some(runner) = self.runners.get_mut(&runner_id) else {
@@ -289,6 +314,7 @@ impl World {
             return Err(StateError::NotFound);
         };
         job.status = JobStatus::InProgress;
+        self.job_index.queued.remove(&job_id);
         job.started_at = Some(now);
         job.runner = Some(assigned);
         let job = job.clone();
@@ -322,6 +348,7 @@ impl World {
     ) -> Result<Job, StateError> {
         let job = self.jobs.get_mut(&job_id).ok_or(StateError::NotFound)?;
         job.status = JobStatus::Completed;
+        self.job_index.queued.remove(&job_id);
         job.conclusion = Some(conclusion);
         job.completed_at = Some(now);
         if job.started_at.is_none() {
@@ -343,7 +370,13 @@ impl World {
     }
 
     pub(crate) fn jobs_of_run(&self, run_id: u64) -> Vec<&Job> {
-        self.jobs.values().filter(|j| j.run_id == run_id).collect()
+        self.job_index
+            .of_run
+            .get(&run_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.jobs.get(id))
+            .collect()
     }
 
     /// A run's status and conclusion, derived from its jobs as GitHub reports them.

@@ -158,6 +158,9 @@ pub(crate) struct World {
     pub runners: BTreeMap<u64, Runner>,
     pub runs: BTreeMap<u64, Run>,
     pub jobs: BTreeMap<u64, Job>,
+    /// Indexes over `jobs` and `runs`, kept by `jobs.rs` (the only place jobs change) so that a
+    /// runner's poll and a webhook's payload cost the same with a million jobs behind them.
+    job_index: jobs::JobIndex,
     labels: HashMap<String, Label>,
     tokens: HashMap<Digest32, TokenGrant>,
     runner_tokens: HashMap<Digest32, (u64, DateTime<Utc>)>,
@@ -182,6 +185,7 @@ impl Default for World {
             runners: BTreeMap::new(),
             runs: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            job_index: jobs::JobIndex::default(),
             labels: HashMap::new(),
             tokens: HashMap::new(),
             runner_tokens: HashMap::new(),
