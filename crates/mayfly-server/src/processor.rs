@@ -2,7 +2,9 @@
 //! intake records a delivery, and polls now and then so deliveries recorded before a crash or by
 //! another process are not forgotten. Several servers on one database each claim their own
 //! batch (`FOR UPDATE SKIP LOCKED`); a claim older than [`STALE_CLAIM`] (its server died) is
-//! taken over, and applying a delivery someone else already applied changes nothing.
+//! taken over, and applying a delivery someone else already applied changes nothing. For the
+//! same reasons one server may run several workers ([`Store::apply_parallelism`]): a worker
+//! that claims a full batch wakes the next, so a backlog is applied by all of them at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ pub const STALE_CLAIM: chrono::Duration = chrono::Duration::seconds(60);
 pub struct Processor {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    /// This server's name in claims.
+    /// This server's name in claims (each worker claims as `<server_id>/<worker>`).
     pub server_id: String,
     pub wakeup: Arc<Notify>,
     /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
@@ -35,15 +37,27 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Runs until `shutdown` fires.
+    /// Runs the store's number of workers until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
+        let workers = self.store.apply_parallelism().max(1);
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..workers {
+            tasks.spawn(this.clone().work(worker, shutdown.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One worker; worker 0 also logs the summary.
+    async fn work(self: Arc<Self>, worker: usize, shutdown: CancellationToken) {
+        let owner = format!("{}/{worker}", self.server_id);
         let mut last_summary = tokio::time::Instant::now();
         loop {
-            if last_summary.elapsed() >= SUMMARY_EVERY {
+            if worker == 0 && last_summary.elapsed() >= SUMMARY_EVERY {
                 self.summary.log();
                 last_summary = tokio::time::Instant::now();
             }
-            let pause = match self.drain().await {
+            let pause = match self.drain(&owner).await {
                 Ok(()) => POLL,
                 Err(e) => {
                     tracing::error!(error = %crate::error::chain(&e), "processing deliveries failed; will retry");
@@ -60,15 +74,19 @@ impl Processor {
 
     /// Processes every pending delivery, a claimed batch at a time: its job events in one
     /// transaction, the rest one by one.
-    pub async fn drain(&self) -> Result<(), StoreError> {
+    pub async fn drain(&self, owner: &str) -> Result<(), StoreError> {
         loop {
             let now = self.clock.now();
             let batch = self
                 .store
-                .claim_deliveries(&self.server_id, BATCH, now, now - STALE_CLAIM)
+                .claim_deliveries(owner, BATCH, now, now - STALE_CLAIM)
                 .await?;
             if batch.is_empty() {
                 return Ok(());
+            }
+            if batch.len() == BATCH as usize {
+                // More is likely waiting: another worker (if any is idle) claims the next batch.
+                self.wakeup.notify_one();
             }
             let jobs: Vec<(DeliveryId, JobEvent)> = batch
                 .iter()

@@ -328,6 +328,12 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
     /// there would make a pass cost the whole retained history.
     async fn pass_query_plans(&self) -> Result<Vec<String>, StoreError>;
 
+    /// How many transactions applying deliveries can usefully run at once: 1 where writers take
+    /// turns on one connection (SQLite), more where the database runs them side by side.
+    fn apply_parallelism(&self) -> usize {
+        1
+    }
+
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

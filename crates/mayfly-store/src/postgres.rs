@@ -23,6 +23,9 @@ use crate::{
     SealedRow, Store, StoreError, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 
+/// Transactions applying deliveries at once (of the pool's 8 connections).
+const APPLY_WORKERS: usize = 3;
+
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The PostgreSQL store.
@@ -259,6 +262,10 @@ async fn roll_up_usage(conn: &mut sqlx::PgConnection, job: JobId) -> Result<(), 
 
 #[async_trait]
 impl Store for PgStore {
+    fn apply_parallelism(&self) -> usize {
+        APPLY_WORKERS
+    }
+
     async fn pending_deliveries(&self, limit: u32) -> Result<Vec<PendingDelivery>, StoreError> {
         let rows = sqlx::query(
             "SELECT delivery_id, event, intake FROM deliveries
