@@ -1,7 +1,7 @@
 //! `mayfly bench control-plane`: the control plane alone, at load these machines cannot reach
-//! with real VMs. In this process: the GitHub simulator, `mayfly server` (TLS, its agent
-//! listener with mTLS) on a real store (encrypted SQLite, and PostgreSQL with `--postgres`), and
-//! simulated agents (`crate::simulated`: they run no VM; their "guest" plays the runner against
+//! with real VMs: `mayfly server` (TLS, its agent listener with mTLS) as a child process on a
+//! real store (encrypted SQLite, and PostgreSQL with `--postgres`); in this process the GitHub
+//! simulator and simulated agents (`crate::simulated`: they run no VM; their "guest" plays the runner against
 //! the simulator). It measures, per store:
 //!
 //! - intake: signed `workflow_job` deliveries (each a new delivery id and job id) POSTed by
@@ -15,8 +15,10 @@
 //!   take the server's cores;
 //! - a scheduling pass's reads (`open_jobs`, `open_vms`, and the silent agents' VMs) with the
 //!   tables as the run left them, and again with `--history` finished jobs added;
-//! - this process's peak RSS (server, simulator and agents together: an upper bound for the
-//!   server's).
+//! - a backlog of `--in-flight` jobs queued at once: how long the agents' slots take to work
+//!   through it, and how many were in flight together;
+//! - the server's peak RSS (VmHWM) over its whole run: it runs as a `mayfly server` child process
+//!   ([`SimulatedStack::start_process`]) so that its memory is its own.
 //!
 //! Not a test: it asserts nothing about time. The report, with the machine, goes to
 //! BENCHMARKS.md.
@@ -30,7 +32,7 @@ use anyhow::anyhow;
 use clap::Args;
 use mayfly_github::webhook::{signature_header, WebhookSecret};
 use mayfly_sim::{JobStatus, NewJob};
-use mayfly_store::{DbKey, SqliteStore, Store};
+use mayfly_store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 use super::chaos::{fresh_database, psql};
@@ -62,6 +64,10 @@ pub struct ControlPlaneArgs {
     agents: u32,
     #[arg(long, default_value_t = 20)]
     slots: u32,
+    /// Jobs queued at once after those, all in flight together while the agents work through
+    /// them (the server's peak RSS is read after).
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: u32,
     /// Finished jobs added before the pass is timed again.
     #[arg(long, default_value_t = 1_000_000)]
     history: u32,
@@ -94,6 +100,11 @@ struct Measured {
     to_start_ms: Vec<f64>,
     jit_ms: Vec<f64>,
     ours_ms: Vec<f64>,
+    in_flight_done: usize,
+    in_flight_secs: f64,
+    in_flight_peak: usize,
+    /// The server process's peak RSS over its whole run.
+    server_rss_mib: Option<f64>,
     pass_ms_now: f64,
     pass_ms_history: f64,
     history_rows: u32,
@@ -120,15 +131,31 @@ pub async fn run(args: ControlPlaneArgs) -> Result<(), Failure> {
 
 async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::Result<Measured> {
     let dir = Scratch::new(if postgres.is_some() { "pg" } else { "sqlite" })?;
-    let (store, name): (Arc<dyn Store>, &str) = match postgres {
-        Some(url) => (
-            Arc::new(mayfly_store::PgStore::connect(url).await?),
-            "PostgreSQL",
-        ),
-        None => (
-            Arc::new(SqliteStore::open(&dir.path().join("mayfly.db"), &DbKey::random()).await?),
-            "SQLite (SQLCipher)",
-        ),
+    // The server runs as a child process (its memory its own); this process reads the same
+    // database to time what the server did.
+    let (database, name) = match postgres {
+        Some(url) => {
+            let master_key_file = dir.path().join("master.key");
+            mayfly_store::MasterKey::random().write(&master_key_file)?;
+            (
+                mayfly_server::DatabaseConfig {
+                    postgres_url: Some(url.to_owned()),
+                    master_key_file: Some(master_key_file),
+                    ..Default::default()
+                },
+                "PostgreSQL",
+            )
+        }
+        None => {
+            super::quickstart::quickstart_db_key(dir.path()).map_err(|e| anyhow!("{e:?}"))?;
+            (
+                mayfly_server::DatabaseConfig {
+                    key_file: Some(dir.path().join("db.key")),
+                    ..Default::default()
+                },
+                "SQLite (SQLCipher)",
+            )
+        }
     };
     eprintln!("== {name}");
     let mut m = Measured {
@@ -136,14 +163,23 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         ..Measured::default()
     };
 
-    let stack = SimulatedStack::start(
-        store.clone(),
+    let stack = SimulatedStack::start_process(
+        &std::env::current_exe()?,
+        database.clone(),
         dir.path(),
         SECRET,
         simulated_profile(),
         (!args.fresh_runner_keys).then_some(16),
     )
     .await?;
+    let store: Arc<dyn Store> = match postgres {
+        Some(url) => Arc::new(mayfly_store::PgStore::connect(url).await?),
+        None => {
+            let key =
+                super::quickstart::quickstart_db_key(dir.path()).map_err(|e| anyhow!("{e:?}"))?;
+            Arc::new(SqliteStore::open(&dir.path().join("mayfly.db"), &key).await?)
+        }
+    };
     let SimulatedStack {
         sim,
         server,
@@ -289,27 +325,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
                 .id,
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut last_report = Instant::now();
-    loop {
-        let done = jobs
-            .iter()
-            .filter(|id| {
-                control
-                    .job(**id)
-                    .is_some_and(|j| j.status == JobStatus::Completed)
-            })
-            .count();
-        if done == jobs.len() || Instant::now() > deadline {
-            m.jobs_done = done;
-            break;
-        }
-        if last_report.elapsed() > Duration::from_secs(10) {
-            eprintln!("jobs: {done}/{} completed", jobs.len());
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    m.jobs_done = wait_for_jobs(&control, &jobs, |_| {}).await;
     m.jobs_secs = loop_started.elapsed().as_secs_f64();
     eprintln!(
         "jobs: {}/{} completed in {:.1} s",
@@ -351,12 +367,42 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         m.jit_ms.push(jit);
         m.ours_ms.push(total - jit);
     }
+    // 3. A backlog: `--in-flight` jobs queued at once, all in flight (queued or running) until
+    // the agents' slots work through them; the server's peak RSS is taken after.
+    let burst_started = Instant::now();
+    let backlog = (0..args.in_flight)
+        .map(|_| {
+            control
+                .create_job(NewJob {
+                    repository: repo.clone(),
+                    labels: vec!["self-hosted".into(), "simulated".into()],
+                    ..NewJob::default()
+                })
+                .map(|j| j.id)
+                .map_err(|e| anyhow!("{e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let done = wait_for_jobs(&control, &backlog, |open| {
+        m.in_flight_peak = m.in_flight_peak.max(open);
+    })
+    .await;
+    m.in_flight_done = done;
+    m.in_flight_secs = burst_started.elapsed().as_secs_f64();
+    m.server_rss_mib = server.peak_rss_mib();
+    eprintln!(
+        "backlog: {done}/{} completed in {:.1} s, at most {} in flight; server peak RSS {}",
+        backlog.len(),
+        m.in_flight_secs,
+        m.in_flight_peak,
+        mib(m.server_rss_mib)
+    );
+
     shutdown.cancel();
     let _ = running.await;
     // The server stops first: both timings below are of the store alone, in the same state.
     stack.server.shutdown().await;
 
-    // 3. A pass's reads, as the run left the tables, then with history added.
+    // 4. A pass's reads, as the run left the tables, then with history added.
     m.pass_ms_now = time_pass(store.as_ref()).await?;
     eprintln!("adding {} finished jobs…", args.history);
     store
@@ -376,6 +422,40 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     stack.sim.shutdown().await;
     store.close().await;
     Ok(m)
+}
+
+/// Waits (up to 30 minutes) until the simulator has completed every one of `jobs`, telling
+/// `open` how many are not completed every half second; returns how many completed.
+async fn wait_for_jobs(
+    control: &mayfly_sim::SimControl,
+    jobs: &[u64],
+    mut open: impl FnMut(usize),
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last_report = Instant::now();
+    loop {
+        let done = jobs
+            .iter()
+            .filter(|id| {
+                control
+                    .job(**id)
+                    .is_some_and(|j| j.status == JobStatus::Completed)
+            })
+            .count();
+        open(jobs.len() - done);
+        if done == jobs.len() || Instant::now() > deadline {
+            return done;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!("jobs: {done}/{} completed", jobs.len());
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn mib(m: Option<f64>) -> String {
+    m.map_or_else(|| "unknown".to_owned(), |m| format!("{m:.0} MiB"))
 }
 
 /// A directory for one run, removed when dropped.
@@ -467,20 +547,6 @@ where
     )
 }
 
-/// Peak resident set of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
     let build = if cfg!(debug_assertions) {
         "debug"
@@ -490,13 +556,14 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
     let mut text = format!(
         "\n## {date} — control plane ({build} build)\n\nMachine: {machine}. \
          `mayfly bench control-plane --deliveries {d} --concurrency {c} --jobs {j} \
-         --jobs-per-minute {r} --agents {a} --slots {s} --history {h}`: the simulator, the server \
-         (TLS) and {a} simulated agents (no VMs) in one process; the simulator {keys}. Peak RSS \
-         of that process: {rss} (server, simulator and agents together). Received → StartVm is \
-         per VM: in all, GitHub's JIT-config round trip within it, and the rest (mayfly's own \
-         part).\n\n\
-         | store | GET /healthz /s | deliveries accepted /s | intake ÷ healthz | applied /s | jobs done | received → StartVm p50 / p99 | JIT round trip p50 / p99 | mayfly's part p50 / p99 | pass reads | with {h} finished jobs | ratio |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         --jobs-per-minute {r} --in-flight {f} --agents {a} --slots {s} --history {h}`: `mayfly \
+         server` (TLS) in a process of its own; the simulator and {a} simulated agents (no VMs) \
+         in the bench's process, whose peak RSS was {rss}; the simulator {keys}. Received → \
+         StartVm is per VM: in all, GitHub's JIT-config round trip within it, and the rest \
+         (mayfly's own part). Backlog: {f} jobs queued at once after the others, all in flight \
+         together; the server's peak RSS is over its whole run.\n\n\
+         | store | GET /healthz /s | deliveries accepted /s | intake ÷ healthz | applied /s | jobs done | received → StartVm p50 / p99 | JIT round trip p50 / p99 | mayfly's part p50 / p99 | backlog: done, most in flight | server peak RSS | pass reads | with {h} finished jobs | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         machine = super::bench::machine(),
         d = args.deliveries,
@@ -511,7 +578,8 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
         } else {
             "hands out 16 runner keys made at its start (GitHub's cost of making keys left out)"
         },
-        rss = peak_rss_mib().map_or_else(|| "unknown".to_owned(), |m| format!("{m:.0} MiB")),
+        f = args.in_flight,
+        rss = mib(crate::simulated::peak_rss_mib("/proc/self/status")),
     );
     for m in results {
         let spread = |samples: &[f64]| match super::bench::percentiles(samples.to_vec()) {
@@ -519,7 +587,7 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
             None => "— / —".to_owned(),
         };
         text.push_str(&format!(
-            "| {store} | {hz:.0} | {acc:.0} ({refused} refused) | {share:.0} % | {applied:.0} | {done}/{jobs} in {secs:.0} s | {total} | {jit} | {ours} | {now:.2} ms | {hist:.2} ms | {ratio:.2} |\n",
+            "| {store} | {hz:.0} | {acc:.0} ({refused} refused) | {share:.0} % | {applied:.0} | {done}/{jobs} in {secs:.0} s | {total} | {jit} | {ours} | {bdone}/{f} in {bsecs:.0} s, {peak} | {rss} | {now:.2} ms | {hist:.2} ms | {ratio:.2} |\n",
             store = m.store,
             hz = m.healthz_per_sec,
             acc = m.intake_per_sec,
@@ -532,6 +600,11 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
             total = spread(&m.to_start_ms),
             jit = spread(&m.jit_ms),
             ours = spread(&m.ours_ms),
+            bdone = m.in_flight_done,
+            f = args.in_flight,
+            bsecs = m.in_flight_secs,
+            peak = m.in_flight_peak,
+            rss = mib(m.server_rss_mib),
             now = m.pass_ms_now,
             hist = m.pass_ms_history,
             ratio = m.pass_ms_history / m.pass_ms_now.max(0.001),

@@ -6,7 +6,7 @@
 //! lost and what is left on the host 60 s later, prints the table and appends it to
 //! RELIABILITY.md with the seed and the fault schedule. Not a test: a tool, like `mayfly bench`.
 
-mod cluster;
+pub(crate) mod cluster;
 mod faults;
 mod relay;
 mod report;

@@ -24,7 +24,7 @@ pub use agents::{
 pub use driver::SimulatedDriver;
 #[cfg(test)]
 use runner::JOB_OUTPUT;
-pub use stack::{simulated_profile, SimulatedStack};
+pub use stack::{peak_rss_mib, simulated_profile, SimulatedStack};
 
 /// What the simulated driver calls itself ([`mayfly_vm::VmDriver::simulated`]): in every log line
 /// of its agent.

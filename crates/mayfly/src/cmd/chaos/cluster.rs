@@ -302,7 +302,7 @@ async fn kill9(child: &mut Option<Child>) -> Option<u32> {
     pid
 }
 
-async fn term(child: &mut Option<Child>, grace: Duration) {
+pub(crate) async fn term(child: &mut Option<Child>, grace: Duration) {
     let Some(mut c) = child.take() else { return };
     if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::kill(
