@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/agent.proto");
     tonic_build::configure()
         .skip_debug("mayfly.agent.v1.StartVm")
+        .skip_debug("mayfly.agent.v1.AssignVm")
         .compile_protos(&["proto/agent.proto"], &["proto"])?;
     Ok(())
 }

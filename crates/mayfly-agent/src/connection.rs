@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mayfly_proto::v1::agent_service_client::AgentServiceClient;
-use mayfly_proto::v1::{AgentMessage, Capacity, DestroyVm, Heartbeat, Hello, StartVm, VmState};
+use mayfly_proto::v1::{
+    AgentMessage, AssignVm, Capacity, DestroyVm, Heartbeat, Hello, StartVm, VmState,
+};
 use mayfly_proto::{AgentBody, ServerBody, PROTOCOL_VERSION};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +35,11 @@ pub enum ServerCommand {
         jitconfig: SecretString,
     },
     Destroy(DestroyVm),
+    /// Give a warm VM its job. `assign.jitconfig` is empty: the secret is in `jitconfig`.
+    Assign {
+        assign: AssignVm,
+        jitconfig: SecretString,
+    },
 }
 
 /// How the connection behaves.
@@ -219,6 +226,15 @@ async fn forward(
                 "server: destroy a VM"
             );
             ServerCommand::Destroy(destroy)
+        }
+        Some(ServerBody::AssignVm(mut assign)) => {
+            let jitconfig = SecretString::from(std::mem::take(&mut assign.jitconfig));
+            tracing::info!(
+                vm = assign.vm_id,
+                start_id = assign.start_id,
+                "server: give a warm VM its job"
+            );
+            ServerCommand::Assign { assign, jitconfig }
         }
         Some(ServerBody::Welcome(_) | ServerBody::Pong(_)) | None => return,
     };

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mayfly_core::VmId;
-use mayfly_proto::v1::{Capacity, DestroyVm, StartVm};
+use mayfly_proto::v1::{AssignVm, Capacity, DestroyVm, StartVm};
 use mayfly_vm::{VmDriver, VmSpec};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
@@ -35,7 +35,7 @@ pub use journal::{Journal, JournalError};
 
 use connection::{ConnectionConfig, ConnectionShared, ServerCommand};
 use outbox::Outbox;
-use vm::{StartRequest, VmContext, VmTable};
+use vm::{Assignment, StartRequest, VmContext, VmTable};
 
 /// The scratch disk of a VM whose StartVm names no size (GitHub promises 14 GB free).
 pub const DEFAULT_DISK_GIB: u32 = 20;
@@ -239,6 +239,9 @@ async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<(
                     start_vm(&config, &ctx, &mut vms, start, jitconfig);
                 }
                 Some(ServerCommand::Destroy(destroy)) => destroy_vm(&table, &destroy),
+                Some(ServerCommand::Assign { assign, jitconfig }) => {
+                    assign_vm(&config, &ctx, &assign, jitconfig);
+                }
                 None => break,
             },
             Some(ended) = connection.join_next() => {
@@ -394,12 +397,15 @@ fn start_vm(
                 start.disk_gib
             },
         },
-        jitconfig,
-        run: if start.run.is_empty() {
-            config.run.clone()
-        } else {
-            start.run
-        },
+        // A warm VM holds nothing until its AssignVm.
+        assignment: (!start.warm).then(|| Assignment {
+            jitconfig,
+            run: if start.run.is_empty() {
+                config.run.clone()
+            } else {
+                start.run
+            },
+        }),
         boot_timeout: secs(start.boot_timeout_secs, config.default_boot_timeout),
         max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
     };
@@ -458,6 +464,35 @@ impl Lease {
     }
 }
 
+/// Hands a warm VM its job; one that is not waiting (gone, or assigned before) is not given it,
+/// and the server learns of the VM's end from its events.
+fn assign_vm(config: &AgentConfig, ctx: &VmContext, assign: &AssignVm, jitconfig: SecretString) {
+    let Some(handle) = ctx.table.find(&assign.vm_id, &assign.start_id) else {
+        tracing::warn!(
+            vm = assign.vm_id,
+            start_id = assign.start_id,
+            "AssignVm for a VM this agent does not run; not given"
+        );
+        return;
+    };
+    let assignment = Assignment {
+        jitconfig,
+        run: if assign.run.is_empty() {
+            config.run.clone()
+        } else {
+            assign.run.clone()
+        },
+    };
+    if let Err(why) = handle.assign(assignment) {
+        tracing::warn!(
+            vm = assign.vm_id,
+            start_id = assign.start_id,
+            why,
+            "AssignVm refused"
+        );
+    }
+}
+
 fn destroy_vm(table: &VmTable, destroy: &DestroyVm) {
     let reason = if destroy.reason.is_empty() {
         "the server asked"
@@ -466,9 +501,12 @@ fn destroy_vm(table: &VmTable, destroy: &DestroyVm) {
     };
     match table.find(&destroy.vm_id, &destroy.start_id) {
         Some(handle) => handle.stop(reason),
-        None => tracing::warn!(
+        // The usual race: the runner exited and the VM went while the server, told the job
+        // completed, asked for the same.
+        None => tracing::debug!(
             vm = destroy.vm_id,
             start_id = destroy.start_id,
+            reason,
             "DestroyVm for a VM this agent does not run (already destroyed and reported)"
         ),
     }

@@ -1,6 +1,6 @@
 //! One VM's life on the agent, as a task: create → start (STARTED) → wait for the guest →
-//! hand the runner its config (BOOTED) → wait for the runner to exit (RUNNER_EXITED) → destroy
-//! (DESTROYED). Any failure reports FAILED with the reason, then destroys. A `DestroyVm`, the
+//! [a warm pool VM: WARM, then wait for its one `AssignVm`] → hand the runner its config
+//! (BOOTED) → wait for the runner to exit (RUNNER_EXITED) → destroy (DESTROYED). Any failure reports FAILED with the reason, then destroys. A `DestroyVm`, the
 //! agent's shutdown or the max runtime stops the waiting at once; the task itself then destroys
 //! the VM, so every VM is destroyed, and reported DESTROYED, exactly once.
 //!
@@ -26,11 +26,22 @@ use crate::outbox::{self, Outbox};
 pub struct StartRequest {
     pub start_id: String,
     pub spec: VmSpec,
-    pub jitconfig: SecretString,
-    pub run: String,
+    /// The job's config now, or `None` for a warm pool VM (it comes with `AssignVm`).
+    pub assignment: Option<Assignment>,
     pub boot_timeout: Duration,
+    /// Counted from the hand-over.
     pub max_runtime: Duration,
 }
+
+/// A job's runner config for a VM.
+#[derive(Debug)]
+pub struct Assignment {
+    pub jitconfig: SecretString,
+    pub run: String,
+}
+
+/// How often a warm VM waiting for its job checks that its QEMU process is alive.
+const WARM_CHECK: Duration = Duration::from_secs(1);
 
 /// A running VM task, as the rest of the agent sees it.
 #[derive(Debug, Default)]
@@ -40,6 +51,8 @@ pub struct VmHandle {
     stop_reason: Mutex<Option<String>>,
     /// The guest said the runner started (it may have a job from then on).
     runner_started: std::sync::atomic::AtomicBool,
+    /// A warm VM's way to its one assignment: taken by the first `assign`.
+    assign: Mutex<Option<tokio::sync::oneshot::Sender<Assignment>>>,
 }
 
 impl VmHandle {
@@ -53,6 +66,20 @@ impl VmHandle {
             slot.get_or_insert_with(|| reason.to_owned());
         }
         self.stop.cancel();
+    }
+
+    /// Gives a warm VM waiting for its job that job's config. Refused (the config dropped) for
+    /// a VM that is not warm or was assigned before: no VM gets a second job.
+    pub fn assign(&self, assignment: Assignment) -> Result<(), &'static str> {
+        let sender = self
+            .assign
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .ok_or("the VM is not a warm VM waiting for its job")?;
+        sender
+            .send(assignment)
+            .map_err(|_| "the VM stopped waiting for its job")
     }
 
     fn stop_reason(&self) -> String {
@@ -211,6 +238,9 @@ pub async fn run_vm(ctx: Arc<VmContext>, handle: Arc<VmHandle>, request: StartRe
     tracing::info!(vm = %vm, start_id, phase = "created", "VM created");
 
     let ending = live(&ctx, &handle, &vm, request).await;
+    if let Ok(mut assign) = handle.assign.lock() {
+        assign.take();
+    }
     let reason = match ending {
         Ending::Destroy(reason) => reason,
         Ending::Failed { detail, reason } => {
@@ -253,9 +283,16 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
         Some(Err(e)) => return failed(format!("the guest did not boot: {e}"), "boot failed"),
         Some(Ok(kernel)) => kernel,
     };
+    let assignment = match request.assignment {
+        Some(assignment) => assignment,
+        None => match wait_for_job(ctx, handle, vm, start_id, &kernel).await {
+            Ok(assignment) => assignment,
+            Err(ending) => return ending,
+        },
+    };
     let config = GuestConfig {
-        jitconfig: request.jitconfig,
-        run: request.run,
+        jitconfig: assignment.jitconfig,
+        run: assignment.run,
     };
     match unless_stopped(handle, ctx.driver.hand_over(vm, config)).await {
         None => return stopped(),
@@ -328,6 +365,45 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
             "max runtime",
         ),
         Err(e) => failed(format!("waiting for the runner failed: {e}"), "run failed"),
+    }
+}
+
+/// A warm VM, its guest ready: says WARM and waits for its one assignment, destroyed instead
+/// when stopped (max age, image replaced, shutdown) or when its QEMU process dies meanwhile.
+async fn wait_for_job(
+    ctx: &VmContext,
+    handle: &VmHandle,
+    vm: &VmId,
+    start_id: &str,
+    kernel: &str,
+) -> Result<Assignment, Ending> {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    if let Ok(mut assign) = handle.assign.lock() {
+        *assign = Some(tx);
+    }
+    ctx.outbox.push(mayfly_proto::v1::VmEvent {
+        detail: kernel.to_owned(),
+        ..outbox::event(Some(vm), start_id, EventKind::Warm)
+    });
+    tracing::info!(vm = %vm, start_id, phase = "warm", kernel, "guest ready; waiting, holding nothing, for a job");
+    let mut check = tokio::time::interval(WARM_CHECK);
+    loop {
+        tokio::select! {
+            biased;
+            () = handle.stop.cancelled() => return Err(Ending::Destroy(handle.stop_reason())),
+            assignment = &mut rx => {
+                return assignment.map_err(|_| Ending::Destroy(handle.stop_reason()));
+            }
+            _ = check.tick() => {
+                let alive = ctx.driver.list().await.iter().any(|v| &v.id == vm && v.running);
+                if !alive {
+                    return Err(failed(
+                        String::from("the warm VM stopped while it waited for a job"),
+                        "VM vanished",
+                    ));
+                }
+            }
+        }
     }
 }
 

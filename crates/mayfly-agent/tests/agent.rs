@@ -66,6 +66,7 @@ fn start_vm(start_id: &str) -> ServerBody {
         boot_timeout_secs: 30,
         max_runtime_secs: 60,
         disk_gib: 0,
+        warm: false,
     })
 }
 

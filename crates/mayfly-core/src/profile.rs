@@ -32,6 +32,14 @@ pub struct Profile {
     /// A booted VM whose runner has not taken a job after this long is destroyed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u32,
+    /// The warm pool: VMs of this profile kept booted on each host that has the image, holding
+    /// nothing (no config, no runner registration) until a job is assigned to one, once.
+    /// Within the host's slots, after queued jobs. 0: none (every VM boots after its job came).
+    #[serde(default)]
+    pub warm: u32,
+    /// A pool VM that has waited this long for a job is destroyed and replaced.
+    #[serde(default = "default_warm_max_age")]
+    pub warm_max_age_secs: u32,
 }
 
 fn default_labels() -> Vec<String> {
@@ -51,6 +59,9 @@ fn default_boot_timeout() -> u32 {
 }
 fn default_idle_timeout() -> u32 {
     600
+}
+fn default_warm_max_age() -> u32 {
+    3600
 }
 
 impl Profile {
@@ -119,6 +130,8 @@ mod tests {
             runner_entry: None,
             boot_timeout_secs: 60,
             idle_timeout_secs: 60,
+            warm: 0,
+            warm_max_age_secs: 3600,
         }
     }
 

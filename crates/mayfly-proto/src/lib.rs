@@ -2,7 +2,8 @@
 //! dials the server and keeps one `Session` stream open; the server decides, the agent executes
 //! and reports. The generated types live in [`v1`]; this module adds the version constant, the
 //! VM phases the protocol names, the destruction record's JSON field, and a Debug for `StartVm`
-//! that never prints the JIT config.
+//! and `AssignVm`
+//! that never print the JIT config.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -51,6 +52,19 @@ impl fmt::Debug for v1::StartVm {
             .field("run", &self.run)
             .field("boot_timeout_secs", &self.boot_timeout_secs)
             .field("max_runtime_secs", &self.max_runtime_secs)
+            .field("disk_gib", &self.disk_gib)
+            .field("warm", &self.warm)
+            .finish()
+    }
+}
+
+impl fmt::Debug for v1::AssignVm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssignVm")
+            .field("vm_id", &self.vm_id)
+            .field("start_id", &self.start_id)
+            .field("jitconfig", &"[redacted]")
+            .field("run", &self.run)
             .finish()
     }
 }
@@ -159,6 +173,20 @@ mod tests {
         // The wire still carries it: redaction is for logs only.
         let decoded = v1::StartVm::decode(start.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded.jitconfig, start.jitconfig);
+
+        let assign = v1::AssignVm {
+            start_id: "start-2".into(),
+            jitconfig: "eyJzZWNyZXQiOiJ0b3Agc2VjcmV0In0=".into(),
+            ..Default::default()
+        };
+        let message = v1::ServerMessage {
+            body: Some(ServerBody::AssignVm(assign.clone())),
+        };
+        for printed in [format!("{assign:?}"), format!("{message:#?}")] {
+            assert!(!printed.contains("eyJzZWNyZXQi"), "{printed}");
+            assert!(printed.contains("[redacted]"), "{printed}");
+            assert!(printed.contains("start-2"), "{printed}");
+        }
     }
 
     #[test]

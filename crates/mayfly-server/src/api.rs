@@ -411,15 +411,26 @@ pub struct VmView {
     pub vm_id: Option<String>,
     pub host: String,
     pub profile: String,
+    /// 0 for a warm pool VM not given a job yet (it belongs to no tenant).
     pub installation_id: i64,
+    /// Empty for a warm pool VM not given a job yet.
     pub repository: String,
     /// The job it was started for; when another VM's runner took that job first, the job it
-    /// now waits for.
+    /// now waits for. 0 for a warm pool VM not given a job yet.
     pub for_job_id: i64,
     /// The job its runner ran.
     pub ran_job_id: Option<i64>,
-    /// `requested`, `started`, `booted`, `exited`, `destroyed` or `failed`
+    /// `requested`, `started`, `warm` (a pool VM waiting for its job), `booted`, `exited`,
+    /// `destroyed`, `failed` or `lost`
     pub state: String,
+    /// Started for the warm pool, before any job.
+    pub pool: bool,
+    /// The image it was started from.
+    pub image: Option<String>,
+    /// A pool VM's guest was ready, waiting for a job.
+    pub warm_at: Option<DateTime<Utc>>,
+    /// A pool VM was given its one job.
+    pub assigned_at: Option<DateTime<Utc>>,
     pub requested_at: DateTime<Utc>,
     /// The VM process started.
     pub started_at: Option<DateTime<Utc>>,
@@ -470,6 +481,10 @@ async fn list_vms(
             for_job_id: v.for_job_id,
             ran_job_id: v.ran_job_id,
             state: v.state,
+            pool: v.pool,
+            image: v.image,
+            warm_at: v.warm_at,
+            assigned_at: v.assigned_at,
             requested_at: v.requested_at,
             started_at: v.started_at,
             booted_at: v.booted_at,

@@ -12,12 +12,14 @@ mod group_commit;
 mod intake;
 mod log_limit;
 pub mod metrics;
+mod pool;
 mod processor;
 mod reconciler;
 mod refusals;
 mod scheduler;
 mod tls;
 pub mod tokens;
+mod undecided;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -460,6 +462,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
                 phases_pending: Default::default(),
                 lease,
                 backoff: Default::default(),
+                undecided: Default::default(),
             };
             tasks.spawn(scheduler.run(events_rx, shutdown.clone()));
             tracing::info!(%addr, mtls = pki.is_some(), "listening for agents");

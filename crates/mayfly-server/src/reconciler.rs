@@ -81,7 +81,7 @@ impl Reconciler {
             .collect();
         let open = self
             .store
-            .open_jobs(self.clock.now())
+            .open_jobs(self.clock.now(), true)
             .await
             .map_err(|e| e.to_string())?;
         for job in open {
@@ -138,7 +138,7 @@ impl Reconciler {
     pub async fn close_finished(&self) -> Result<usize, String> {
         let open: Vec<_> = self
             .store
-            .open_jobs(self.clock.now())
+            .open_jobs(self.clock.now(), true)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()

@@ -45,10 +45,21 @@ pub struct Scheduler {
     /// Jobs whose JIT config GitHub could not give for a transient reason (5xx, 429, no
     /// connection): when to try again, and how many times it was tried.
     pub backoff: std::sync::Mutex<std::collections::HashMap<i64, (DateTime<Utc>, u32)>>,
+    /// Jobs not yet decided, in memory: a pass reads only the job rows changed since the last.
+    pub undecided: std::sync::Mutex<crate::undecided::Undecided>,
 }
 
 /// JIT configs asked of GitHub at once (each registers a runner; GitHub makes its key).
 const JIT_CONCURRENCY: usize = 16;
+
+/// What `claim` made of a job.
+enum Claim {
+    Claimed(Box<Claimed>),
+    /// Not to be started now (settled, backing off, another server's claim).
+    NotNow,
+    /// No waiting pool VM and no free slot for this profile.
+    NoSlot(Profile),
+}
 
 /// A queued job claimed by this server, with a slot taken for it, waiting for its JIT config.
 struct Claimed {
@@ -59,6 +70,9 @@ struct Claimed {
     host: String,
     start_id: String,
     runner_name: String,
+    /// The waiting pool VM the job takes (its start id, runner name and host are the above),
+    /// or `None`: a VM is started for it.
+    warm: Option<VmRow>,
 }
 
 /// The longest wait between tries of a job GitHub keeps failing transiently.
@@ -117,11 +131,13 @@ impl Scheduler {
             tracing::warn!(%agent, lease = ?self.lease, "agent silent for longer than its lease; its session is dropped");
         }
         self.mark_lost().await?;
-        // Only what can change a decision, through indexed queries: history costs nothing.
-        let jobs = self
+        // Only what can change a decision, through indexed queries: history costs nothing, and
+        // jobs waiting for a slot cost only what changed since the last pass.
+        let mut jobs = self
             .store
-            .open_jobs(self.clock.now() - UNBOUND_WINDOW)
+            .open_jobs(self.clock.now() - UNBOUND_WINDOW, false)
             .await?;
+        jobs = self.with_undecided(jobs).await?;
         let mut vms = self.store.open_vms().await?;
         self.add_runner_vms(&jobs, &mut vms).await?;
         for job in &jobs {
@@ -131,15 +147,58 @@ impl Scheduler {
         let jobs = self.replace_stranded(jobs, &vms).await?;
         // `placing` jobs are another server's, unless its claim went stale (`claim_job` decides).
         let mut hosts = self.free_hosts(&vms);
+        let mut waiting: Vec<VmRow> = vms.iter().filter(|v| v.waits_for_job()).cloned().collect();
         let mut claimed = Vec::new();
+        let mut unplaced = Vec::new();
         for job in jobs
             .iter()
             .filter(|j| matches!(j.dispatch.disposition.as_str(), "new" | "placing"))
         {
-            claimed.extend(self.claim(job, &mut hosts).await?);
+            match self.claim(job, &mut hosts, &mut waiting).await? {
+                Claim::Claimed(c) => claimed.push(*c),
+                Claim::NoSlot(profile) => unplaced.push(profile),
+                Claim::NotNow => {}
+            }
         }
         self.provision(claimed, &mut vms).await?;
+        self.tend_pool(&unplaced, &mut vms).await?;
         self.cleanup(&jobs, &mut vms).await
+    }
+
+    /// `decided` (the open jobs already placed, or tied to a VM) with the jobs not yet decided,
+    /// oldest first, each once. Those come from memory, brought up to date with the rows changed
+    /// since the last pass, and read whole every [`crate::undecided::RESYNC`].
+    async fn with_undecided(&self, decided: Vec<JobRecord>) -> Result<Vec<JobRecord>, StoreError> {
+        let since = self.undecided.lock().ok().and_then(|u| u.read_from());
+        let rows = match since {
+            Some(since) => self.store.jobs_changed_since(since).await?,
+            None => self.store.open_jobs(self.clock.now(), true).await?,
+        };
+        let Ok(mut undecided) = self.undecided.lock() else {
+            return Ok(decided);
+        };
+        if since.is_none() {
+            undecided.replace(rows);
+        } else {
+            undecided.merge(rows);
+        }
+        Ok(undecided.with(decided))
+    }
+
+    /// Records the scheduler's decision about `job` in the store and in memory.
+    async fn set_dispatch(
+        &self,
+        job: &JobRecord,
+        dispatch: &JobDispatch,
+    ) -> Result<(), StoreError> {
+        self.store.set_job_dispatch(job.job_id, dispatch).await?;
+        if let Ok(mut undecided) = self.undecided.lock() {
+            undecided.merge(vec![JobRecord {
+                dispatch: dispatch.clone(),
+                ..job.clone()
+            }]);
+        }
+        Ok(())
     }
 
     /// Adds the VMs named by jobs' runners that are not open any more (gone, their runner
@@ -220,7 +279,7 @@ impl Scheduler {
             vm_start_id: Some(ran_on.clone()),
             ..job.dispatch.clone()
         };
-        self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+        self.set_dispatch(job, &dispatch).await?;
         tracing::info!(job = %job.job_id, vm = %ran_on, "job runs on VM");
         let waiting = jobs.iter().any(|j| {
             j.job_id.0 == intended && j.status == JobStatus::Queued && j.runner_name.is_none()
@@ -259,33 +318,35 @@ impl Scheduler {
         hosts
     }
 
-    /// Decides where a queued job goes and claims it: a slot on `hosts` is taken for it.
-    /// Returns `None` when the job is not to be started now (settled here, waiting, no slot,
-    /// another server's claim).
+    /// Decides where a queued job goes and claims it: a waiting pool VM of its profile is
+    /// taken from `waiting`, or else a slot on `hosts`. `NotNow` when the job is not to be
+    /// started now (settled here, waiting, another server's claim), `NoSlot` when it found no
+    /// room.
     async fn claim(
         &self,
         job: &JobRecord,
         hosts: &mut [mayfly_core::HostSlots],
-    ) -> Result<Option<Claimed>, StoreError> {
+        pool: &mut Vec<VmRow>,
+    ) -> Result<Claim, StoreError> {
         let mut dispatch = job.dispatch.clone();
         if job.status != JobStatus::Queued {
             if job.status == JobStatus::Completed {
                 dispatch.disposition = "skipped".into();
-                self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+                self.set_dispatch(job, &dispatch).await?;
             }
-            return Ok(None);
+            return Ok(Claim::NotNow);
         }
         let Some(profile) = match_profile(&self.profiles, &job.labels) else {
             dispatch.disposition = "ignored".into();
             tracing::info!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
-            self.store.set_job_dispatch(job.job_id, &dispatch).await?;
-            return Ok(None);
+            self.set_dispatch(job, &dispatch).await?;
+            return Ok(Claim::NotNow);
         };
         dispatch.profile = Some(profile.name.clone());
         let Some(installation) = job.installation_id else {
             self.fail(job, dispatch, "the delivery carried no App installation")
                 .await?;
-            return Ok(None);
+            return Ok(Claim::NotNow);
         };
         let now = self.clock.now();
         let waiting = self
@@ -295,12 +356,17 @@ impl Scheduler {
             .and_then(|b| b.get(&job.job_id.0).map(|(at, _)| *at > now))
             .unwrap_or(false);
         if waiting {
-            return Ok(None);
+            return Ok(Claim::NotNow);
         }
-        let Some(host) = place(profile, hosts).map(|h| h.host.clone()) else {
-            // No capacity here now: stays `new`, placed when a slot frees up (here or on another
-            // server's agents).
-            return Ok(None);
+        let warm = crate::pool::take(pool, profile, hosts);
+        let host = match (&warm, place(profile, hosts)) {
+            (Some(vm), _) => vm.host.clone(),
+            (None, Some(h)) => h.host.clone(),
+            (None, None) => {
+                // No capacity here now: stays `new`, placed when a slot frees up (here or on
+                // another server's agents).
+                return Ok(Claim::NoSlot(profile.clone()));
+            }
         };
         if !self
             .store
@@ -313,14 +379,23 @@ impl Scheduler {
             )
             .await?
         {
-            return Ok(None);
+            if let Some(vm) = warm {
+                pool.push(vm);
+            }
+            return Ok(Claim::NotNow);
         }
-        if let Some(slots) = hosts.iter_mut().find(|h| h.host == host) {
-            slots.free_slots = slots.free_slots.saturating_sub(1);
-        }
-        let start_id = uuid_like();
-        let runner_name = format!("mayfly-{}", &start_id[..12]);
-        Ok(Some(Claimed {
+        let (start_id, runner_name) = match &warm {
+            Some(vm) => (vm.start_id.clone(), vm.runner_name.clone()),
+            None => {
+                if let Some(slots) = hosts.iter_mut().find(|h| h.host == host) {
+                    slots.free_slots = slots.free_slots.saturating_sub(1);
+                }
+                let start_id = uuid_like();
+                let runner_name = format!("mayfly-{}", &start_id[..12]);
+                (start_id, runner_name)
+            }
+        };
+        Ok(Claim::Claimed(Box::new(Claimed {
             job: job.clone(),
             dispatch,
             profile: profile.clone(),
@@ -328,7 +403,8 @@ impl Scheduler {
             host,
             start_id,
             runner_name,
-        }))
+            warm,
+        })))
     }
 
     /// Asks GitHub for the claimed jobs' JIT configs, [`JIT_CONCURRENCY`] at a time, and starts
@@ -390,6 +466,7 @@ impl Scheduler {
             host,
             start_id,
             runner_name,
+            warm,
         } = claimed;
         let jit = match jit {
             Ok(jit) => {
@@ -416,7 +493,7 @@ impl Scheduler {
                 tracing::warn!(job = %job.job_id, tries, error = %e, "GitHub could not give a JIT config now; will try again");
                 dispatch.disposition = "new".into();
                 dispatch.failure = Some(format!("could not get a JIT config: {e}"));
-                return self.store.set_job_dispatch(job.job_id, &dispatch).await;
+                return self.set_dispatch(&job, &dispatch).await;
             }
             Err(e) => {
                 dispatch.attempts += 1;
@@ -425,6 +502,15 @@ impl Scheduler {
                     .await;
             }
         };
+        let step = mayfly_core::StartStep {
+            step: "jit_config".into(),
+            millis: jit_took.as_secs_f64() * 1000.0,
+        };
+        if let Some(vm) = warm {
+            return self
+                .assign(&job, dispatch, &profile, vm, &jit, step, vms)
+                .await;
+        }
         let mut vm = VmRow::requested(
             Placement {
                 start_id: start_id.clone(),
@@ -438,15 +524,12 @@ impl Scheduler {
             },
             self.clock.now(),
         );
-        let steps = [mayfly_core::StartStep {
-            step: "jit_config".into(),
-            millis: jit_took.as_secs_f64() * 1000.0,
-        }];
-        vm.start_steps = serde_json::to_string(&steps).ok();
+        vm.image = Some(profile.image.clone());
+        vm.start_steps = serde_json::to_string(&[step]).ok();
         self.store.insert_vm(&vm).await?;
         dispatch.disposition = "placed".into();
         dispatch.attempts += 1;
-        self.store.set_job_dispatch(job.job_id, &dispatch).await?;
+        self.set_dispatch(&job, &dispatch).await?;
         let start = StartVm {
             start_id: start_id.clone(),
             image: profile.image.clone(),
@@ -460,6 +543,7 @@ impl Scheduler {
                 .unwrap_or_else(|| self.run.clone()),
             boot_timeout_secs: profile.boot_timeout_secs,
             max_runtime_secs: profile.max_runtime_secs,
+            warm: false,
         };
         tracing::info!(job = %job.job_id, vm = %start_id, %host, profile = %profile.name, "starting a VM");
         if let Err(e) = self.hub.send(&host, ServerBody::StartVm(start)).await {
@@ -471,6 +555,122 @@ impl Scheduler {
             return self.retry(&job, dispatch, &e.to_string()).await;
         }
         vms.push(vm);
+        Ok(())
+    }
+
+    /// Gives a waiting pool VM `job`: its row becomes the job's (repository, runner, job), and
+    /// the runner's JIT config goes to the VM with `AssignVm`, the one time it gets one.
+    #[allow(clippy::too_many_arguments)]
+    async fn assign(
+        &self,
+        job: &JobRecord,
+        mut dispatch: JobDispatch,
+        profile: &Profile,
+        mut vm: VmRow,
+        jit: &mayfly_github::rest::JitRunner,
+        step: mayfly_core::StartStep,
+        vms: &mut [VmRow],
+    ) -> Result<(), StoreError> {
+        vm.installation_id = job.installation_id.map_or(0, |i| i.0);
+        vm.repo = job.repo.to_string();
+        vm.runner_id = Some(jit.runner.id);
+        vm.for_job_id = job.job_id.0;
+        vm.assigned_at = Some(self.clock.now());
+        vm.start_steps = serde_json::to_string(&[step]).ok();
+        self.store.update_vm(&vm).await?;
+        dispatch.disposition = "placed".into();
+        dispatch.attempts += 1;
+        self.set_dispatch(job, &dispatch).await?;
+        let assign = mayfly_proto::v1::AssignVm {
+            vm_id: vm.vm_id.clone().unwrap_or_default(),
+            start_id: vm.start_id.clone(),
+            jitconfig: jit.config.expose().to_owned(),
+            run: profile
+                .runner_entry
+                .clone()
+                .unwrap_or_else(|| self.run.clone()),
+        };
+        tracing::info!(job = %job.job_id, vm = %vm.start_id, host = %vm.host, profile = %profile.name, "giving a warm VM its job");
+        let sent = self.hub.send(&vm.host, ServerBody::AssignVm(assign)).await;
+        if let Err(e) = &sent {
+            // The agent went: the VM is gone with it or destroyed when it comes back.
+            vm.state = "failed".into();
+            vm.failure = Some(e.to_string());
+            self.store.update_vm(&vm).await?;
+        }
+        if let Some(row) = vms.iter_mut().find(|v| v.start_id == vm.start_id) {
+            *row = vm;
+        }
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.retry(job, dispatch, &e.to_string()).await,
+        }
+    }
+
+    /// The warm pool after this pass's jobs: waiting pool VMs of another profile make room for
+    /// jobs of `unplaced` profiles that found no slot; then each host's pools are topped up
+    /// within the slots left.
+    async fn tend_pool(
+        &self,
+        unplaced: &[Profile],
+        vms: &mut Vec<VmRow>,
+    ) -> Result<(), StoreError> {
+        if !self.profiles.iter().any(|p| p.warm > 0) {
+            return Ok(());
+        }
+        let mut hosts = self.free_hosts(vms);
+        for profile in unplaced {
+            let Some(start_id) =
+                crate::pool::to_evict(vms, profile, &hosts).map(|v| v.start_id.clone())
+            else {
+                continue;
+            };
+            if let Some(vm) = vms.iter_mut().find(|v| v.start_id == start_id) {
+                self.destroy(vm, "its slot is needed by a queued job of another profile")
+                    .await?;
+            }
+        }
+        if !unplaced.is_empty() {
+            // Queued jobs are waiting for slots: none goes to the pool.
+            return Ok(());
+        }
+        for (host, profile) in crate::pool::refill(&self.profiles, &mut hosts, vms) {
+            let start_id = uuid_like();
+            let mut vm = VmRow::requested(
+                Placement {
+                    start_id: start_id.clone(),
+                    host: host.clone(),
+                    profile: profile.name.clone(),
+                    installation_id: 0,
+                    repo: String::new(),
+                    runner_name: format!("mayfly-{}", &start_id[..12]),
+                    runner_id: None,
+                    for_job_id: 0,
+                },
+                self.clock.now(),
+            );
+            vm.pool = true;
+            vm.image = Some(profile.image.clone());
+            self.store.insert_vm(&vm).await?;
+            let start = StartVm {
+                start_id: start_id.clone(),
+                image: profile.image.clone(),
+                vcpus: profile.vcpus,
+                memory_mib: profile.memory_mib,
+                disk_gib: profile.disk_gib,
+                boot_timeout_secs: profile.boot_timeout_secs,
+                max_runtime_secs: profile.max_runtime_secs,
+                warm: true,
+                ..StartVm::default()
+            };
+            tracing::info!(vm = %start_id, %host, profile = %profile.name, "starting a warm pool VM");
+            if let Err(e) = self.hub.send(&host, ServerBody::StartVm(start)).await {
+                vm.state = "failed".into();
+                vm.failure = Some(e.to_string());
+                self.store.update_vm(&vm).await?;
+            }
+            vms.push(vm);
+        }
         Ok(())
     }
 
@@ -487,7 +687,7 @@ impl Scheduler {
         tracing::warn!(job = %job.job_id, attempts = dispatch.attempts, "{why}; will retry");
         dispatch.disposition = "new".into();
         dispatch.failure = Some(why.to_owned());
-        self.store.set_job_dispatch(job.job_id, &dispatch).await
+        self.set_dispatch(job, &dispatch).await
     }
 
     async fn fail(
@@ -501,7 +701,7 @@ impl Scheduler {
             .dispatch_failed(job, dispatch.profile.as_deref());
         dispatch.disposition = "failed".into();
         dispatch.failure = Some(why.to_owned());
-        self.store.set_job_dispatch(job.job_id, &dispatch).await
+        self.set_dispatch(job, &dispatch).await
     }
 
     /// Destroys what should go and deletes runners that never took a job, for VMs on agents
@@ -699,9 +899,7 @@ impl Scheduler {
             tracing::warn!(job = %job.job_id, "the job's VM is gone or ran another job; placing the job again");
             job.dispatch.disposition = "new".into();
             job.dispatch.failure = Some("its VM is gone or ran another job".into());
-            self.store
-                .set_job_dispatch(job.job_id, &job.dispatch)
-                .await?;
+            self.set_dispatch(job, &job.dispatch).await?;
         }
         Ok(jobs)
     }
@@ -787,8 +985,9 @@ impl Scheduler {
     /// when it is gone, its job's phases (on a later pass, once the job completed).
     fn observe_vm(&self, before: &VmRow, after: &VmRow) {
         let knew = before.started_at.is_some() && before.runner_started_at.is_some();
-        if let (false, Some(started), Some(runner)) =
-            (knew, after.started_at, after.runner_started_at)
+        // A pool VM's boot happened before its job; its wait in the pool is no boot time.
+        if let (false, false, Some(started), Some(runner)) =
+            (knew, after.pool, after.started_at, after.runner_started_at)
         {
             self.metrics.vm_booted(&after.profile, runner - started);
         }
@@ -843,11 +1042,12 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
     let rank = |s: &str| match s {
         "requested" => 0,
         "started" => 1,
-        "booted" => 2,
-        "exited" => 3,
-        "failed" => 4,
-        "lost" => 5,
-        _ => 6,
+        "warm" => 2,
+        "booted" => 3,
+        "exited" => 4,
+        "failed" => 5,
+        "lost" => 6,
+        _ => 7,
     };
     let mut advance = |state: &str| {
         if rank(state) > rank(&vm.state) {
@@ -859,6 +1059,10 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
             advance("started");
             vm.vm_id = Some(event.vm_id.clone());
             vm.started_at.get_or_insert(at);
+        }
+        Ok(EventKind::Warm) => {
+            advance("warm");
+            vm.warm_at.get_or_insert(at);
         }
         Ok(EventKind::Booted) => {
             advance("booted");
@@ -896,6 +1100,9 @@ fn destroy_reason(
     profiles: &[Profile],
     now: DateTime<Utc>,
 ) -> Option<&'static str> {
+    if let Some(reason) = crate::pool::destroy_reason(vm, profiles, now) {
+        return Some(reason);
+    }
     if let Some(ran) = vm.ran_job_id {
         let done = jobs
             .iter()

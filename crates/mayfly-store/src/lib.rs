@@ -96,10 +96,18 @@ pub trait CommonStore: Send + Sync {
     ) -> Result<Vec<Option<Transition>>, StoreError>;
 
     /// The jobs that can still change a scheduling decision, oldest first: not yet decided
-    /// (`new`, `placing`), or placed and not completed, or wanted by an open VM ([`CommonStore::open_vms`]),
-    /// or naming a runner but bound to no VM and updated since `unbound_since`. Read through
-    /// partial indexes: retained history costs nothing.
-    async fn open_jobs(&self, unbound_since: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
+    /// (`new`, `placing`; only with `undecided`), or placed and not completed, or wanted by an
+    /// open VM ([`CommonStore::open_vms`]), or naming a runner but bound to no VM and updated
+    /// since `unbound_since`. Read through partial indexes: retained history costs nothing.
+    async fn open_jobs(
+        &self,
+        unbound_since: DateTime<Utc>,
+        undecided: bool,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Jobs whose row changed (`updated_at`) at or after `since`, in no order: what a pass
+    /// that keeps the undecided jobs in memory reads.
+    async fn jobs_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Jobs queued at GitHub (whatever mayfly decided for them), oldest first; indexed by
     /// status, for the waiting-jobs metrics.

@@ -99,7 +99,8 @@ pub struct VmRow {
     /// The job its runner actually ran (GitHub may hand it another queued job with the same
     /// labels).
     pub ran_job_id: Option<i64>,
-    /// `requested`, `started`, `booted`, `exited`, `destroyed` or `failed`.
+    /// `requested`, `started`, `warm` (a pool VM waiting for its job), `booted`, `exited`,
+    /// `destroyed`, `failed` or `lost`.
     pub state: String,
     pub requested_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -117,6 +118,15 @@ pub struct VmRow {
     /// How long each step of its start took (JSON of a list of `mayfly_core::StartStep`).
     pub start_steps: Option<String>,
     pub failure: Option<String>,
+    /// Started for the warm pool, ahead of any job: until `assigned_at` it holds nothing and
+    /// its `installation_id`, `repo`, `runner_id` and `for_job_id` are 0 or empty.
+    pub pool: bool,
+    /// The image it was started from.
+    pub image: Option<String>,
+    /// A pool VM's guest was ready, waiting for a job.
+    pub warm_at: Option<DateTime<Utc>>,
+    /// A pool VM was given its one job (the runner config sent).
+    pub assigned_at: Option<DateTime<Utc>>,
 }
 
 /// Where the scheduler placed a VM: what a new [`VmRow`] starts from.
@@ -169,7 +179,16 @@ impl VmRow {
             destruction: None,
             start_steps: None,
             failure: None,
+            pool: false,
+            image: None,
+            warm_at: None,
+            assigned_at: None,
         }
+    }
+
+    /// A pool VM waiting for its job: warm, never assigned, not on its way out.
+    pub fn waits_for_job(&self) -> bool {
+        self.pool && self.state == "warm" && self.assigned_at.is_none() && !self.destroy_requested
     }
 }
 
@@ -177,11 +196,18 @@ impl JobRecord {
     /// The job's moments, from this row and the row of the VM that ran it (see
     /// [`mayfly_core::PhaseTimes::ordered`] for them in order).
     pub fn phase_times(&self, vm: Option<&VmRow>) -> mayfly_core::PhaseTimes {
+        // A pool VM was asked for and started before the job came: for the job, both happened
+        // when it was given the job.
+        let (vm_requested, vm_started) = match vm {
+            Some(v) if v.pool => (v.assigned_at, v.assigned_at),
+            Some(v) => (Some(v.requested_at), v.started_at),
+            None => (None, None),
+        };
         mayfly_core::PhaseTimes {
             queued_at_github: self.created_at,
             webhook_received: Some(self.first_seen_at),
-            vm_requested: vm.map(|v| v.requested_at),
-            vm_started: vm.and_then(|v| v.started_at),
+            vm_requested,
+            vm_started,
             guest_ready: vm.and_then(|v| v.booted_at),
             runner_started: vm.and_then(|v| v.runner_started_at),
             job_started: self.started_at,

@@ -660,35 +660,10 @@ fn bind_vm<'q>(query: PgQuery<'q>, vm: &'q VmRow) -> PgQuery<'q> {
         .bind(vm.runner_started_at)
         .bind(&vm.start_id)
         .bind(&vm.start_steps)
-}
-
-fn vm_from_row(row: &PgRow) -> Result<VmRow, StoreError> {
-    let op = "read vm";
-    Ok(VmRow {
-        start_id: row.try_get("start_id").op(op)?,
-        vm_id: row.try_get("vm_id").op(op)?,
-        host: row.try_get("host").op(op)?,
-        profile: row.try_get("profile").op(op)?,
-        installation_id: row.try_get("installation_id").op(op)?,
-        repo: row.try_get("repo").op(op)?,
-        runner_name: row.try_get("runner_name").op(op)?,
-        runner_id: row.try_get("runner_id").op(op)?,
-        for_job_id: row.try_get("for_job_id").op(op)?,
-        ran_job_id: row.try_get("ran_job_id").op(op)?,
-        state: row.try_get("state").op(op)?,
-        requested_at: row.try_get("requested_at").op(op)?,
-        started_at: row.try_get("started_at").op(op)?,
-        booted_at: row.try_get("booted_at").op(op)?,
-        runner_started_at: row.try_get("runner_started_at").op(op)?,
-        exited_at: row.try_get("exited_at").op(op)?,
-        destroyed_at: row.try_get("destroyed_at").op(op)?,
-        exit_code: row.try_get("exit_code").op(op)?,
-        destroy_requested: row.try_get("destroy_requested").op(op)?,
-        runner_deleted: row.try_get("runner_deleted").op(op)?,
-        destruction: row.try_get("destruction").op(op)?,
-        start_steps: row.try_get("start_steps").op(op)?,
-        failure: row.try_get("failure").op(op)?,
-    })
+        .bind(vm.pool)
+        .bind(&vm.image)
+        .bind(vm.warm_at)
+        .bind(vm.assigned_at)
 }
 
 crate::shared::shared_rows!(PgRow);

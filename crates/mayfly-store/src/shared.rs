@@ -5,6 +5,39 @@
 /// Row mappers for the shared methods, for a backend's row type.
 macro_rules! shared_rows {
     ($row:ty) => {
+        fn vm_from_row(row: &$row) -> Result<VmRow, StoreError> {
+            let op = "read vm";
+            Ok(VmRow {
+                start_id: row.try_get("start_id").op(op)?,
+                vm_id: row.try_get("vm_id").op(op)?,
+                host: row.try_get("host").op(op)?,
+                profile: row.try_get("profile").op(op)?,
+                installation_id: row.try_get("installation_id").op(op)?,
+                repo: row.try_get("repo").op(op)?,
+                runner_name: row.try_get("runner_name").op(op)?,
+                runner_id: row.try_get("runner_id").op(op)?,
+                for_job_id: row.try_get("for_job_id").op(op)?,
+                ran_job_id: row.try_get("ran_job_id").op(op)?,
+                state: row.try_get("state").op(op)?,
+                requested_at: row.try_get("requested_at").op(op)?,
+                started_at: row.try_get("started_at").op(op)?,
+                booted_at: row.try_get("booted_at").op(op)?,
+                runner_started_at: row.try_get("runner_started_at").op(op)?,
+                exited_at: row.try_get("exited_at").op(op)?,
+                destroyed_at: row.try_get("destroyed_at").op(op)?,
+                exit_code: row.try_get("exit_code").op(op)?,
+                destroy_requested: row.try_get("destroy_requested").op(op)?,
+                runner_deleted: row.try_get("runner_deleted").op(op)?,
+                destruction: row.try_get("destruction").op(op)?,
+                start_steps: row.try_get("start_steps").op(op)?,
+                failure: row.try_get("failure").op(op)?,
+                pool: row.try_get("pool").op(op)?,
+                image: row.try_get("image").op(op)?,
+                warm_at: row.try_get("warm_at").op(op)?,
+                assigned_at: row.try_get("assigned_at").op(op)?,
+            })
+        }
+
         fn token_from_row(row: &$row) -> Result<TokenRow, StoreError> {
             let op = "read token";
             Ok(TokenRow {
@@ -35,16 +68,16 @@ pub(crate) const UPDATE_VM: &str = "UPDATE vms SET vm_id = $1, host = $2, profil
     ran_job_id = $9, state = $10, requested_at = $11, started_at = $12, booted_at = $13,
     exited_at = $14, destroyed_at = $15, exit_code = $16, destroy_requested = $17,
     runner_deleted = $18, destruction = $19, failure = $20, runner_started_at = $21,
-    start_steps = $23
+    start_steps = $23, pool = $24, image = $25, warm_at = $26, assigned_at = $27
   WHERE start_id = $22";
 
 /// Binds as [`UPDATE_VM`] does.
 pub(crate) const INSERT_VM: &str = "INSERT INTO vms (vm_id, host, profile, installation_id, repo,
     runner_name, runner_id, for_job_id, ran_job_id, state, requested_at, started_at, booted_at,
     exited_at, destroyed_at, exit_code, destroy_requested, runner_deleted, destruction, failure,
-    runner_started_at, start_id, start_steps)
+    runner_started_at, start_id, start_steps, pool, image, warm_at, assigned_at)
   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-    $20, $21, $22, $23)";
+    $20, $21, $22, $23, $24, $25, $26, $27)";
 
 /// A VM that can still change a scheduling decision: not gone, or gone with an idle runner still
 /// to delete at GitHub. Repeated verbatim in queries so the `vms_open` partial index applies.
@@ -52,17 +85,25 @@ pub(crate) const OPEN_VM: &str =
     "(state NOT IN ('destroyed', 'failed', 'lost') OR (ran_job_id IS NULL AND NOT runner_deleted))";
 
 /// The jobs a scheduling pass reads (see `CommonStore::open_jobs`); `$1` is `unbound_since`.
-pub(crate) fn open_jobs_sql() -> String {
+/// Without `undecided`, the jobs not yet decided are left out (the scheduler keeps those).
+pub(crate) fn open_jobs_sql(undecided: bool) -> String {
+    let first = if undecided {
+        "disposition IN ('new', 'placing') OR (disposition = 'placed' AND status <> 'completed')"
+    } else {
+        "disposition = 'placed' AND status <> 'completed'"
+    };
     format!(
         "SELECT * FROM jobs WHERE job_id IN (
-           SELECT job_id FROM jobs
-             WHERE disposition IN ('new', 'placing') OR (disposition = 'placed' AND status <> 'completed')
+           SELECT job_id FROM jobs WHERE {first}
            UNION SELECT job_id FROM jobs
              WHERE vm_start_id IS NULL AND runner_name IS NOT NULL AND updated_at >= $1
            UNION SELECT for_job_id FROM vms WHERE {OPEN_VM}
            UNION SELECT ran_job_id FROM vms WHERE ran_job_id IS NOT NULL AND {OPEN_VM})"
     )
 }
+
+/// Jobs whose row changed at or after `$1` (a range of the `jobs_by_updated` index).
+pub(crate) const JOBS_CHANGED_SINCE: &str = "SELECT * FROM jobs WHERE updated_at >= $1";
 
 /// The VMs a scheduling pass reads.
 pub(crate) fn open_vms_sql() -> String {
@@ -73,7 +114,9 @@ pub(crate) fn open_vms_sql() -> String {
 /// `$1` (a query that has no `$1` ignores it).
 pub(crate) fn pass_queries() -> Vec<String> {
     vec![
-        open_jobs_sql(),
+        open_jobs_sql(true),
+        open_jobs_sql(false),
+        JOBS_CHANGED_SINCE.to_owned(),
         open_vms_sql(),
         SILENT_AGENTS_VMS.to_owned(),
     ]
@@ -465,11 +508,23 @@ macro_rules! shared_methods {
                 tx.commit().await.op("commit job events")?;
                 Ok(out)
             }
+            async fn jobs_changed_since(
+                &self,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<JobRecord>, StoreError> {
+                let rows = sqlx::query(crate::shared::JOBS_CHANGED_SINCE)
+                    .bind(since)
+                    .fetch_all(self.reader())
+                    .await
+                    .op("list changed jobs")?;
+                rows.iter().map(job_from_row).collect()
+            }
             async fn open_jobs(
                 &self,
                 unbound_since: DateTime<Utc>,
+                undecided: bool,
             ) -> Result<Vec<JobRecord>, StoreError> {
-                let rows = sqlx::query(&crate::shared::open_jobs_sql())
+                let rows = sqlx::query(&crate::shared::open_jobs_sql(undecided))
                     .bind(unbound_since)
                     .fetch_all(self.reader())
                     .await

@@ -298,7 +298,7 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
     store.insert_vm(&ran).await.unwrap();
 
     let jobs: Vec<i64> = store
-        .open_jobs(Utc::now() - Duration::hours(1))
+        .open_jobs(Utc::now() - Duration::hours(1), true)
         .await
         .unwrap()
         .iter()
@@ -315,7 +315,7 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
     assert_eq!(vms, ["live", "idle"]);
     // An unbound job stops being looked at once its window has passed.
     let later: Vec<i64> = store
-        .open_jobs(Utc::now() + Duration::seconds(1))
+        .open_jobs(Utc::now() + Duration::seconds(1), true)
         .await
         .unwrap()
         .iter()
@@ -330,6 +330,9 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
     // scan too).
     let bounded = [
         "jobs_open",
+        "jobs_placed_open",
+        // A range of recent changes, not the history.
+        "jobs_by_updated",
         "jobs_unbound",
         "jobs_pkey",
         "vms_open",

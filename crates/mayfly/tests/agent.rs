@@ -67,6 +67,7 @@ fn start_vm(start_id: &str, jit: &SecretString) -> ServerBody {
         boot_timeout_secs: 120,
         max_runtime_secs: 240,
         disk_gib: 2,
+        warm: false,
     })
 }
 

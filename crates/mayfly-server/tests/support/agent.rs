@@ -24,6 +24,13 @@ pub struct FakeAgent {
     pub acked: std::sync::Arc<AtomicU64>,
     /// Set when the server's side of the session ended.
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `run_jobs`' warm pool VMs waiting for a job: start id → VM id.
+    pub waiting: std::collections::HashMap<String, String>,
+    /// `run_jobs`' warm pool VMs started, and those given a job (start ids, in order).
+    pub warm_started: Vec<String>,
+    pub assigned: Vec<String>,
+    /// VMs `run_jobs` started so far (for their ids).
+    vms_started: usize,
 }
 
 impl FakeAgent {
@@ -95,6 +102,10 @@ impl FakeAgent {
             seq: AtomicU64::new(seq),
             acked,
             closed,
+            waiting: std::collections::HashMap::new(),
+            warm_started: Vec::new(),
+            assigned: Vec::new(),
+            vms_started: 0,
         }
     }
 
@@ -202,18 +213,19 @@ impl FakeAgent {
 }
 
 impl FakeAgent {
-    /// Plays VMs until `jobs` jobs were run and every VM started was destroyed: each boots,
+    /// Plays VMs until `jobs` jobs were run and every VM given a job was destroyed: each boots,
     /// its runner takes a job at the simulator (any queued job its labels match, as GitHub
     /// hands them) and ends it with what `conclude` says for that job, the runner exits, and
     /// the destroy the server then asks for is reported done. A runner deleted before it took
     /// a job (spare: another runner took the job it was started for) exits, as the real one
-    /// does; a VM destroyed while its runner waits stops it. Returns how many VMs were started.
+    /// does; a VM destroyed while its runner waits stops it. A warm pool VM (`StartVm.warm`)
+    /// says WARM and waits in `waiting` (across calls) for its one `AssignVm`; one assigned
+    /// twice, or while not waiting, fails the test. Returns how many VMs were started for jobs.
     pub async fn run_jobs(
         &mut self,
         jobs: usize,
         conclude: impl Fn(u64) -> mayfly_sim::Conclusion + Send + Sync + 'static,
     ) -> usize {
-        use mayfly_sim::runner_client::{RunnerClient, RunnerClientError};
         let conclude = std::sync::Arc::new(conclude);
         // (start id, VM id, whether its runner ran a job) as each runner ends.
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<(String, String, bool)>();
@@ -232,54 +244,110 @@ impl FakeAgent {
                 }
             };
             match command {
+                ServerBody::StartVm(start) if start.warm => self.warm(&start).await,
+                ServerBody::AssignVm(assign) => {
+                    let vm = self.waiting.remove(&assign.start_id).unwrap_or_else(|| {
+                        panic!(
+                            "AssignVm for {} which is not a warm VM waiting for a job",
+                            assign.start_id
+                        )
+                    });
+                    assert_eq!(assign.vm_id, vm);
+                    self.assigned.push(assign.start_id.clone());
+                    live += 1;
+                    let runner = self
+                        .play(
+                            &assign.start_id,
+                            &vm,
+                            assign.jitconfig,
+                            &ended_tx,
+                            &conclude,
+                        )
+                        .await;
+                    runners.insert(assign.start_id, runner);
+                }
                 ServerBody::StartVm(start) => {
                     started += 1;
                     live += 1;
-                    let vm = format!("vm-{started:016x}");
-                    for kind in [
-                        EventKind::Started,
-                        EventKind::Booted,
-                        EventKind::RunnerStarted,
-                    ] {
-                        self.event(&start.start_id, &vm, kind, "").await;
-                    }
-                    let (ended_tx, conclude) = (ended_tx.clone(), conclude.clone());
-                    let start_id = start.start_id.clone();
-                    let runner = tokio::spawn(async move {
-                        let mut runner =
-                            RunnerClient::from_encoded_jit_config(&start.jitconfig, None).unwrap();
-                        let took = async {
-                            runner.authenticate().await?;
-                            let job = loop {
-                                if let Some(job) = runner.acquire().await? {
-                                    break job;
-                                }
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            };
-                            runner
-                                .complete(job.job_id, conclude(job.job_id), "done")
-                                .await
-                        };
-                        let took = match took.await {
-                            Ok(()) => true,
-                            Err(RunnerClientError::Unauthorized) => false,
-                            Err(e) => panic!("the runner failed: {e}"),
-                        };
-                        let _ = ended_tx.send((start.start_id, vm, took));
-                    });
-                    runners.insert(start_id, runner);
+                    self.vms_started += 1;
+                    let vm = format!("vm-{:016x}", self.vms_started);
+                    self.event(&start.start_id, &vm, EventKind::Started, "")
+                        .await;
+                    let runner = self
+                        .play(&start.start_id, &vm, start.jitconfig, &ended_tx, &conclude)
+                        .await;
+                    runners.insert(start.start_id, runner);
                 }
                 ServerBody::DestroyVm(destroy) => {
                     if let Some(runner) = runners.remove(&destroy.start_id) {
                         runner.abort();
                     }
                     self.destroyed(&destroy.start_id, &destroy.vm_id).await;
-                    live -= 1;
+                    if self.waiting.remove(&destroy.start_id).is_none() {
+                        live -= 1;
+                    }
                 }
                 ServerBody::Welcome(_) => {}
                 other => panic!("unexpected command {other:?}"),
             }
         }
         started
+    }
+
+    /// Plays a warm pool VM's boot (STARTED, WARM) holding nothing; it waits in `waiting`.
+    pub async fn warm(&mut self, start: &StartVm) {
+        assert!(
+            start.warm && start.jitconfig.is_empty() && start.run.is_empty(),
+            "a pool VM's StartVm carried a config: {start:?}"
+        );
+        self.vms_started += 1;
+        let vm = format!("vm-{:016x}", self.vms_started);
+        for kind in [EventKind::Started, EventKind::Warm] {
+            self.event(&start.start_id, &vm, kind, "").await;
+        }
+        self.warm_started.push(start.start_id.clone());
+        self.waiting.insert(start.start_id.clone(), vm);
+    }
+
+    /// A VM with its runner config: BOOTED, RUNNER_STARTED, and its runner spawned (it tells
+    /// `ended` when it ends).
+    async fn play<C>(
+        &self,
+        start_id: &str,
+        vm: &str,
+        jitconfig: String,
+        ended: &mpsc::UnboundedSender<(String, String, bool)>,
+        conclude: &std::sync::Arc<C>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        C: Fn(u64) -> mayfly_sim::Conclusion + Send + Sync + 'static,
+    {
+        use mayfly_sim::runner_client::{RunnerClient, RunnerClientError};
+        for kind in [EventKind::Booted, EventKind::RunnerStarted] {
+            self.event(start_id, vm, kind, "").await;
+        }
+        let (ended, conclude) = (ended.clone(), conclude.clone());
+        let (start_id, vm) = (start_id.to_owned(), vm.to_owned());
+        tokio::spawn(async move {
+            let mut runner = RunnerClient::from_encoded_jit_config(&jitconfig, None).unwrap();
+            let took = async {
+                runner.authenticate().await?;
+                let job = loop {
+                    if let Some(job) = runner.acquire().await? {
+                        break job;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                runner
+                    .complete(job.job_id, conclude(job.job_id), "done")
+                    .await
+            };
+            let took = match took.await {
+                Ok(()) => true,
+                Err(RunnerClientError::Unauthorized) => false,
+                Err(e) => panic!("the runner failed: {e}"),
+            };
+            let _ = ended.send((start_id, vm, took));
+        })
     }
 }

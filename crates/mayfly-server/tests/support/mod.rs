@@ -148,18 +148,29 @@ pub fn profile(idle_timeout_secs: u32) -> mayfly_core::Profile {
         runner_entry: None,
         boot_timeout_secs: 60,
         idle_timeout_secs,
+        warm: 0,
+        warm_max_age_secs: 3600,
     }
 }
 
 /// The GitHub simulator on 127.0.0.1:0 with a fresh App, and mayfly's client for that App.
 pub async fn sim_with_client(secret: &[u8]) -> (mayfly_sim::SimHandle, Arc<GitHubClient>) {
+    sim_with_client_recording(secret, false).await
+}
+
+/// As [`sim_with_client`]; the simulator keeps every REST exchange when `record`.
+pub async fn sim_with_client_recording(
+    secret: &[u8],
+    record: bool,
+) -> (mayfly_sim::SimHandle, Arc<GitHubClient>) {
     use secrecy::ExposeSecret;
     let app = mayfly_sim::AppKeyPair::generate().unwrap();
-    let config = mayfly_sim::SimConfig::new(
+    let mut config = mayfly_sim::SimConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         app.public_pem.clone(),
         WebhookSecret::new(secret.to_vec()),
     );
+    config.record_exchanges = record;
     let sim = mayfly_sim::Sim::start(config).await.unwrap();
     let credentials = mayfly_github::AppCredentials::new(
         1,

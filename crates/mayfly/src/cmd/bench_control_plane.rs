@@ -486,7 +486,12 @@ async fn time_pass(store: &dyn Store) -> anyhow::Result<f64> {
     for _ in 0..21 {
         let now = chrono::Utc::now();
         let started = Instant::now();
-        store.open_jobs(now - chrono::Duration::hours(1)).await?;
+        store
+            .open_jobs(now - chrono::Duration::hours(1), false)
+            .await?;
+        store
+            .jobs_changed_since(now - chrono::Duration::seconds(5))
+            .await?;
         store.open_vms().await?;
         store
             .vms_of_silent_agents(now - chrono::Duration::seconds(60))

@@ -207,6 +207,8 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         runner_entry: None,
         boot_timeout_secs: 180,
         idle_timeout_secs: 300,
+        warm: 0,
+        warm_max_age_secs: 3600,
     };
     let server_config = ServerConfig {
         listen: server_addr,

@@ -40,6 +40,8 @@ pub fn simulated_profile() -> Profile {
         runner_entry: None,
         boot_timeout_secs: 60,
         idle_timeout_secs: 300,
+        warm: 0,
+        warm_max_age_secs: 3600,
     }
 }
 

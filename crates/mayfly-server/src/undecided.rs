@@ -1,0 +1,140 @@
+//! The jobs a scheduling pass has not decided yet (`new`, `placing`: queued and waiting for a
+//! slot, or being placed), kept in memory so that a backlog of thousands of queued jobs costs a
+//! pass only the rows that changed since the last one. The processor stamps `updated_at` on
+//! every job event; each pass reads the rows stamped since the newest it saw (less
+//! [`OVERLAP`], for transactions that committed late or servers whose clocks run behind) and
+//! merges them. The scheduler's own decisions are merged as it makes them. Every [`RESYNC`] the
+//! set is read whole again, which also catches what the overlap could not (another server's
+//! claim does not stamp `updated_at`; claiming in the store settles such a race anyway).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use mayfly_store::JobRecord;
+
+/// How far before the newest stamp seen each refresh reads again.
+pub const OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
+/// How often the undecided jobs are read whole.
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// The undecided jobs by id, and how far the changes have been read.
+#[derive(Debug, Default)]
+pub struct Undecided {
+    jobs: HashMap<i64, JobRecord>,
+    /// The newest `updated_at` among the rows read.
+    seen: Option<DateTime<Utc>>,
+    /// When the set was last read whole.
+    resynced: Option<Instant>,
+}
+
+fn undecided(job: &JobRecord) -> bool {
+    matches!(job.dispatch.disposition.as_str(), "new" | "placing")
+}
+
+impl Undecided {
+    /// Where the next read of changed rows starts; `None`: read the set whole.
+    pub fn read_from(&self) -> Option<DateTime<Utc>> {
+        let fresh = self.resynced.is_some_and(|at| at.elapsed() < RESYNC);
+        fresh
+            .then(|| self.seen.map(|seen| seen - OVERLAP))
+            .flatten()
+    }
+
+    /// Replaces the set with `rows` (the open jobs read whole; decided ones are dropped).
+    pub fn replace(&mut self, rows: Vec<JobRecord>) {
+        self.jobs.clear();
+        self.resynced = Some(Instant::now());
+        // With nothing read, the next refresh starts from now (less the overlap).
+        self.seen = Some(Utc::now());
+        self.merge(rows);
+    }
+
+    /// Takes in rows that changed: an undecided one is (re)placed, a decided one leaves.
+    pub fn merge(&mut self, rows: Vec<JobRecord>) {
+        for job in rows {
+            if self.seen.is_none_or(|seen| job.updated_at > seen) {
+                self.seen = Some(job.updated_at);
+            }
+            if undecided(&job) {
+                self.jobs.insert(job.job_id.0, job);
+            } else {
+                self.jobs.remove(&job.job_id.0);
+            }
+        }
+    }
+
+    /// `decided` with the undecided jobs that are not among them, oldest first.
+    pub fn with(&self, mut decided: Vec<JobRecord>) -> Vec<JobRecord> {
+        let known: std::collections::HashSet<i64> = decided.iter().map(|j| j.job_id.0).collect();
+        decided.extend(
+            self.jobs
+                .values()
+                .filter(|j| !known.contains(&j.job_id.0))
+                .cloned(),
+        );
+        decided.sort_by_key(|j| (j.first_seen_at, j.job_id.0));
+        decided
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mayfly_core::{JobId, JobStatus, RepoFullName};
+    use mayfly_store::JobDispatch;
+
+    fn job(id: i64, disposition: &str, updated: DateTime<Utc>) -> JobRecord {
+        JobRecord {
+            job_id: JobId(id),
+            run_id: mayfly_core::RunId(1),
+            installation_id: None,
+            repo: "o/r".parse::<RepoFullName>().unwrap(),
+            repo_id: 1,
+            org: None,
+            sender: "octocat".into(),
+            status: JobStatus::Queued,
+            conclusion: None,
+            labels: vec![],
+            job_name: "build".into(),
+            workflow_name: None,
+            runner_id: None,
+            runner_name: None,
+            created_at: None,
+            started_at: None,
+            completed_at: None,
+            first_seen_at: updated,
+            updated_at: updated,
+            dispatch: JobDispatch {
+                disposition: disposition.into(),
+                ..JobDispatch::default()
+            },
+        }
+    }
+
+    #[test]
+    fn changes_replace_jobs_and_decided_ones_leave() {
+        let t = Utc::now();
+        let mut u = Undecided::default();
+        assert_eq!(u.read_from(), None, "read whole at first");
+        u.replace(vec![job(1, "new", t), job(2, "placed", t)]);
+        assert_eq!(u.len(), 1);
+        assert!(u.read_from().is_some());
+
+        let later = t + chrono::Duration::seconds(10);
+        u.merge(vec![job(1, "placed", later), job(3, "new", later)]);
+        let ids: Vec<i64> = u.with(vec![]).iter().map(|j| j.job_id.0).collect();
+        assert_eq!(ids, [3]);
+        assert_eq!(u.read_from(), Some(later - OVERLAP));
+
+        // A job both decided-open and undecided (a row read twice) is listed once, oldest first.
+        let listed = u.with(vec![job(3, "new", later), job(0, "placed", t)]);
+        let ids: Vec<i64> = listed.iter().map(|j| j.job_id.0).collect();
+        assert_eq!(ids, [0, 3]);
+    }
+}
