@@ -148,6 +148,113 @@ async fn a_job_vm_reports_started_booted_runner_exited_and_destroyed_in_order() 
     .await;
 }
 
+fn warm_vm(start_id: &str) -> ServerBody {
+    let ServerBody::StartVm(start) = start_vm(start_id) else {
+        unreachable!()
+    };
+    ServerBody::StartVm(StartVm {
+        jitconfig: String::new(),
+        run: String::new(),
+        warm: true,
+        ..start
+    })
+}
+
+fn assign_vm(vm: &VmId, start_id: &str, jitconfig: &str) -> ServerBody {
+    ServerBody::AssignVm(mayfly_proto::v1::AssignVm {
+        vm_id: vm.to_string(),
+        start_id: start_id.into(),
+        jitconfig: jitconfig.into(),
+        run: String::new(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_vm_holds_nothing_until_its_one_assignment_and_is_destroyed_after_its_job() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal.json");
+        let mut server = FakeServer::start().await;
+        let driver = Arc::new(FakeDriver::default());
+        let agent = Agent::start(config(&server, driver.clone(), &journal));
+        server.hello().await;
+
+        server.send(warm_vm("pool-1")).await;
+        let started = server.event().await;
+        assert_eq!(kind(&started), EventKind::Started);
+        let vm = VmId::parse(&started.vm_id).unwrap();
+        let warm = server.event().await;
+        assert_eq!(kind(&warm), EventKind::Warm);
+        assert_eq!(warm.detail, "6.1.0-fake");
+        // Booted and waiting: nothing handed to the guest.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            driver.handed_over().is_empty(),
+            "a warm VM was given a config"
+        );
+        assert!(
+            server.events_so_far().is_empty(),
+            "a warm VM went on without a job"
+        );
+
+        server.send(assign_vm(&vm, "pool-1", JIT)).await;
+        server
+            .expect(&[EventKind::Booted, EventKind::RunnerStarted])
+            .await;
+        assert_eq!(driver.handed_over(), vec![(vm.clone(), JIT.to_owned())]);
+        assert!(!std::fs::read_to_string(&journal).unwrap().contains(JIT));
+
+        // A second assignment is refused: no VM gets two jobs.
+        server
+            .send(assign_vm(&vm, "pool-1", "c2Vjb25kIGpvYg=="))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(driver.handed_over().len(), 1);
+
+        driver.finish(&vm, 0);
+        let rest = server
+            .expect(&[EventKind::RunnerExited, EventKind::Destroyed])
+            .await;
+        assert_eq!(
+            rest[1].destruction_record().unwrap().unwrap().reason,
+            "job finished"
+        );
+        agent.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_vm_that_dies_while_waiting_is_reported_failed_and_destroyed() {
+    within(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = FakeServer::start().await;
+        let driver = Arc::new(FakeDriver::default());
+        let agent = Agent::start(config(&server, driver.clone(), &dir.path().join("j.json")));
+        server.hello().await;
+
+        server.send(warm_vm("pool-1")).await;
+        let events = server.expect(&[EventKind::Started, EventKind::Warm]).await;
+        let vm = VmId::parse(&events[0].vm_id).unwrap();
+        driver.kill(&vm);
+        let ended = server
+            .expect(&[EventKind::Failed, EventKind::Destroyed])
+            .await;
+        assert_eq!(
+            ended[0].detail,
+            "the warm VM stopped while it waited for a job"
+        );
+        assert!(driver.handed_over().is_empty());
+
+        // An assignment that comes too late gives the gone VM nothing.
+        server.send(assign_vm(&vm, "pool-1", JIT)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(driver.handed_over().is_empty());
+        agent.stop().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_beyond_the_free_slots_is_refused_and_heartbeats_count_free_slots() {
     within(60, async {

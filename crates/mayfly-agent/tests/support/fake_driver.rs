@@ -23,6 +23,8 @@ struct Inner {
     /// VMs made from this image never start their runner.
     hold_image: Option<String>,
     held: std::collections::HashSet<VmId>,
+    /// VMs whose QEMU process died (`list` says so).
+    dead: std::collections::HashSet<VmId>,
 }
 
 /// The fake driver.
@@ -66,6 +68,11 @@ impl FakeDriver {
     /// VMs `reap` will report as left by a crashed owner.
     pub fn leave_orphan(&self, vm: VmId) {
         self.inner.lock().unwrap().orphans.push(vm);
+    }
+
+    /// The QEMU process of `vm` dies.
+    pub fn kill(&self, vm: &VmId) {
+        self.inner.lock().unwrap().dead.insert(vm.clone());
     }
 
     pub fn live(&self) -> Vec<VmId> {
@@ -172,15 +179,14 @@ impl VmDriver for FakeDriver {
     }
 
     async fn list(&self) -> Vec<VmInfo> {
-        self.inner
-            .lock()
-            .unwrap()
+        let inner = self.inner.lock().unwrap();
+        inner
             .vms
             .keys()
             .map(|id| VmInfo {
                 id: id.clone(),
                 image: "fake".into(),
-                running: true,
+                running: !inner.dead.contains(id),
             })
             .collect()
     }

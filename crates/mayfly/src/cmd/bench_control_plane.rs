@@ -59,6 +59,10 @@ pub struct ControlPlaneArgs {
     /// The rate they are queued at.
     #[arg(long, default_value_t = 1000)]
     jobs_per_minute: u32,
+    /// Installations (customers) the jobs are spread over, a repository each: GitHub lets one
+    /// installation register 10,000 runners an hour, which 10,000 jobs and more would exceed.
+    #[arg(long, default_value_t = 8)]
+    installations: usize,
     /// Simulated agents, and VM slots of each.
     #[arg(long, default_value_t = 10)]
     agents: u32,
@@ -184,7 +188,7 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         sim,
         server,
         cert_pem,
-        repo,
+        ..
     } = &stack;
     let base = server.base_url().replace("127.0.0.1", "localhost");
     let http = reqwest::Client::builder()
@@ -307,17 +311,19 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
         shutdown.clone(),
     ));
     let control = sim.control();
+    let repos = stack.repos(args.installations.max(1))?;
+    let repo_of = |i: usize| repos[i % repos.len()].clone();
     let gap = Duration::from_secs_f64(60.0 / f64::from(args.jobs_per_minute.max(1)));
     let loop_started = Instant::now();
     let mut jobs = Vec::new();
     let mut next = Instant::now();
-    for _ in 0..args.jobs {
+    for i in 0..args.jobs as usize {
         tokio::time::sleep_until(next.into()).await;
         next += gap;
         jobs.push(
             control
                 .create_job(NewJob {
-                    repository: repo.clone(),
+                    repository: repo_of(i),
                     labels: vec!["self-hosted".into(), "simulated".into()],
                     ..NewJob::default()
                 })
@@ -370,11 +376,11 @@ async fn bench_one(args: &ControlPlaneArgs, postgres: Option<&str>) -> anyhow::R
     // 3. A backlog: `--in-flight` jobs queued at once, all in flight (queued or running) until
     // the agents' slots work through them; the server's peak RSS is taken after.
     let burst_started = Instant::now();
-    let backlog = (0..args.in_flight)
-        .map(|_| {
+    let backlog = (0..args.in_flight as usize)
+        .map(|i| {
             control
                 .create_job(NewJob {
-                    repository: repo.clone(),
+                    repository: repo_of(i),
                     labels: vec!["self-hosted".into(), "simulated".into()],
                     ..NewJob::default()
                 })
@@ -561,7 +567,7 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
     let mut text = format!(
         "\n## {date} — control plane ({build} build)\n\nMachine: {machine}. \
          `mayfly bench control-plane --deliveries {d} --concurrency {c} --jobs {j} \
-         --jobs-per-minute {r} --in-flight {f} --agents {a} --slots {s} --history {h}`: `mayfly \
+         --jobs-per-minute {r} --in-flight {f} --installations {n} --agents {a} --slots {s} --history {h}`: `mayfly \
          server` (TLS) in a process of its own; the simulator and {a} simulated agents (no VMs) \
          in the bench's process, whose peak RSS was {rss}; the simulator {keys}. Received → \
          StartVm is per VM: in all, GitHub's JIT-config round trip within it, and the rest \
@@ -584,6 +590,7 @@ fn report(args: &ControlPlaneArgs, results: &[Measured]) -> String {
             "hands out 16 runner keys made at its start (GitHub's cost of making keys left out)"
         },
         f = args.in_flight,
+        n = args.installations,
         rss = mib(crate::simulated::peak_rss_mib("/proc/self/status")),
     );
     for m in results {

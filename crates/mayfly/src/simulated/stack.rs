@@ -193,28 +193,46 @@ impl Parts {
         sim.control().set_webhook_url(Some(
             format!("{}webhooks/github", server.base_url()).parse()?,
         ));
-        let control = sim.control();
-        let inst = control
-            .create_installation(NewInstallation {
-                account: "load".into(),
-                account_type: AccountType::Organization,
-                sender: None,
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let repo = control
-            .create_repo(NewRepo {
-                installation_id: inst.id,
-                name: "app".into(),
-                private: true,
-            })
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .full_name;
+        let repo = add_repo(&sim, "load")?;
         Ok(SimulatedStack {
             sim,
             server,
             cert_pem,
             repo,
         })
+    }
+}
+
+/// A new installation (organisation `account`) with one private repository `app`; its name.
+fn add_repo(sim: &SimHandle, account: &str) -> anyhow::Result<String> {
+    let control = sim.control();
+    let inst = control
+        .create_installation(NewInstallation {
+            account: account.into(),
+            account_type: AccountType::Organization,
+            sender: None,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(control
+        .create_repo(NewRepo {
+            installation_id: inst.id,
+            name: "app".into(),
+            private: true,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .full_name)
+}
+
+impl SimulatedStack {
+    /// `n` more installations (`load-1`, …), a repository each, for load that would exceed
+    /// what GitHub lets one installation do in an hour (10,000 runner registrations); their
+    /// repositories, the first one's first.
+    pub fn repos(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let mut repos = vec![self.repo.clone()];
+        for i in 1..n {
+            repos.push(add_repo(&self.sim, &format!("load-{i}"))?);
+        }
+        Ok(repos)
     }
 }
 
