@@ -20,4 +20,4 @@ pub mod phases;
 pub use phases::{Ordered, Phase, PhaseTimes, Stretch, STRETCHES};
 pub mod profile;
 
-pub use profile::{match_profile, place, HostSlots, Profile};
+pub use profile::{match_profile, place, HostSlots, Profile, WARM_MAX_AGE_LIMIT_SECS};

@@ -60,6 +60,10 @@ fn default_boot_timeout() -> u32 {
 fn default_idle_timeout() -> u32 {
     600
 }
+/// The longest a pool VM may wait for its job (`warm_max_age_secs`): the guest powers itself
+/// off after 25 hours without its config.
+pub const WARM_MAX_AGE_LIMIT_SECS: u32 = 24 * 3600;
+
 fn default_warm_max_age() -> u32 {
     3600
 }

@@ -28,9 +28,11 @@ const RUNNER_HOME: &str = "/home/runner";
 /// How long the last event may take to reach the host before the VM powers off anyway.
 const FINAL_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long after stage 2 starts the host may take to connect and hand the config over. The
-/// host gives up on a boot long before (its boot timeout); past this, nobody is coming.
-const CONFIG_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// How long after stage 2 starts the host may take to connect and hand the config over: a
+/// warm pool VM waits for its job up to its profile's maximum age (at most 24 hours, the
+/// server's config check); past this, nobody is coming. A host that goes away before sending
+/// it closes the port, and the read of the config ends the VM at once.
+const CONFIG_DEADLINE: Duration = Duration::from_secs(25 * 3600);
 
 /// Sends events to the host from a thread of its own: a write to a virtio port blocks while no
 /// host is connected, and PID 1 must still power off when the host has gone away.

@@ -301,6 +301,8 @@ pub enum ConfigError {
     AgentNotLoopback(SocketAddr),
     #[error("profile `{0}` is defined twice")]
     DuplicateProfile(String),
+    #[error("profile `{0}`: warm_max_age_secs must be between 60 and 86400 (a pool VM's guest powers off after waiting 25 hours for its config)")]
+    WarmMaxAge(String),
     #[error("the database is encrypted and needs a key: set [database] key_file (or MAYFLY_DB_KEY_FILE); make one with `openssl rand -hex 32 > db.key && chmod 600 db.key`")]
     NoDbKey,
     #[error("set one of [database] key_file and passphrase_file, not both")]
@@ -427,6 +429,9 @@ impl ServerConfig {
                 .any(|q| q.name.eq_ignore_ascii_case(&p.name))
             {
                 return Err(ConfigError::DuplicateProfile(p.name.clone()));
+            }
+            if p.warm > 0 && !(60..=mayfly_core::WARM_MAX_AGE_LIMIT_SECS).contains(&p.warm_max_age_secs) {
+                return Err(ConfigError::WarmMaxAge(p.name.clone()));
             }
         }
         Ok(())
