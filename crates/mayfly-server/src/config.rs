@@ -430,7 +430,9 @@ impl ServerConfig {
             {
                 return Err(ConfigError::DuplicateProfile(p.name.clone()));
             }
-            if p.warm > 0 && !(60..=mayfly_core::WARM_MAX_AGE_LIMIT_SECS).contains(&p.warm_max_age_secs) {
+            if p.warm > 0
+                && !(60..=mayfly_core::WARM_MAX_AGE_LIMIT_SECS).contains(&p.warm_max_age_secs)
+            {
                 return Err(ConfigError::WarmMaxAge(p.name.clone()));
             }
         }

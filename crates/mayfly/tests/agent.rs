@@ -1,6 +1,7 @@
 //! The agent with real VMs (QEMU under TCG, isolated network) against a fake server (a tonic
 //! `AgentService` on loopback that plays mayfly's server) and the GitHub simulator in the
 //! internet stand-in: a job runs in a VM the agent made and every step reaches the server; a
+//! warm pool VM boots holding nothing and runs the job assigned to it later; a
 //! `DestroyVm` mid-job leaves nothing; a restarted agent cleans up what a crashed one left.
 //! Needs root and the test image (`scripts/build-guest-image`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
@@ -163,6 +164,80 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
             assert_eq!(event.vm_id, vm.as_str());
         }
 
+        let done = sim.job_state(job.id).await;
+        assert_eq!(
+            done.conclusion,
+            Some(mayfly_sim::Conclusion::Success),
+            "{done:?}"
+        );
+        assert!(done.output.unwrap_or_default().contains(&marker));
+        assert_gone(root.path(), &vm);
+        journal::wait_until_empty(&journal).await;
+        let on_disk = support::files_containing(root.path(), jit.expose_secret().as_bytes());
+        assert!(on_disk.is_empty(), "the JIT config is on disk: {on_disk:?}");
+        agent.stop().await;
+        sim.stop().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_vm_boots_holding_nothing_then_runs_the_job_it_is_assigned_and_leaves_nothing() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let sim = SimProcess::start().await;
+        let (installation, repo) = sim.tenant("org-warm").await;
+        let root = state_root();
+        let journal = root.path().join("agent-journal.json");
+        let mut server = FakeServer::start().await;
+        let agent = start_agent(
+            &server,
+            driver(root.path(), NetworkMode::Isolated),
+            &journal,
+        );
+        server.hello().await;
+        let ServerBody::StartVm(start) = start_vm("start-warm", &SecretString::from(String::new()))
+        else {
+            unreachable!()
+        };
+        server
+            .send(ServerBody::StartVm(StartVm {
+                warm: true,
+                run: String::new(),
+                ..start
+            }))
+            .await;
+        let booted = server.expect(&[EventKind::Started, EventKind::Warm]).await;
+        let vm = VmId::parse(&booted[0].vm_id).unwrap();
+        assert!(booted[1].detail.starts_with("6.1."), "{:?}", booted[1]);
+
+        // The job comes only now: its runner is registered and its config made after the VM
+        // booted, and handed to the waiting guest.
+        let marker = format!("warm-marker-{}", std::process::id());
+        let job = sim.job(&repo, &LABELS, &format!("echo {marker}")).await;
+        let jit = sim
+            .jit(installation, &repo, "mayfly-warm-job", &LABELS)
+            .await;
+        server
+            .send(ServerBody::AssignVm(mayfly_proto::v1::AssignVm {
+                vm_id: vm.to_string(),
+                start_id: "start-warm".into(),
+                jitconfig: jit.expose_secret().to_owned(),
+                run: "/home/runner/actions-runner/run.sh".into(),
+            }))
+            .await;
+        let events = server
+            .expect(&[
+                EventKind::Booted,
+                EventKind::RunnerStarted,
+                EventKind::RunnerExited,
+                EventKind::Destroyed,
+            ])
+            .await;
+        assert_eq!(events[2].exit_code, 0);
+        let record = events[3].destruction_record().unwrap().unwrap();
+        assert_eq!(record.reason, "job finished");
+        assert!(record.complete(), "{record:#?}");
         let done = sim.job_state(job.id).await;
         assert_eq!(
             done.conclusion,
