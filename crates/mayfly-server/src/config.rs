@@ -301,7 +301,7 @@ pub enum ConfigError {
     AgentNotLoopback(SocketAddr),
     #[error("profile `{0}` is defined twice")]
     DuplicateProfile(String),
-    #[error("profile `{0}`: warm_max_age_secs must be between 60 and 86400 (a pool VM's guest powers off after waiting 25 hours for its config)")]
+    #[error("profile `{0}`: warm_max_age_secs must be between 1 and 86400 (a pool VM's guest powers off after waiting 25 hours for its config)")]
     WarmMaxAge(String),
     #[error("the database is encrypted and needs a key: set [database] key_file (or MAYFLY_DB_KEY_FILE); make one with `openssl rand -hex 32 > db.key && chmod 600 db.key`")]
     NoDbKey,
@@ -431,7 +431,7 @@ impl ServerConfig {
                 return Err(ConfigError::DuplicateProfile(p.name.clone()));
             }
             if p.warm > 0
-                && !(60..=mayfly_core::WARM_MAX_AGE_LIMIT_SECS).contains(&p.warm_max_age_secs)
+                && !(1..=mayfly_core::WARM_MAX_AGE_LIMIT_SECS).contains(&p.warm_max_age_secs)
             {
                 return Err(ConfigError::WarmMaxAge(p.name.clone()));
             }

@@ -171,7 +171,7 @@ impl Scheduler {
     async fn with_undecided(&self, decided: Vec<JobRecord>) -> Result<Vec<JobRecord>, StoreError> {
         let since = self.undecided.lock().ok().and_then(|u| u.read_from());
         let rows = match since {
-            Some(since) => self.store.jobs_changed_since(since).await?,
+            Some(since) => self.store.undecided_changed_since(since).await?,
             None => self.store.open_jobs(self.clock.now(), true).await?,
         };
         let Ok(mut undecided) = self.undecided.lock() else {

@@ -105,9 +105,13 @@ pub trait CommonStore: Send + Sync {
         undecided: bool,
     ) -> Result<Vec<JobRecord>, StoreError>;
 
-    /// Jobs whose row changed (`updated_at`) at or after `since`, in no order: what a pass
-    /// that keeps the undecided jobs in memory reads.
-    async fn jobs_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
+    /// Jobs not yet decided (`new`, `placing`) whose row changed (`updated_at`) at or after
+    /// `since`, in no order: what a pass that keeps the undecided jobs in memory reads. (A job
+    /// leaves that set only by a scheduler's decision, which that scheduler knows.)
+    async fn undecided_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Jobs queued at GitHub (whatever mayfly decided for them), oldest first; indexed by
     /// status, for the waiting-jobs metrics.

@@ -102,8 +102,10 @@ pub(crate) fn open_jobs_sql(undecided: bool) -> String {
     )
 }
 
-/// Jobs whose row changed at or after `$1` (a range of the `jobs_by_updated` index).
-pub(crate) const JOBS_CHANGED_SINCE: &str = "SELECT * FROM jobs WHERE updated_at >= $1";
+/// Jobs not yet decided whose row changed at or after `$1` (a range of the
+/// `jobs_undecided_by_updated` partial index).
+pub(crate) const UNDECIDED_CHANGED_SINCE: &str =
+    "SELECT * FROM jobs WHERE disposition IN ('new', 'placing') AND updated_at >= $1";
 
 /// The VMs a scheduling pass reads.
 pub(crate) fn open_vms_sql() -> String {
@@ -116,7 +118,7 @@ pub(crate) fn pass_queries() -> Vec<String> {
     vec![
         open_jobs_sql(true),
         open_jobs_sql(false),
-        JOBS_CHANGED_SINCE.to_owned(),
+        UNDECIDED_CHANGED_SINCE.to_owned(),
         open_vms_sql(),
         SILENT_AGENTS_VMS.to_owned(),
     ]
@@ -508,11 +510,11 @@ macro_rules! shared_methods {
                 tx.commit().await.op("commit job events")?;
                 Ok(out)
             }
-            async fn jobs_changed_since(
+            async fn undecided_changed_since(
                 &self,
                 since: DateTime<Utc>,
             ) -> Result<Vec<JobRecord>, StoreError> {
-                let rows = sqlx::query(crate::shared::JOBS_CHANGED_SINCE)
+                let rows = sqlx::query(crate::shared::UNDECIDED_CHANGED_SINCE)
                     .bind(since)
                     .fetch_all(self.reader())
                     .await

@@ -331,8 +331,8 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
     let bounded = [
         "jobs_open",
         "jobs_placed_open",
-        // A range of recent changes, not the history.
-        "jobs_by_updated",
+        // A range of recent changes to undecided jobs, not the history.
+        "jobs_undecided_by_updated",
         "jobs_unbound",
         "jobs_pkey",
         "vms_open",

@@ -81,7 +81,10 @@ fn quickstart_runs_three_jobs_in_three_vms_and_leaks_no_secret() {
             "out of order: {row}"
         );
     }
-    assert!(stdout.contains("every VM destroyed: true"), "{stdout}");
+    assert!(
+        stdout.contains("every job's VM destroyed: true"),
+        "{stdout}"
+    );
 
     let secret = std::fs::read_to_string(data.join("sim/webhook-secret")).unwrap();
     let key = std::fs::read_to_string(data.join("sim/app-private-key.pem")).unwrap();
@@ -230,7 +233,7 @@ fn quickstart_runs_again_in_the_same_directory_after_a_kill_and_after_a_finished
             out.status.code()
         );
         assert!(
-            stdout.contains("1 job(s), 1 distinct VM(s), every VM destroyed: true"),
+            stdout.contains("1 job(s), 1 distinct VM(s), every job's VM destroyed: true"),
             "run {run}: {stdout}"
         );
         for trouble in [
@@ -272,4 +275,49 @@ fn quickstart_runs_again_in_the_same_directory_after_a_kill_and_after_a_finished
             "run {run}: the database holds other runs' jobs"
         );
     }
+}
+
+#[test]
+fn quickstart_with_a_warm_pool_gives_a_job_a_vm_booted_before_it_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("qs");
+    let out = quickstart(&data, 1)
+        .args(["--warm", "1"])
+        .env("MAYFLY_LOG", "info")
+        .output()
+        .expect("mayfly runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status.code()
+    );
+    assert!(
+        stdout.contains("1 job(s), 1 distinct VM(s), every job's VM destroyed: true"),
+        "{stdout}"
+    );
+    let key =
+        mayfly_store::DbKey::from_hex(&std::fs::read(data.join("server/db.key")).unwrap()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use mayfly_store::Store;
+        let store = mayfly_store::SqliteStore::open(&data.join("server/mayfly.db"), &key)
+            .await
+            .unwrap();
+        let vms = store.vms(false).await.unwrap();
+        let ran: Vec<_> = vms.iter().filter(|v| v.ran_job_id.is_some()).collect();
+        assert_eq!(ran.len(), 1, "{vms:#?}");
+        let vm = ran[0];
+        assert!(vm.pool, "the job did not take the pool VM: {vm:#?}");
+        let (warm, assigned) = (vm.warm_at.unwrap(), vm.assigned_at.unwrap());
+        assert!(warm < assigned, "booted after its job came: {vm:#?}");
+        assert_eq!(vm.state, "destroyed");
+        // The pool refilled after the job took its VM; the quickstart's end destroyed it.
+        assert!(
+            vms.iter().filter(|v| v.pool).count() >= 2,
+            "the pool did not refill: {vms:#?}"
+        );
+        store.close().await;
+    });
 }

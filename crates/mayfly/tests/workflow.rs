@@ -106,7 +106,7 @@ fn a_workflow_job_clones_uses_sudo_fills_the_disk_and_runs_docker_and_a_failing_
         );
     }
     assert!(
-        stdout.contains("2 job(s), 2 distinct VM(s), every VM destroyed: true"),
+        stdout.contains("2 job(s), 2 distinct VM(s), every job's VM destroyed: true"),
         "{context}"
     );
 }

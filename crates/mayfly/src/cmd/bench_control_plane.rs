@@ -496,7 +496,7 @@ async fn time_pass(store: &dyn Store) -> anyhow::Result<f64> {
             .open_jobs(now - chrono::Duration::hours(1), false)
             .await?;
         store
-            .jobs_changed_since(now - chrono::Duration::seconds(5))
+            .undecided_changed_since(now - chrono::Duration::seconds(5))
             .await?;
         store.open_vms().await?;
         store

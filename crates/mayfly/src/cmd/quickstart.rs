@@ -65,6 +65,11 @@ pub struct QuickstartArgs {
     /// VMs that may run at once on this machine.
     #[arg(long, default_value_t = 2)]
     slots: u32,
+    /// Keep this many VMs booted ahead of the jobs (the warm pool, within --slots): each holds
+    /// nothing until a job is given to it, once, and goes after that job. The jobs are queued
+    /// once the pool is warm.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    warm: u32,
     /// Give up if the jobs have not all finished after this many seconds.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     timeout_secs: u64,
@@ -207,7 +212,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         runner_entry: None,
         boot_timeout_secs: 180,
         idle_timeout_secs: 300,
-        warm: 0,
+        warm: args.warm,
         warm_max_age_secs: 3600,
     };
     let server_config = ServerConfig {
@@ -563,6 +568,42 @@ pub async fn create_orgs(http: &reqwest::Client, sim: &str) -> anyhow::Result<Ve
     Ok(repos)
 }
 
+/// Waits until `n` pool VMs are booted and waiting for a job.
+async fn warm_up(n: u32, timeout_secs: u64, store: &dyn Store) -> Result<(), Failure> {
+    if n == 0 {
+        return Ok(());
+    }
+    let bar = ProgressBar::new(u64::from(n));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message("warm pool: VMs booted and waiting, holding nothing");
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let warm = store
+            .vms(true)
+            .await
+            .runtime_err()?
+            .iter()
+            .filter(|v| v.waits_for_job())
+            .count() as u64;
+        bar.set_position(warm);
+        if warm >= u64::from(n) {
+            bar.finish();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "the warm pool did not fill in {timeout_secs} s ({warm} of {n} VMs ready); see the agent's log"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn drive(
     args: &QuickstartArgs,
     planned: &[(String, Vec<JobStep>)],
@@ -591,6 +632,7 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let repos = create_orgs(&http, sim).await.runtime_err()?;
+    warm_up(args.warm.min(args.slots), args.timeout_secs, store).await?;
     let mut queued_at: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
     for (i, (name, steps)) in planned.iter().enumerate() {
         let job = post(
@@ -757,12 +799,20 @@ fn print_table(
         );
     }
     println!();
+    let waiting = vms.iter().filter(|v| v.waits_for_job()).count();
     println!(
-        "{} job(s), {} distinct VM(s), every VM destroyed: {}",
+        "{} job(s), {} distinct VM(s), every job's VM destroyed: {}",
         jobs.len(),
         seen_vms.len(),
-        vms.iter().all(|v| v.state == "destroyed")
+        vms.iter()
+            .filter(|v| !v.waits_for_job())
+            .all(|v| v.state == "destroyed")
     );
+    if waiting > 0 {
+        println!(
+            "{waiting} warm pool VM(s) still waiting, holding nothing (destroyed when the quickstart stops)"
+        );
+    }
     let _ = JobId(0);
     if bad > 0 {
         return Err(Failure::Runtime(anyhow::anyhow!(
