@@ -794,6 +794,7 @@ async fn purge_loop(
     shutdown: CancellationToken,
 ) {
     let period = Duration::from_secs(3600);
+    let mut first = true;
     loop {
         if !hold_lease(
             store.as_ref(),
@@ -823,6 +824,13 @@ async fn purge_loop(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %error::chain(&e), "purging expired metadata failed"),
+        }
+        // After an hour of use (not at start, when the tables may be empty): the planner's
+        // statistics, which SQLite never gathers on its own.
+        if !std::mem::take(&mut first) {
+            if let Err(e) = store.refresh_statistics().await {
+                tracing::warn!(error = %error::chain(&e), "refreshing the query planner's statistics failed");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -346,6 +346,10 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
         1
     }
 
+    /// Brings the query planner's statistics up to date (`ANALYZE`; on SQLite a sampled one):
+    /// without them SQLite may walk a large index where a small partial one serves a pass.
+    async fn refresh_statistics(&self) -> Result<(), StoreError>;
+
     /// Whether the store answers (for readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -619,6 +619,14 @@ impl Store for PgStore {
         Ok(lines)
     }
 
+    async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE jobs, vms, deliveries")
+            .execute(&self.pool)
+            .await
+            .op("refresh statistics")?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -86,6 +86,8 @@ pub(crate) const OPEN_VM: &str =
 
 /// The jobs a scheduling pass reads (see `CommonStore::open_jobs`); `$1` is `unbound_since`.
 /// Without `undecided`, the jobs not yet decided are left out (the scheduler keeps those).
+/// (`ran_job_id` may be NULL in the last part, which matches nothing: a `ran_job_id IS NOT NULL`
+/// there lets SQLite without statistics walk `vms_by_ran_job`, every VM that ever ran a job.)
 pub(crate) fn open_jobs_sql(undecided: bool) -> String {
     let first = if undecided {
         "disposition IN ('new', 'placing') OR (disposition = 'placed' AND status <> 'completed')"
@@ -98,7 +100,7 @@ pub(crate) fn open_jobs_sql(undecided: bool) -> String {
            UNION SELECT job_id FROM jobs
              WHERE vm_start_id IS NULL AND runner_name IS NOT NULL AND updated_at >= $1
            UNION SELECT for_job_id FROM vms WHERE {OPEN_VM}
-           UNION SELECT ran_job_id FROM vms WHERE ran_job_id IS NOT NULL AND {OPEN_VM})"
+           UNION SELECT ran_job_id FROM vms WHERE {OPEN_VM})"
     )
 }
 

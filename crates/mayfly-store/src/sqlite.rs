@@ -679,6 +679,20 @@ impl Store for SqliteStore {
         Ok(lines)
     }
 
+    async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.op("refresh statistics")?;
+        // Sampled: a bounded cost however long the history.
+        sqlx::query("PRAGMA analysis_limit = 1000")
+            .execute(&mut *conn)
+            .await
+            .op("refresh statistics")?;
+        sqlx::query("ANALYZE")
+            .execute(&mut *conn)
+            .await
+            .op("refresh statistics")?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
