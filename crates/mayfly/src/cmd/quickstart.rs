@@ -568,6 +568,11 @@ pub async fn create_orgs(http: &reqwest::Client, sim: &str) -> anyhow::Result<Ve
     Ok(repos)
 }
 
+/// A warm pool VM never given a job (it holds nothing; the agent destroys it when it stops).
+fn in_pool(vm: &VmRow) -> bool {
+    vm.pool && vm.assigned_at.is_none()
+}
+
 /// Waits until `n` pool VMs are booted and waiting for a job.
 async fn warm_up(n: u32, timeout_secs: u64, store: &dyn Store) -> Result<(), Failure> {
     if n == 0 {
@@ -682,9 +687,13 @@ async fn drive(
             .sum();
         bar.set_position(progress);
         let failed = jobs.iter().any(|j| j.dispatch.disposition == "failed");
+        // Pool VMs never given a job stay until the quickstart stops.
         let all_done = jobs.len() == queued_at.len()
             && jobs.iter().all(|j| j.status == JobStatus::Completed)
-            && vms.iter().all(|v| v.state == "destroyed");
+            && vms
+                .iter()
+                .filter(|v| !in_pool(v))
+                .all(|v| v.state == "destroyed");
         if all_done || failed {
             break (jobs, vms);
         }
@@ -799,13 +808,16 @@ fn print_table(
         );
     }
     println!();
-    let waiting = vms.iter().filter(|v| v.waits_for_job()).count();
+    let waiting = vms
+        .iter()
+        .filter(|v| in_pool(v) && v.state != "destroyed")
+        .count();
     println!(
         "{} job(s), {} distinct VM(s), every job's VM destroyed: {}",
         jobs.len(),
         seen_vms.len(),
         vms.iter()
-            .filter(|v| !v.waits_for_job())
+            .filter(|v| !in_pool(v))
             .all(|v| v.state == "destroyed")
     );
     if waiting > 0 {
