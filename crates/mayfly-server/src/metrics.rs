@@ -136,6 +136,7 @@ pub struct Metrics {
     webhook_lag: Histogram,
     intake_batch: Histogram,
     jit_config: Histogram,
+    pass: Histogram,
     github_requests: Family<GitHubLabels, Counter>,
     rate_limit_remaining: Family<InstallationLabel, Gauge>,
     rate_limit_limit: Family<InstallationLabel, Gauge>,
@@ -231,6 +232,15 @@ impl Metrics {
             Unit::Seconds,
             jit_config.clone(),
         );
+        let pass = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register_with_unit(
+            "scheduler_pass_duration",
+            "One scheduling pass: its reads, claims, JIT configs, starts and clean-up",
+            Unit::Seconds,
+            pass.clone(),
+        );
         let github_requests = Family::<GitHubLabels, Counter>::default();
         registry.register(
             "github_api_requests",
@@ -281,6 +291,7 @@ impl Metrics {
             webhook_lag,
             intake_batch,
             jit_config,
+            pass,
             github_requests,
             rate_limit_remaining,
             rate_limit_limit,
@@ -304,6 +315,11 @@ impl Metrics {
     /// One intake commit recorded `deliveries` deliveries.
     pub(crate) fn intake_batch(&self, deliveries: usize) {
         self.intake_batch.observe(deliveries as f64);
+    }
+
+    /// One scheduling pass's duration.
+    pub(crate) fn pass(&self, took: std::time::Duration) {
+        self.pass.observe(took.as_secs_f64());
     }
 
     /// One JIT config request's round trip to GitHub.

@@ -98,9 +98,11 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         loop {
+            let started = std::time::Instant::now();
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %crate::error::chain(&e), "scheduling pass failed; will retry");
             }
+            self.metrics.pass(started.elapsed());
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}

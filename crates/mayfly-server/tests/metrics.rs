@@ -362,6 +362,17 @@ async fn prometheus_counts_a_runs_jobs_and_the_shipped_rules_name_only_exported_
                 );
             }
         }
+        // Every scheduling pass is timed: the jobs above took several.
+        let passes = prometheus
+            .value(&http, "sum(mayfly_scheduler_pass_duration_seconds_count)")
+            .await;
+        assert!(
+            passes
+                .as_deref()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|n| n >= 2.0),
+            "passes timed: {passes:?}"
+        );
         assert_eq!(
             prometheus
                 .value(&http, "sum(mayfly_agents_connected)")
