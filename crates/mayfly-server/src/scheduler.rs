@@ -59,6 +59,9 @@ enum Claim {
     NotNow,
     /// No waiting pool VM and no free slot for this profile.
     NoSlot(Profile),
+    /// No profile serves it: recorded with the pass's others in one commit (a flood of jobs
+    /// mayfly does not serve must not hold up the ones it does).
+    Ignored(JobDispatch),
 }
 
 /// A queued job claimed by this server, with a slot taken for it, waiting for its JIT config.
@@ -152,6 +155,7 @@ impl Scheduler {
         let mut waiting: Vec<VmRow> = vms.iter().filter(|v| v.waits_for_job()).cloned().collect();
         let mut claimed = Vec::new();
         let mut unplaced = Vec::new();
+        let mut ignored = Vec::new();
         for job in jobs
             .iter()
             .filter(|j| matches!(j.dispatch.disposition.as_str(), "new" | "placing"))
@@ -159,9 +163,14 @@ impl Scheduler {
             match self.claim(job, &mut hosts, &mut waiting).await? {
                 Claim::Claimed(c) => claimed.push(*c),
                 Claim::NoSlot(profile) => unplaced.push(profile),
+                Claim::Ignored(dispatch) => ignored.push(JobRecord {
+                    dispatch,
+                    ..job.clone()
+                }),
                 Claim::NotNow => {}
             }
         }
+        self.set_dispatches(ignored).await?;
         self.provision(claimed, &mut vms).await?;
         self.tend_pool(&unplaced, &mut vms).await?;
         self.cleanup(&jobs, &mut vms).await
@@ -185,6 +194,20 @@ impl Scheduler {
             undecided.merge(rows);
         }
         Ok(undecided.with(decided))
+    }
+
+    /// Records the scheduler's decisions (each job with its new `dispatch`) in one commit, and
+    /// in memory.
+    async fn set_dispatches(&self, jobs: Vec<JobRecord>) -> Result<(), StoreError> {
+        let rows: Vec<(JobId, JobDispatch)> = jobs
+            .iter()
+            .map(|j| (j.job_id, j.dispatch.clone()))
+            .collect();
+        self.store.set_job_dispatches(&rows).await?;
+        if let Ok(mut undecided) = self.undecided.lock() {
+            undecided.merge(jobs);
+        }
+        Ok(())
     }
 
     /// Records the scheduler's decision about `job` in the store and in memory.
@@ -341,8 +364,7 @@ impl Scheduler {
         let Some(profile) = match_profile(&self.profiles, &job.labels) else {
             dispatch.disposition = "ignored".into();
             tracing::info!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
-            self.set_dispatch(job, &dispatch).await?;
-            return Ok(Claim::NotNow);
+            return Ok(Claim::Ignored(dispatch));
         };
         dispatch.profile = Some(profile.name.clone());
         let Some(installation) = job.installation_id else {

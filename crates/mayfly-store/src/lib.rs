@@ -48,6 +48,9 @@ pub enum VmKey {
 /// Every [`Store`] is one; bring this trait into scope to call them.
 #[async_trait]
 pub trait CommonStore: Send + Sync {
+    /// Records the scheduler's decisions about jobs, in one commit.
+    async fn set_job_dispatches(&self, rows: &[(JobId, JobDispatch)]) -> Result<(), StoreError>;
+
     /// Jobs mayfly first heard of in `[from, to)`, oldest first, with the VMs started for them
     /// (for usage reports; indexed, so retained history outside the range costs nothing).
     async fn jobs_seen_between(
@@ -313,7 +316,9 @@ pub trait Store: CommonStore + Send + Sync + std::fmt::Debug {
     async fn installations(&self) -> Result<Vec<InstallationRecord>, StoreError>;
 
     /// Records the scheduler's decision about a job.
-    async fn set_job_dispatch(&self, job: JobId, dispatch: &JobDispatch) -> Result<(), StoreError>;
+    async fn set_job_dispatch(&self, job: JobId, dispatch: &JobDispatch) -> Result<(), StoreError> {
+        self.set_job_dispatches(&[(job, dispatch.clone())]).await
+    }
 
     /// Adds a VM row (a placement).
     async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError>;

@@ -424,24 +424,6 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn set_job_dispatch(&self, job: JobId, d: &JobDispatch) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET profile = $1, disposition = $2, failure = $3, attempts = $4,
-               vm_start_id = $5
-             WHERE job_id = $6",
-        )
-        .bind(&d.profile)
-        .bind(&d.disposition)
-        .bind(&d.failure)
-        .bind(i64::from(d.attempts))
-        .bind(&d.vm_start_id)
-        .bind(job.0)
-        .execute(&self.pool)
-        .await
-        .op("set job dispatch")?;
-        Ok(())
-    }
-
     async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
         bind_vm(sqlx::query(crate::shared::INSERT_VM), vm)
             .execute(&self.pool)

@@ -671,6 +671,33 @@ macro_rules! shared_methods {
                     .collect::<Result<Vec<_>, _>>()
                     .map(crate::shared::vms_oldest_first)
             }
+            async fn set_job_dispatches(
+                &self,
+                rows: &[(JobId, JobDispatch)],
+            ) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for (job, d) in rows {
+                    sqlx::query(
+                        "UPDATE jobs SET profile = $1, disposition = $2, failure = $3, attempts = $4,
+                           vm_start_id = $5
+                         WHERE job_id = $6",
+                    )
+                    .bind(&d.profile)
+                    .bind(&d.disposition)
+                    .bind(&d.failure)
+                    .bind(i64::from(d.attempts))
+                    .bind(&d.vm_start_id)
+                    .bind(job.0)
+                    .execute(&mut *tx)
+                    .await
+                    .op("set job dispatch")?;
+                }
+                tx.commit().await.op("commit job dispatches")?;
+                Ok(())
+            }
             async fn seed_history(
                 &self,
                 jobs: u32,

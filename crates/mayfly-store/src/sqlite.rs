@@ -493,23 +493,6 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn set_job_dispatch(&self, job: JobId, d: &JobDispatch) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET profile = ?, disposition = ?, failure = ?, attempts = ?, vm_start_id = ?
-             WHERE job_id = ?",
-        )
-        .bind(&d.profile)
-        .bind(&d.disposition)
-        .bind(&d.failure)
-        .bind(i64::from(d.attempts))
-        .bind(&d.vm_start_id)
-        .bind(job.0)
-        .execute(&self.pool)
-        .await
-        .op("set job dispatch")?;
-        Ok(())
-    }
-
     async fn insert_vm(&self, vm: &VmRow) -> Result<(), StoreError> {
         bind_vm(sqlx::query(crate::shared::INSERT_VM), vm)
             .execute(&self.pool)
