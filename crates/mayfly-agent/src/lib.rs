@@ -400,11 +400,7 @@ fn start_vm(
         // A warm VM holds nothing until its AssignVm.
         assignment: (!start.warm).then(|| Assignment {
             jitconfig,
-            run: if start.run.is_empty() {
-                config.run.clone()
-            } else {
-                start.run
-            },
+            run: entry_point(config, start.run),
         }),
         boot_timeout: secs(start.boot_timeout_secs, config.default_boot_timeout),
         max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
@@ -464,6 +460,15 @@ impl Lease {
     }
 }
 
+/// The runner's entry point a command names, or the agent's default when it names none.
+fn entry_point(config: &AgentConfig, run: String) -> String {
+    if run.is_empty() {
+        config.run.clone()
+    } else {
+        run
+    }
+}
+
 /// Hands a warm VM its job; one that is not waiting (gone, or assigned before) is not given it,
 /// and the server learns of the VM's end from its events.
 fn assign_vm(config: &AgentConfig, ctx: &VmContext, assign: &AssignVm, jitconfig: SecretString) {
@@ -477,11 +482,7 @@ fn assign_vm(config: &AgentConfig, ctx: &VmContext, assign: &AssignVm, jitconfig
     };
     let assignment = Assignment {
         jitconfig,
-        run: if assign.run.is_empty() {
-            config.run.clone()
-        } else {
-            assign.run.clone()
-        },
+        run: entry_point(config, assign.run.clone()),
     };
     if let Err(why) = handle.assign(assignment) {
         tracing::warn!(
