@@ -187,40 +187,6 @@ fn pending_from_row(row: &PgRow) -> Result<PendingDelivery, StoreError> {
     })
 }
 
-/// Marks a delivery processed if it is not yet; `false` when it already was (by another
-/// server). In a transaction, the row stays locked until commit, so of two racing writers
-/// exactly one gets `true`.
-async fn claim_unprocessed(
-    conn: &mut sqlx::PgConnection,
-    delivery: &DeliveryId,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE deliveries SET processed_at = $1 WHERE delivery_id = $2 AND processed_at IS NULL",
-    )
-    .bind(now)
-    .bind(delivery.as_str())
-    .execute(conn)
-    .await
-    .op("mark delivery processed")?
-    .rows_affected();
-    Ok(updated == 1)
-}
-
-async fn set_outcome(
-    conn: &mut sqlx::PgConnection,
-    delivery: &DeliveryId,
-    outcome: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deliveries SET outcome = $1 WHERE delivery_id = $2")
-        .bind(outcome)
-        .bind(delivery.as_str())
-        .execute(conn)
-        .await
-        .op("record delivery outcome")?;
-    Ok(())
-}
-
 /// Adds a job that just completed to its tenant's usage rollup (day of completion, UTC).
 async fn roll_up_usage(conn: &mut sqlx::PgConnection, job: JobId) -> Result<(), StoreError> {
     let row = sqlx::query(

@@ -149,13 +149,20 @@ pub(crate) fn vms_oldest_first(mut vms: Vec<crate::VmRow>) -> Vec<crate::VmRow> 
 
 /// `$1, $2, …, $n`.
 pub(crate) fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, …`, `n` of them.
+pub(crate) fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// Lookups by a list of keys go in chunks of this many binds.
+/// Lookups by a list of keys go in chunks of this many binds. Statements whose text depends on
+/// how many keys there are run unprepared-and-uncached (`persistent(false)`): cached, each
+/// length would keep a compiled statement of hundreds of parameters in every connection.
 pub(crate) const IN_CHUNK: usize = 500;
 
 /// Seeds history for benchmarks and tests: `$1` jobs, ids from `$2`, completed at `$3`, each
@@ -179,111 +186,245 @@ pub(crate) const SEED_VMS: &str =
       $3, 0, TRUE, TRUE, $3
     FROM n";
 
-/// One job event applied inside `conn`'s transaction (see `Store::apply_job_events`). The backend
-/// module's `claim_unprocessed`, `set_outcome` and `roll_up_usage` are used; `$lock` is the row
-/// lock clause (`FOR UPDATE` where rows lock, empty on SQLite, whose writers are serialised).
+/// Job events applied inside `conn`'s transaction (see `Store::apply_job_events`), and the
+/// delivery bookkeeping every apply shares. The backend module's `roll_up_usage` is used; `$lock`
+/// is the row lock clause (`FOR UPDATE` where rows lock, empty on SQLite, whose writers are
+/// serialised).
 macro_rules! shared_job_events {
     ($conn:ty, $lock:literal) => {
-        async fn apply_job_event_in(
+        /// Marks a delivery processed if it is not yet; `false` when it already was (by another
+        /// server). In a transaction, the row stays locked until commit, so of two racing
+        /// writers exactly one gets `true`.
+        async fn claim_unprocessed(
             conn: &mut $conn,
             delivery: &DeliveryId,
+            now: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            Ok(claim_all_unprocessed(conn, &[delivery.as_str()], now)
+                .await?
+                .contains(delivery.as_str()))
+        }
+
+        /// Marks each of `deliveries` processed that was not yet, one statement a chunk;
+        /// returns those it marked.
+        async fn claim_all_unprocessed(
+            conn: &mut $conn,
+            deliveries: &[&str],
+            now: DateTime<Utc>,
+        ) -> Result<std::collections::HashSet<String>, StoreError> {
+            let mut claimed = std::collections::HashSet::new();
+            for chunk in deliveries.chunks(crate::shared::IN_CHUNK) {
+                let sql = format!(
+                    "UPDATE deliveries SET processed_at = $1
+                     WHERE processed_at IS NULL AND delivery_id IN ({})
+                     RETURNING delivery_id",
+                    crate::shared::placeholders_from(2, chunk.len())
+                );
+                let mut query = sqlx::query_scalar::<_, String>(&sql)
+                    .persistent(false)
+                    .bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                claimed.extend(
+                    query
+                        .fetch_all(&mut *conn)
+                        .await
+                        .op("mark deliveries processed")?,
+                );
+            }
+            Ok(claimed)
+        }
+
+        async fn set_outcome(
+            conn: &mut $conn,
+            delivery: &DeliveryId,
+            outcome: &str,
+        ) -> Result<(), StoreError> {
+            set_outcomes(conn, &[(delivery.as_str(), outcome.to_owned())]).await
+        }
+
+        /// Records each delivery's outcome, one statement a chunk.
+        async fn set_outcomes(
+            conn: &mut $conn,
+            outcomes: &[(&str, String)],
+        ) -> Result<(), StoreError> {
+            for chunk in outcomes.chunks(crate::shared::IN_CHUNK / 2) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
+                    .collect();
+                let sql = format!(
+                    "WITH v (id, outcome) AS (VALUES {})
+                     UPDATE deliveries SET outcome = v.outcome FROM v
+                     WHERE deliveries.delivery_id = v.id",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (id, outcome) in chunk {
+                    query = query.bind(*id).bind(outcome);
+                }
+                query
+                    .execute(&mut *conn)
+                    .await
+                    .op("record delivery outcomes")?;
+            }
+            Ok(())
+        }
+
+        /// Inserts the job of each event unless the store has it, one statement a chunk, in the
+        /// events' order; returns the ids inserted. Of two writers racing on a new job, one
+        /// inserts and the other waits for it to commit, then finds the job there.
+        async fn insert_new_jobs(
+            conn: &mut $conn,
+            events: &[&JobEvent],
+            now: DateTime<Utc>,
+        ) -> Result<std::collections::HashSet<i64>, StoreError> {
+            const COLUMNS: usize = 19;
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in events.chunks(crate::shared::IN_CHUNK / COLUMNS) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|r| {
+                        format!(
+                            "({})",
+                            crate::shared::placeholders_from(r * COLUMNS + 1, COLUMNS)
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
+                       status, conclusion, labels, job_name, workflow_name, runner_id,
+                       runner_name, created_at, started_at, completed_at, first_seen_at,
+                       updated_at)
+                     VALUES {} ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query_scalar::<_, i64>(&sql).persistent(false);
+                for e in chunk {
+                    query = query
+                        .bind(e.job_id.0)
+                        .bind(e.run_id.0)
+                        .bind(e.installation_id.map(|i| i.0))
+                        .bind(e.repo.to_string())
+                        .bind(e.repo_id)
+                        .bind(e.org.clone())
+                        .bind(e.sender.clone())
+                        .bind(e.status.as_str())
+                        .bind(e.conclusion.clone())
+                        .bind(crate::codec::to_json(&e.labels, "job labels")?)
+                        .bind(e.job_name.clone())
+                        .bind(e.workflow_name.clone())
+                        .bind(e.runner_id)
+                        .bind(e.runner_name.clone())
+                        .bind(e.created_at)
+                        .bind(e.started_at)
+                        .bind(e.completed_at)
+                        .bind(now)
+                        .bind(now);
+                }
+                inserted.extend(query.fetch_all(&mut *conn).await.op("insert jobs")?);
+            }
+            Ok(inserted)
+        }
+
+        /// Applies `e` to its job, which the store already has, under the job's row lock.
+        async fn update_job(
+            conn: &mut $conn,
             e: &JobEvent,
             now: DateTime<Utc>,
-        ) -> Result<Option<Transition>, StoreError> {
-            if !claim_unprocessed(&mut *conn, delivery, now).await? {
-                return Ok(None);
-            }
-            // Insert first: of two writers racing on a new job, one inserts and the other waits
-            // for it to commit, then takes the update path below under the row lock.
-            let inserted = sqlx::query(
-                "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
-                   status, conclusion, labels, job_name, workflow_name, runner_id, runner_name,
-                   created_at, started_at, completed_at, first_seen_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                   $17, $18, $19)
-                 ON CONFLICT (job_id) DO NOTHING",
-            )
+        ) -> Result<Transition, StoreError> {
+            let raw: String = sqlx::query_scalar(concat!(
+                "SELECT status FROM jobs WHERE job_id = $1 ",
+                $lock
+            ))
             .bind(e.job_id.0)
-            .bind(e.run_id.0)
-            .bind(e.installation_id.map(|i| i.0))
-            .bind(e.repo.to_string())
-            .bind(e.repo_id)
-            .bind(&e.org)
-            .bind(&e.sender)
-            .bind(e.status.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .op("read job status")?;
+            let current = JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
+            let transition = current.transition(e.status);
+            let new_status = match transition {
+                Transition::Advance(next) => next,
+                Transition::Unchanged | Transition::Stale => current,
+            };
+            // A stale delivery may still carry facts not yet known (say, the runner's name from
+            // an `in_progress` that arrived after `completed`): fill gaps, never overwrite.
+            let advance = matches!(transition, Transition::Advance(_));
+            sqlx::query(
+                "UPDATE jobs SET status = $1,
+                   conclusion = CASE WHEN $2 THEN COALESCE($3, conclusion)
+                                ELSE COALESCE(conclusion, $3) END,
+                   runner_id = COALESCE(runner_id, $4), runner_name = COALESCE(runner_name, $5),
+                   installation_id = COALESCE(installation_id, $6),
+                   started_at = COALESCE(started_at, $7), completed_at = COALESCE(completed_at, $8),
+                   created_at = COALESCE(created_at, $9), updated_at = $10
+                 WHERE job_id = $11",
+            )
+            .bind(new_status.as_str())
+            .bind(advance)
             .bind(&e.conclusion)
-            .bind(crate::codec::to_json(&e.labels, "job labels")?)
-            .bind(&e.job_name)
-            .bind(&e.workflow_name)
             .bind(e.runner_id)
             .bind(&e.runner_name)
-            .bind(e.created_at)
+            .bind(e.installation_id.map(|i| i.0))
             .bind(e.started_at)
             .bind(e.completed_at)
+            .bind(e.created_at)
             .bind(now)
-            .bind(now)
+            .bind(e.job_id.0)
             .execute(&mut *conn)
             .await
-            .op("insert job")?
-            .rows_affected();
-            let transition = if inserted == 1 {
-                Transition::Advance(e.status)
-            } else {
-                let raw: String = sqlx::query_scalar(concat!(
-                    "SELECT status FROM jobs WHERE job_id = $1 ",
-                    $lock
-                ))
-                .bind(e.job_id.0)
-                .fetch_one(&mut *conn)
-                .await
-                .op("read job status")?;
-                let current =
-                    JobStatus::parse(&raw).ok_or(StoreError::Corrupt { what: "job status" })?;
-                let transition = current.transition(e.status);
-                let new_status = match transition {
-                    Transition::Advance(next) => next,
-                    Transition::Unchanged | Transition::Stale => current,
+            .op("update job")?;
+            Ok(transition)
+        }
+
+        /// A batch of job events in one transaction, a handful of statements for the batch
+        /// where it brings new jobs: its deliveries claimed at once, every new job inserted at
+        /// once (from its first event), the outcomes recorded at once; only an event for a job
+        /// already in the store takes a statement pair of its own. Rows are locked in job id
+        /// order, so two servers' batches never deadlock; a job's own events keep their order.
+        async fn apply_job_events_in(
+            conn: &mut $conn,
+            batch: &[(DeliveryId, JobEvent)],
+            now: DateTime<Utc>,
+        ) -> Result<Vec<Option<Transition>>, StoreError> {
+            let mut order: Vec<usize> = (0..batch.len()).collect();
+            order.sort_by_key(|&i| batch[i].1.job_id.0);
+            let ids: Vec<&str> = order.iter().map(|&i| batch[i].0.as_str()).collect();
+            let mut claimed = claim_all_unprocessed(&mut *conn, &ids, now).await?;
+            // A delivery already processed (or twice in the batch) is applied once at most.
+            let mine: Vec<usize> = order
+                .into_iter()
+                .filter(|&i| claimed.remove(batch[i].0.as_str()))
+                .collect();
+            let mut seen = std::collections::HashSet::new();
+            let firsts: Vec<&JobEvent> = mine
+                .iter()
+                .map(|&i| &batch[i].1)
+                .filter(|e| seen.insert(e.job_id.0))
+                .collect();
+            let mut fresh = insert_new_jobs(&mut *conn, &firsts, now).await?;
+            let mut out = vec![None; batch.len()];
+            let mut outcomes = Vec::with_capacity(mine.len());
+            for i in mine {
+                let (delivery, e) = &batch[i];
+                // The first event of a job just inserted is its insertion.
+                let transition = if fresh.remove(&e.job_id.0) {
+                    Transition::Advance(e.status)
+                } else {
+                    update_job(&mut *conn, e, now).await?
                 };
-                // A stale delivery may still carry facts not yet known (say, the runner's name
-                // from an `in_progress` that arrived after `completed`): fill gaps, never
-                // overwrite.
-                let advance = matches!(transition, Transition::Advance(_));
-                sqlx::query(
-                    "UPDATE jobs SET status = $1,
-                       conclusion = CASE WHEN $2 THEN COALESCE($3, conclusion)
-                                    ELSE COALESCE(conclusion, $3) END,
-                       runner_id = COALESCE(runner_id, $4), runner_name = COALESCE(runner_name, $5),
-                       installation_id = COALESCE(installation_id, $6),
-                       started_at = COALESCE(started_at, $7), completed_at = COALESCE(completed_at, $8),
-                       created_at = COALESCE(created_at, $9), updated_at = $10
-                     WHERE job_id = $11",
-                )
-                .bind(new_status.as_str())
-                .bind(advance)
-                .bind(&e.conclusion)
-                .bind(e.runner_id)
-                .bind(&e.runner_name)
-                .bind(e.installation_id.map(|i| i.0))
-                .bind(e.started_at)
-                .bind(e.completed_at)
-                .bind(e.created_at)
-                .bind(now)
-                .bind(e.job_id.0)
-                .execute(&mut *conn)
-                .await
-                .op("update job")?;
-                transition
-            };
-            let outcome = match transition {
-                Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
-                Transition::Unchanged => format!("job {} unchanged", e.job_id),
-                Transition::Stale => format!("job {} stale event ignored", e.job_id),
-            };
-            if transition == Transition::Advance(JobStatus::Completed) {
-                roll_up_usage(&mut *conn, e.job_id).await?;
+                if transition == Transition::Advance(JobStatus::Completed) {
+                    roll_up_usage(&mut *conn, e.job_id).await?;
+                }
+                let outcome = match transition {
+                    Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
+                    Transition::Unchanged => format!("job {} unchanged", e.job_id),
+                    Transition::Stale => format!("job {} stale event ignored", e.job_id),
+                };
+                outcomes.push((delivery.as_str(), outcome));
+                out[i] = Some(transition);
             }
-            set_outcome(&mut *conn, delivery, &outcome).await?;
-            Ok(Some(transition))
+            set_outcomes(&mut *conn, &outcomes).await?;
+            Ok(out)
         }
     };
 }
@@ -470,7 +611,7 @@ macro_rules! shared_methods {
                          VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
                         rows.join(", ")
                     );
-                    let mut query = sqlx::query_scalar::<_, String>(&sql);
+                    let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                     for d in chunk {
                         query = query
                             .bind(d.delivery_id.as_str())
@@ -499,16 +640,8 @@ macro_rules! shared_methods {
                 batch: &[(DeliveryId, JobEvent)],
                 now: DateTime<Utc>,
             ) -> Result<Vec<Option<Transition>>, StoreError> {
-                // Rows are locked in job id order, so two servers' batches never deadlock; a
-                // job's own events keep their order (and job states only move forward anyway).
-                let mut order: Vec<usize> = (0..batch.len()).collect();
-                order.sort_by_key(|&i| batch[i].1.job_id.0);
-                let mut out = vec![None; batch.len()];
                 let mut tx = self.begin_write().await?;
-                for i in order {
-                    let (delivery, event) = &batch[i];
-                    out[i] = apply_job_event_in(&mut tx, delivery, event, now).await?;
-                }
+                let out = apply_job_events_in(&mut tx, batch, now).await?;
                 tx.commit().await.op("commit job events")?;
                 Ok(out)
             }
@@ -616,7 +749,7 @@ macro_rules! shared_methods {
                         "SELECT * FROM vms WHERE {column} IN ({})",
                         crate::shared::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut query = sqlx::query(&sql).persistent(false);
                     for value in chunk {
                         query = query.bind(value);
                     }
@@ -634,7 +767,7 @@ macro_rules! shared_methods {
                         "SELECT * FROM jobs WHERE job_id IN ({})",
                         crate::shared::placeholders(chunk.len())
                     );
-                    let mut query = sqlx::query(&sql);
+                    let mut query = sqlx::query(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id);
                     }

@@ -422,6 +422,65 @@ async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
     assert!(store.record_deliveries(&[]).await.unwrap().is_empty());
 }
 
+/// A batch larger than one statement's chunk, of new jobs, jobs the store has, a job's second
+/// event and a job that comes completed: each event applied once, in order, with its outcome.
+async fn a_large_batch_applies_each_event_once_with_its_outcome(store: &dyn Store) {
+    let id = |s: String| DeliveryId::parse(&s).unwrap();
+    let event = |job: i64, status: JobStatus| JobEvent {
+        job_id: JobId(job),
+        runner_name: (status != JobStatus::Queued).then(|| format!("runner-{job}")),
+        completed_at: (status == JobStatus::Completed).then(Utc::now),
+        conclusion: (status == JobStatus::Completed).then(|| "success".to_owned()),
+        ..job_event(status)
+    };
+    // Jobs 1000..1010 are in the store already.
+    for job in 1000..1010 {
+        record_and_apply(store, &format!("old-{job}"), event(job, JobStatus::Queued)).await;
+    }
+    let mut batch = Vec::new();
+    for job in 1000..1300 {
+        batch.push((id(format!("new-{job}")), event(job, JobStatus::Queued)));
+    }
+    // A second event for a job new in this batch, and one that arrives completed.
+    batch.push((id("second-1100".into()), event(1100, JobStatus::InProgress)));
+    batch.push((id("done-2000".into()), event(2000, JobStatus::Completed)));
+    let recorded: Vec<NewDelivery> = batch
+        .iter()
+        .map(|(d, e)| delivery(d.as_str(), IntakeEvent::Job(e.clone())))
+        .collect();
+    store.record_deliveries(&recorded).await.unwrap();
+    let applied = store.apply_job_events(&batch, Utc::now()).await.unwrap();
+    for ((delivery, e), transition) in batch.iter().zip(&applied) {
+        let expected = if delivery.as_str().starts_with("new-") && e.job_id.0 < 1010 {
+            Transition::Unchanged
+        } else {
+            Transition::Advance(e.status)
+        };
+        assert_eq!(*transition, Some(expected), "{delivery}");
+        let record = store.delivery(delivery).await.unwrap().unwrap();
+        assert!(record.processed_at.is_some(), "{delivery}");
+        let outcome = match expected {
+            Transition::Advance(s) => format!("job {} → {}", e.job_id, s.as_str()),
+            _ => format!("job {} unchanged", e.job_id),
+        };
+        assert_eq!(record.outcome.as_deref(), Some(outcome.as_str()));
+    }
+    let job = store.job(JobId(1100)).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(job.runner_name.as_deref(), Some("runner-1100"));
+    assert_eq!(
+        store.job(JobId(1299)).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+    let done = store.job(JobId(2000)).await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
+    // Applied again (another server's stale claim), nothing is applied twice.
+    let again = store.apply_job_events(&batch, Utc::now()).await.unwrap();
+    assert!(again.iter().all(Option::is_none));
+    assert!(store.pending_deliveries(10).await.unwrap().is_empty());
+}
+
 /// A usage range returns exactly the jobs first seen inside it, with their VMs.
 async fn jobs_are_read_by_the_day_mayfly_saw_them(store: &dyn Store) {
     let day = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0).unwrap();
@@ -1093,6 +1152,7 @@ on_both_backends!(
     current bootstrap_tokens_are_one_time_and_agents_revocable,
     current a_pass_reads_open_work_not_history,
     current deliveries_and_job_events_go_in_batches,
+    current a_large_batch_applies_each_event_once_with_its_outcome,
 );
 
 /// No query of a scheduling pass walks `jobs` or `vms` other than through the indexes that
