@@ -87,6 +87,11 @@ struct OnDiskEvent {
     exit_code: i32,
     detail: String,
     destruction_record_json: String,
+    // Journals written before these fields have none.
+    #[serde(default)]
+    start_steps_json: String,
+    #[serde(default)]
+    config_received_unix_ms: i64,
 }
 
 impl From<&VmEvent> for OnDiskEvent {
@@ -100,6 +105,8 @@ impl From<&VmEvent> for OnDiskEvent {
             exit_code: e.exit_code,
             detail: e.detail.clone(),
             destruction_record_json: e.destruction_record_json.clone(),
+            start_steps_json: e.start_steps_json.clone(),
+            config_received_unix_ms: e.config_received_unix_ms,
         }
     }
 }
@@ -115,6 +122,8 @@ impl From<OnDiskEvent> for VmEvent {
             exit_code: e.exit_code,
             detail: e.detail,
             destruction_record_json: e.destruction_record_json,
+            start_steps_json: e.start_steps_json,
+            config_received_unix_ms: e.config_received_unix_ms,
         }
     }
 }

@@ -401,6 +401,7 @@ fn start_vm(
         assignment: (!start.warm).then(|| Assignment {
             jitconfig,
             run: entry_point(config, start.run),
+            received_at: chrono::Utc::now(),
         }),
         boot_timeout: secs(start.boot_timeout_secs, config.default_boot_timeout),
         max_runtime: secs(start.max_runtime_secs, config.default_max_runtime),
@@ -483,6 +484,7 @@ fn assign_vm(config: &AgentConfig, ctx: &VmContext, assign: &AssignVm, jitconfig
     let assignment = Assignment {
         jitconfig,
         run: entry_point(config, assign.run.clone()),
+        received_at: chrono::Utc::now(),
     };
     if let Err(why) = handle.assign(assignment) {
         tracing::warn!(

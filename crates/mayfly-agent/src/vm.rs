@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mayfly_core::VmId;
+use mayfly_core::{StartStep, VmId};
 use mayfly_proto::{EventKind, VmPhase};
 use mayfly_vm::{GuestConfig, GuestExit, VmDriver, VmError, VmSpec};
 use secrecy::SecretString;
@@ -38,6 +38,8 @@ pub struct StartRequest {
 pub struct Assignment {
     pub jitconfig: SecretString,
     pub run: String,
+    /// When the message that carried it arrived.
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// How often a warm VM waiting for its job checks that its QEMU process is alive.
@@ -218,6 +220,7 @@ pub async fn run_vm(ctx: Arc<VmContext>, handle: Arc<VmHandle>, request: StartRe
     let start_id = request.start_id.clone();
     // Creation is never cut short: a half-made VM is the driver's to clean up, and it does so
     // only when `create` runs to its end. A stop that came meanwhile is honoured right after.
+    let creating = Instant::now();
     let vm = match ctx.driver.create(&request.spec).await {
         Err(e) => {
             tracing::warn!(start_id, error = %e, "could not create the VM");
@@ -237,7 +240,10 @@ pub async fn run_vm(ctx: Arc<VmContext>, handle: Arc<VmHandle>, request: StartRe
     ctx.journal_set(&vm, &start_id, VmPhase::Created);
     tracing::info!(vm = %vm, start_id, phase = "created", "VM created");
 
-    let ending = live(&ctx, &handle, &vm, request).await;
+    let mut steps = Steps::default();
+    steps.push("vm created", creating);
+    steps.add_drivers_parts(&ctx, &vm, "vm created").await;
+    let ending = live(&ctx, &handle, &vm, request, steps).await;
     if let Ok(mut assign) = handle.assign.lock() {
         assign.take();
     }
@@ -261,21 +267,31 @@ pub async fn run_vm(ctx: Arc<VmContext>, handle: Arc<VmHandle>, request: StartRe
 }
 
 /// From a created VM to the moment it must be destroyed.
-async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartRequest) -> Ending {
+async fn live(
+    ctx: &VmContext,
+    handle: &VmHandle,
+    vm: &VmId,
+    request: StartRequest,
+    mut steps: Steps,
+) -> Ending {
     let start_id = request.start_id.as_str();
     let stopped = || Ending::Destroy(handle.stop_reason());
     if handle.stop.is_cancelled() {
         return stopped();
     }
+    let starting = Instant::now();
     match unless_stopped(handle, ctx.driver.start(vm)).await {
         None => return stopped(),
         Some(Err(e)) => return failed(format!("QEMU did not start: {e}"), "start failed"),
         Some(Ok(())) => {}
     }
+    steps.push("vm process started", starting);
+    steps.add_drivers_parts(ctx, vm, "vm process started").await;
     ctx.outbox
         .push(outbox::event(Some(vm), start_id, EventKind::Started));
     tracing::info!(vm = %vm, start_id, phase = "started", "VM started");
 
+    let booting = Instant::now();
     let kernel = match unless_stopped(handle, ctx.driver.wait_ready(vm, request.boot_timeout)).await
     {
         None => return stopped(),
@@ -283,6 +299,7 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
         Some(Err(e)) => return failed(format!("the guest did not boot: {e}"), "boot failed"),
         Some(Ok(kernel)) => kernel,
     };
+    steps.push("guest ready", booting);
     let assignment = match request.assignment {
         Some(assignment) => assignment,
         None => match wait_for_job(ctx, handle, vm, start_id, &kernel).await {
@@ -290,10 +307,12 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
             Err(ending) => return ending,
         },
     };
+    let config_received = assignment.received_at;
     let config = GuestConfig {
         jitconfig: assignment.jitconfig,
         run: assignment.run,
     };
+    let handing = Instant::now();
     match unless_stopped(handle, ctx.driver.hand_over(vm, config)).await {
         None => return stopped(),
         Some(Err(e)) => {
@@ -304,6 +323,7 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
         }
         Some(Ok(())) => {}
     }
+    steps.push("config handed over", handing);
     ctx.journal_set(vm, start_id, VmPhase::Booted);
     ctx.outbox.push(mayfly_proto::v1::VmEvent {
         detail: kernel.clone(),
@@ -313,6 +333,7 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
 
     // The guest says when the runner process started; a guest that ends first goes straight to
     // the exit below (the driver keeps how it ended).
+    let runner = Instant::now();
     match unless_stopped(
         handle,
         ctx.driver.wait_runner_started(vm, request.boot_timeout),
@@ -324,8 +345,12 @@ async fn live(ctx: &VmContext, handle: &VmHandle, vm: &VmId, request: StartReque
             handle
                 .runner_started
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            ctx.outbox
-                .push(outbox::event(Some(vm), start_id, EventKind::RunnerStarted));
+            steps.push("runner started", runner);
+            ctx.outbox.push(mayfly_proto::v1::VmEvent {
+                start_steps_json: steps.to_json(),
+                config_received_unix_ms: config_received.timestamp_millis(),
+                ..outbox::event(Some(vm), start_id, EventKind::RunnerStarted)
+            });
             tracing::info!(vm = %vm, start_id, phase = "runner started", "runner started");
         }
         Some(Ok(false)) => {}
@@ -404,6 +429,40 @@ async fn wait_for_job(
                 }
             }
         }
+    }
+}
+
+/// The steps of starting one VM, timed as they happen; the driver's own breakdown of a step
+/// follows it, named `<step>: <part>`.
+#[derive(Debug, Default)]
+struct Steps {
+    list: Vec<StartStep>,
+    /// How many of the driver's steps are already in `list`.
+    from_driver: usize,
+}
+
+impl Steps {
+    fn push(&mut self, step: &str, since: Instant) {
+        self.list.push(StartStep {
+            step: step.to_owned(),
+            millis: since.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    /// Adds the driver's steps not yet added, as parts of `within`.
+    async fn add_drivers_parts(&mut self, ctx: &VmContext, vm: &VmId, within: &str) {
+        let all = ctx.driver.start_steps(vm).await;
+        for part in all.iter().skip(self.from_driver) {
+            self.list.push(StartStep {
+                step: format!("{within}: {}", part.step),
+                millis: part.millis,
+            });
+        }
+        self.from_driver = self.from_driver.max(all.len());
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(&self.list).unwrap_or_default()
     }
 }
 

@@ -109,6 +109,24 @@ async fn a_job_vm_reports_started_booted_runner_exited_and_destroyed_in_order() 
         assert_eq!(kind(&runner), EventKind::RunnerStarted);
         assert_eq!(runner.vm_id, vm.as_str());
         assert!(booted.at_unix_ms <= runner.at_unix_ms);
+        // The runner's start carries the steps of the VM's start, timed, in order, and when
+        // the config came.
+        let steps: Vec<mayfly_core::StartStep> =
+            serde_json::from_str(&runner.start_steps_json).unwrap();
+        let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "vm created",
+                "vm process started",
+                "guest ready",
+                "config handed over",
+                "runner started"
+            ]
+        );
+        assert!(steps.iter().all(|s| s.millis >= 0.0 && s.millis < 60_000.0));
+        assert!(runner.config_received_unix_ms > 0);
+        assert!(runner.config_received_unix_ms <= started.at_unix_ms);
         // While it runs, the journal knows the VM, and holds nothing secret.
         let on_disk = std::fs::read_to_string(&journal).unwrap();
         assert!(
@@ -198,9 +216,11 @@ async fn a_warm_vm_holds_nothing_until_its_one_assignment_and_is_destroyed_after
         );
 
         server.send(assign_vm(&vm, "pool-1", JIT)).await;
-        server
+        let after = server
             .expect(&[EventKind::Booted, EventKind::RunnerStarted])
             .await;
+        // Its config came with the assignment, after the VM was warm.
+        assert!(after[1].config_received_unix_ms >= warm.at_unix_ms);
         assert_eq!(driver.handed_over(), vec![(vm.clone(), JIT.to_owned())]);
         assert!(!std::fs::read_to_string(&journal).unwrap().contains(JIT));
 

@@ -1095,6 +1095,7 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
         Ok(EventKind::RunnerStarted) => {
             advance("booted");
             vm.runner_started_at.get_or_insert(at);
+            add_agent_steps(vm, event);
         }
         Ok(EventKind::RunnerExited) => {
             advance("exited");
@@ -1115,6 +1116,46 @@ pub fn apply_event(vm: &mut VmRow, event: &VmEvent) {
         }
         Ok(EventKind::Unspecified) | Err(_) => {}
     }
+}
+
+/// At most this many steps of a VM's start are kept, each name at most this long.
+const MAX_START_STEPS: usize = 32;
+const MAX_STEP_NAME: usize = 80;
+
+/// Adds the agent's timed steps (from a RUNNER_STARTED event) to the VM's start steps, after
+/// the server's own, with how long the config took to reach the agent (`StartVm delivered`, or
+/// `AssignVm delivered` for a pool VM) first. A resent event adds nothing; steps that are not
+/// well formed (the agent is trusted, its numbers are still checked) are left out.
+fn add_agent_steps(vm: &mut VmRow, event: &VmEvent) {
+    use mayfly_core::StartStep;
+    let mut steps: Vec<StartStep> = vm
+        .start_steps
+        .as_deref()
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default();
+    let delivered = if vm.pool {
+        "AssignVm delivered"
+    } else {
+        "StartVm delivered"
+    };
+    if steps.iter().any(|s| s.step == delivered) {
+        return;
+    }
+    let sent = vm.assigned_at.unwrap_or(vm.requested_at);
+    if let Some(received) = DateTime::<Utc>::from_timestamp_millis(event.config_received_unix_ms)
+        .filter(|_| event.config_received_unix_ms > 0)
+    {
+        steps.push(StartStep {
+            step: delivered.to_owned(),
+            millis: ((received - sent).num_microseconds().unwrap_or(0) as f64 / 1000.0).max(0.0),
+        });
+    }
+    let agent: Vec<StartStep> = serde_json::from_str(&event.start_steps_json).unwrap_or_default();
+    steps.extend(agent.into_iter().filter(|s| {
+        s.step.len() <= MAX_STEP_NAME && s.millis.is_finite() && (0.0..8.64e7).contains(&s.millis)
+    }));
+    steps.truncate(MAX_START_STEPS);
+    vm.start_steps = serde_json::to_string(&steps).ok();
 }
 
 /// Why a live VM should go now, if it should.
@@ -1194,6 +1235,56 @@ mod tests {
         );
         vm.ran_job_id = Some(1);
         vm
+    }
+
+    /// The agent's steps follow the server's, after how long the StartVm took to arrive; a
+    /// resent RUNNER_STARTED adds nothing, and malformed steps are left out.
+    #[test]
+    fn the_agents_start_steps_follow_the_servers_once() {
+        use mayfly_core::StartStep;
+        let mut vm = vm_row();
+        vm.start_steps = serde_json::to_string(&[StartStep {
+            step: "jit_config".into(),
+            millis: 12.0,
+        }])
+        .ok();
+        let agent = serde_json::json!([
+            {"step": "vm created", "millis": 40.5},
+            {"step": "guest ready", "millis": 4000.0},
+            {"step": "x".repeat(200), "millis": 1.0},
+            {"step": "negative", "millis": -1.0},
+        ]);
+        let event = VmEvent {
+            kind: EventKind::RunnerStarted as i32,
+            at_unix_ms: 9_000,
+            // requested at 1,000 ms: the StartVm took 25 ms to arrive.
+            config_received_unix_ms: 1_025,
+            start_steps_json: agent.to_string(),
+            ..VmEvent::default()
+        };
+        apply_event(&mut vm, &event);
+        apply_event(&mut vm, &event);
+        let steps: Vec<StartStep> =
+            serde_json::from_str(vm.start_steps.as_deref().unwrap()).unwrap();
+        let named: Vec<(&str, f64)> = steps.iter().map(|s| (s.step.as_str(), s.millis)).collect();
+        assert_eq!(
+            named,
+            [
+                ("jit_config", 12.0),
+                ("StartVm delivered", 25.0),
+                ("vm created", 40.5),
+                ("guest ready", 4000.0)
+            ]
+        );
+        // A pool VM's config came with its AssignVm.
+        let mut pool = vm_row();
+        pool.pool = true;
+        pool.assigned_at = DateTime::from_timestamp_millis(1_020);
+        apply_event(&mut pool, &event);
+        assert!(pool
+            .start_steps
+            .unwrap()
+            .contains(r#""step":"AssignVm delivered","millis":5.0"#));
     }
 
     const LIFE: [EventKind; 5] = [

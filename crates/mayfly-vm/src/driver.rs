@@ -82,6 +82,13 @@ pub trait VmDriver: Send + Sync + std::fmt::Debug {
     async fn wait_exit(&self, vm: &VmId, timeout: Duration) -> Result<GuestExit, VmError>;
     /// Stops the VM (gracefully, then by force) and removes everything it had.
     async fn destroy(&self, vm: &VmId, reason: &str) -> DestructionRecord;
+    /// The steps of making and starting `vm` so far, each timed (for QEMU: state directory,
+    /// scratch disk, network namespace, passt, qemu spawned, config channel open). Empty for a
+    /// driver that does not break its work down.
+    async fn start_steps(&self, vm: &VmId) -> Vec<mayfly_core::StartStep> {
+        let _ = vm;
+        Vec::new()
+    }
     /// The VMs this driver owns.
     async fn list(&self) -> Vec<VmInfo>;
     /// Destroys VMs left behind by a crashed owner.

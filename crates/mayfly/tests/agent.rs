@@ -147,6 +147,30 @@ async fn a_job_runs_in_a_vm_the_agent_made_and_the_server_sees_every_step() {
                 .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms),
             "{events:?}"
         );
+        // The runner's start carries each step of the VM's start, the driver's parts after
+        // the step they belong to, every one timed.
+        let steps: Vec<mayfly_core::StartStep> =
+            serde_json::from_str(&events[2].start_steps_json).unwrap();
+        let names: Vec<&str> = steps.iter().map(|s| s.step.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "vm created",
+                "vm created: state directory",
+                "vm created: scratch disk",
+                "vm created: network namespace",
+                "vm created: passt",
+                "vm process started",
+                "vm process started: qemu spawned",
+                "vm process started: config channel open",
+                "guest ready",
+                "config handed over",
+                "runner started"
+            ]
+        );
+        let took = |name: &str| steps.iter().find(|s| s.step == name).unwrap().millis;
+        assert!(took("guest ready") > 100.0, "{steps:?}");
+        assert!(took("vm created") >= took("vm created: passt"), "{steps:?}");
         assert_eq!(events[3].exit_code, 0);
         let record = events[4].destruction_record().unwrap().unwrap();
         assert_eq!(record.vm, vm);

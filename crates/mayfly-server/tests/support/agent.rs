@@ -178,6 +178,7 @@ impl FakeAgent {
             detail: String::new(),
             destruction_record_json: record.into(),
             seq,
+            ..VmEvent::default()
         };
         self.tx
             .send(AgentMessage {

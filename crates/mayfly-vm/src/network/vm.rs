@@ -58,6 +58,8 @@ pub struct VmNetwork {
     record: NetworkRecord,
     passt_socket: PathBuf,
     passt_pid: u32,
+    /// How long starting passt took, of the whole `create`.
+    passt_took: std::time::Duration,
 }
 
 /// What `create` has made so far, so a failure undoes exactly that.
@@ -128,7 +130,7 @@ impl VmNetwork {
             ..Made::default()
         };
         match build(&a, spec, &mut made).await {
-            Ok(passt) => {
+            Ok((passt, passt_took)) => {
                 let mut record = NetworkRecord::from_addressing(&a);
                 record.passt_pid = Some(passt.pid);
                 record.passt_socket = Some(passt.socket.clone());
@@ -138,6 +140,7 @@ impl VmNetwork {
                     record,
                     passt_socket: passt.socket,
                     passt_pid: passt.pid,
+                    passt_took,
                 })
             }
             Err(e) => {
@@ -152,6 +155,11 @@ impl VmNetwork {
                 Err(e)
             }
         }
+    }
+
+    /// How long starting passt took, of the whole `create`.
+    pub fn passt_took(&self) -> std::time::Duration {
+        self.passt_took
     }
 
     /// The namespace QEMU must run in: `ip netns exec <netns> qemu-system-x86_64 …`.
@@ -277,7 +285,7 @@ async fn build(
     a: &Addressing,
     spec: &NetworkSpec,
     made: &mut Made,
-) -> Result<passt::Passt, NetworkError> {
+) -> Result<(passt::Passt, std::time::Duration), NetworkError> {
     let ns = a.netns.as_str();
     exec::run("ip", &["-n", ns, "link", "set", "lo", "up"]).await?;
     exec::run_in_netns(
@@ -330,11 +338,12 @@ async fn build(
     )
     .await?;
 
+    let started = std::time::Instant::now();
     let dir = passt::make_dir(&spec.runtime_dir).await?;
     made.passt_dir = Some(dir.clone());
     let running = passt::start(ns, &dir).await?;
     made.passt = Some(running.clone());
-    Ok(running)
+    Ok((running, started.elapsed()))
 }
 
 /// The teardown behind both `destroy` and a failed `create`. `netns`/`veth` say whether those

@@ -18,11 +18,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use mayfly_core::{DestructionRecord, VmId};
+use mayfly_core::{DestructionRecord, StartStep, VmId};
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
@@ -116,6 +116,8 @@ struct Entry {
     console: ConsoleTail,
     /// How the guest ended, when `wait_runner_started` read it before `wait_exit` ran.
     ended: Option<GuestExit>,
+    /// The steps of making and starting it so far, timed.
+    steps: Vec<StartStep>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -226,6 +228,7 @@ impl QemuDriver {
     }
 
     async fn prepare(&self, id: &VmId, spec: &VmSpec, dir: &Path) -> Result<Entry, SetupError> {
+        let prepared = Instant::now();
         let image = self.image(&spec.image).await?;
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -256,8 +259,12 @@ impl QemuDriver {
             channel: None,
             console: ConsoleTail::default(),
             ended: None,
+            steps: Vec::new(),
         };
+        entry.steps.push(timed("state directory", prepared));
+        let scratch = Instant::now();
         make_scratch(&dir.join(SCRATCH_FILE), spec.disk_gib)?;
+        entry.steps.push(timed("scratch disk", scratch));
         if self.config.network == NetworkMode::Isolated {
             let net_dir = net_dir(&self.config.state_root, id);
             std::fs::DirBuilder::new()
@@ -271,12 +278,19 @@ impl QemuDriver {
                     source,
                 })?;
             let index = rand::random::<u32>() % 15_000 + 1;
+            let made = Instant::now();
             let network = VmNetwork::create(&NetworkSpec {
                 index,
                 runtime_dir: net_dir,
             })
             .await
             .map_err(|e| SetupError::Network(e.to_string()))?;
+            let took = made.elapsed();
+            entry.steps.push(step(
+                "network namespace",
+                took.saturating_sub(network.passt_took()),
+            ));
+            entry.steps.push(step("passt", network.passt_took()));
             entry.record.network = Some(network.record());
             entry.network = Some(network);
             entry
@@ -386,13 +400,17 @@ impl VmDriver for QemuDriver {
         if entry.child.is_some() {
             return Err(VmError::WrongState(vm.clone()));
         }
+        let spawned = Instant::now();
         self.spawn(&mut entry)?;
+        entry.steps.push(timed("qemu spawned", spawned));
         let socket = entry.dir.join("cfg.sock");
+        let opened = Instant::now();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             match GuestChannel::connect(&socket, Duration::from_millis(100)).await {
                 Ok(channel) => {
                     entry.channel = Some(channel);
+                    entry.steps.push(timed("config channel open", opened));
                     return Ok(());
                 }
                 Err(e) => {
@@ -568,6 +586,13 @@ impl VmDriver for QemuDriver {
         record
     }
 
+    async fn start_steps(&self, vm: &VmId) -> Vec<StartStep> {
+        match self.entry(vm).await {
+            Ok(entry) => entry.lock().await.steps.clone(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     async fn list(&self) -> Vec<VmInfo> {
         let vms = self.vms.lock().await;
         let mut out = Vec::with_capacity(vms.len());
@@ -597,6 +622,17 @@ pub(crate) const SCRATCH_FILE: &str = "scratch.raw";
 
 /// A sparse file of `gib` GiB: O(1) to make, whatever its size; blocks are allocated only as
 /// the guest writes (encrypted) data.
+fn step(name: &str, took: Duration) -> StartStep {
+    StartStep {
+        step: name.to_owned(),
+        millis: took.as_secs_f64() * 1000.0,
+    }
+}
+
+fn timed(name: &str, since: Instant) -> StartStep {
+    step(name, since.elapsed())
+}
+
 fn make_scratch(path: &Path, gib: u32) -> Result<(), SetupError> {
     let fail = |e: std::io::Error| SetupError::Scratch(format!("{}: {e}", path.display()));
     if gib == 0 {

@@ -1,7 +1,9 @@
-//! `mayfly bench`: runs the quickstart loop with many jobs and reports p50/p99 of each phase
-//! beside a bare `qemu-system-x86_64` boot of the same image measured in the same run, then
-//! writes the numbers, with the machine they ran on, to BENCHMARKS.md. Not a test: it asserts
-//! nothing about time.
+//! `mayfly bench`: runs the quickstart loop twice on the same image, the jobs on VMs booted for
+//! them (cold) and then on a warm pool, each job queued when it can start at once, and reports
+//! p50/p99 of each phase and of each step of a VM's start and teardown beside a bare
+//! `qemu-system-x86_64` boot of the same image measured in the same run; then writes the
+//! numbers, with the machine they ran on, to BENCHMARKS.md. Not a test: it asserts nothing about
+//! time.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,6 +23,7 @@ use crate::exit::{Failure, RuntimeContext};
 pub struct BenchArgs {
     #[command(subcommand)]
     what: Option<BenchKind>,
+    /// The loop's flags; `--warm N` is the warm-pool run's pool (1 when not given).
     #[command(flatten)]
     run: QuickstartArgs,
     /// Bare QEMU boots of the same image to measure for comparison.
@@ -177,49 +180,42 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             "mayfly bench measures --jobs N identical jobs; --workflow is for mayfly quickstart"
         )));
     }
-    let outcome = run_loop(&args.run).await?;
-    let mut to_vm = Vec::new();
-    let mut boot = Vec::new();
-    let mut teardown = Vec::new();
-    let mut failed = 0;
-    for job in &outcome.jobs {
-        let vm = job
-            .dispatch
-            .vm_start_id
-            .as_deref()
-            .and_then(|s| outcome.vms.iter().find(|v| v.start_id == s));
-        let Some(vm) = vm else {
-            failed += 1;
-            continue;
-        };
-        to_vm.extend(secs(Some(job.first_seen_at), vm.started_at));
-        // Until the guest says the runner process started (older rows: the hand-over).
-        boot.extend(secs(vm.started_at, vm.runner_started_at.or(vm.booted_at)));
-        // The job ends when the runner exits, or (when the completed webhook makes mayfly destroy
-        // the VM first) when GitHub says it completed.
-        teardown.extend(secs(vm.exited_at.or(job.completed_at), vm.destroyed_at));
-    }
+    // Each job is queued when it can start at once, so the phases measure mayfly, not the
+    // queue: first on cold VMs, then on a warm pool.
+    let cold_args = args.run.paced_with_warm(0);
+    let pool = args.run.warm().max(1);
+    let warm_args = args.run.paced_with_warm(pool);
+    eprintln!(
+        "cold path: {} jobs, each on a VM booted for it",
+        args.run.jobs
+    );
+    let cold_run = run_loop(&cold_args).await?;
+    eprintln!(
+        "warm pool of {pool}: {} jobs, each given a VM booted before it came",
+        args.run.jobs
+    );
+    let warm_run = run_loop(&warm_args).await?;
+    let cold = Samples::of(&cold_run);
+    let warm = Samples::of(&warm_run);
+
     let dir = tempfile_dir()?;
     let mut bare = Vec::new();
     for _ in 0..args.bare_boots {
         bare.push(
-            bare_boot(&outcome.image, outcome.accel.accel, &dir)
+            bare_boot(&cold_run.image, cold_run.accel.accel, &dir)
                 .await
                 .runtime_err()?,
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let row = |name: &str, sample: Vec<f64>| match percentiles(sample) {
-        Some((p50, p99, n)) => format!("| {name} | {n} | {p50:.2} s | {p99:.2} s |"),
-        None => format!("| {name} | 0 | — | — |"),
-    };
-    let boot_p50 = percentiles(boot.clone()).map(|p| p.0);
+    let boot_p50 = percentiles(cold.boot.clone()).map(|p| p.0);
     let bare_p50 = percentiles(bare.clone()).map(|p| p.0);
     let ratio = match (boot_p50, bare_p50) {
         (Some(b), Some(r)) if r > 0.0 => format!("{:.2}", b / r),
         _ => "—".to_owned(),
     };
+    let outcome = &cold_run;
     let size: u64 = outcome
         .image
         .manifest
@@ -240,12 +236,34 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         }
         mayfly_vm::image::RootfsSource::Tar { path } => format!("the tarball {}", path.display()),
     };
+    let phases = [
+        secs_row("webhook received → VM process started (cold)", &cold.to_vm),
+        secs_row(
+            "VM started → runner started (cold: guest ready, config handed over, runner process started)",
+            &cold.boot,
+        ),
+        secs_row("webhook received → runner started (cold)", &cold.to_runner),
+        secs_row("webhook received → runner started (warm pool)", &warm.to_runner),
+        secs_row("job end → VM destroyed (cold)", &cold.teardown),
+        secs_row("job end → VM destroyed (warm pool)", &warm.teardown),
+        secs_row("bare qemu-system-x86_64 boot → guest ready", &bare),
+    ]
+    .join("\n");
     let report = format!(
-        "\n## {date} — {jobs} jobs, {slots} VM slots\n\nMachine: {machine}; acceleration: {accel:?} ({reason}).\n\
+        "\n## {date} — {jobs} jobs cold, then {jobs} on a warm pool of {pool}; {slots} VM slots\n\n\
+         Machine: {machine}; acceleration: {accel:?} ({reason}).\n\
          Image {digest}: {source}, kernel {kernel}, {size_mib} MiB (base disk, kernel, initramfs); \
-         its build (`scripts/build-guest-image`, mmdebstrap included) took {build_secs}.\n\n| phase | n | p50 | p99 |\n|---|---|---|---|\n{a}\n{b}\n{c}\n{d}\n\n\
+         its build (`scripts/build-guest-image`, mmdebstrap included) took {build_secs}.\n\
+         Each job was queued when it could start at once (a free slot; in the warm run, a pool VM \
+         waiting), so no phase includes waiting for capacity. \"Webhook received\" is when the \
+         server applied the job's `queued` delivery.\n\n\
+         | phase | n | p50 | p99 |\n|---|---|---|---|\n{phases}\n\n\
          Ratio of mayfly's boot (VM started → runner started, p50) to a bare QEMU boot of the same \
-         image (spawn → guest ready, p50): **{ratio}**. Jobs without a VM: {failed}.\n",
+         image (spawn → guest ready, p50): **{ratio}**. Jobs without a VM: {failed}.\n\n\
+         Cold path, step by step (each VM's start as the server and the agent timed it; \
+         `a: b` is part of step `a`):\n\n{cold_steps}\n\
+         Warm pool, step by step (steps before `AssignVm delivered` happened before the job came):\n\n{warm_steps}\n\
+         Teardown, step by step (cold and warm VMs):\n\n{destroy}",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         jobs = args.run.jobs,
         slots = args.run.slots(),
@@ -255,13 +273,123 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         digest = &outcome.image.digest[..16],
         kernel = outcome.image.manifest.kernel_version,
         size_mib = size >> 20,
-        a = row("webhook received → VM process started", to_vm),
-        b = row("VM started → runner started (guest ready, config handed over, runner process started)", boot),
-        c = row("job end → VM destroyed", teardown),
-        d = row("bare qemu-system-x86_64 boot → guest ready", bare),
+        failed = cold.failed + warm.failed,
+        cold_steps = millis_table(&cold.steps),
+        warm_steps = millis_table(&warm.steps),
+        destroy = millis_table(&merge(&cold.destroy_steps, &warm.destroy_steps)),
     );
     print!("{report}");
     append_report(&args.out, &report)
+}
+
+/// One run's samples, in seconds (phases) and milliseconds (steps).
+#[derive(Debug, Default)]
+struct Samples {
+    to_vm: Vec<f64>,
+    boot: Vec<f64>,
+    to_runner: Vec<f64>,
+    teardown: Vec<f64>,
+    /// Per step, in the order steps first appear.
+    steps: Vec<(String, Vec<f64>)>,
+    destroy_steps: Vec<(String, Vec<f64>)>,
+    failed: usize,
+}
+
+impl Samples {
+    fn of(outcome: &super::quickstart::LoopOutcome) -> Self {
+        let mut s = Self::default();
+        for job in &outcome.jobs {
+            let vm = job
+                .dispatch
+                .vm_start_id
+                .as_deref()
+                .and_then(|id| outcome.vms.iter().find(|v| v.start_id == id));
+            let Some(vm) = vm else {
+                s.failed += 1;
+                continue;
+            };
+            s.to_vm.extend(secs(Some(job.first_seen_at), vm.started_at));
+            // Until the guest says the runner process started (older rows: the hand-over).
+            s.boot
+                .extend(secs(vm.started_at, vm.runner_started_at.or(vm.booted_at)));
+            s.to_runner
+                .extend(secs(Some(job.first_seen_at), vm.runner_started_at));
+            // The job ends when the runner exits, or (when the completed webhook makes mayfly
+            // destroy the VM first) when GitHub says it completed.
+            s.teardown
+                .extend(secs(vm.exited_at.or(job.completed_at), vm.destroyed_at));
+            let steps: Vec<mayfly_core::StartStep> = vm
+                .start_steps
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok())
+                .unwrap_or_default();
+            for step in steps {
+                add(&mut s.steps, &step.step, step.millis);
+            }
+            let record: Option<mayfly_core::DestructionRecord> = vm
+                .destruction
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok());
+            if let Some(record) = record {
+                let mut last = record.started_at;
+                for step in &record.steps {
+                    let took = (step.at - last).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    add(&mut s.destroy_steps, &generic(&step.what), took.max(0.0));
+                    last = step.at;
+                }
+            }
+        }
+        s
+    }
+}
+
+fn add(samples: &mut Vec<(String, Vec<f64>)>, name: &str, value: f64) {
+    match samples.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => v.push(value),
+        None => samples.push((name.to_owned(), vec![value])),
+    }
+}
+
+fn merge(a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]) -> Vec<(String, Vec<f64>)> {
+    let mut all = a.to_vec();
+    for (name, values) in b {
+        for v in values {
+            add(&mut all, name, *v);
+        }
+    }
+    all
+}
+
+/// A destroy step's name without what differs from VM to VM (names of its namespace, links,
+/// paths): words with digits become `…`.
+fn generic(what: &str) -> String {
+    what.split(' ')
+        .map(|w| {
+            if w.chars().any(|c| c.is_ascii_digit()) {
+                "…"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn secs_row(name: &str, sample: &[f64]) -> String {
+    match percentiles(sample.to_vec()) {
+        Some((p50, p99, n)) => format!("| {name} | {n} | {p50:.2} s | {p99:.2} s |"),
+        None => format!("| {name} | 0 | — | — |"),
+    }
+}
+
+fn millis_table(steps: &[(String, Vec<f64>)]) -> String {
+    let mut out = String::from("| step | n | p50 | p99 |\n|---|---|---|---|\n");
+    for (name, values) in steps {
+        if let Some((p50, p99, n)) = percentiles(values.clone()) {
+            out.push_str(&format!("| {name} | {n} | {p50:.1} ms | {p99:.1} ms |\n"));
+        }
+    }
+    out
 }
 
 /// Appends `report` to the benchmarks file `out` (made with its heading if missing).

@@ -36,7 +36,7 @@ use super::sim::{ensure_identity, APP_PRIVATE_KEY, OAUTH_CLIENT_SECRET, WEBHOOK_
 use crate::exit::{ConfigContext, Failure, RuntimeContext};
 
 /// Flags of `mayfly quickstart`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct QuickstartArgs {
     /// How many jobs to queue, spread over two simulated organisations (1–100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -78,6 +78,10 @@ pub struct QuickstartArgs {
     /// admin token), until Ctrl-C.
     #[arg(long)]
     stay: bool,
+    /// Queue each job only when it can start at once (`mayfly bench`): on a warm VM when there
+    /// is a pool, else in a free slot.
+    #[arg(skip)]
+    pace: bool,
 }
 
 pub(crate) const PROFILE: &str = "mayfly-linux-2cpu";
@@ -86,6 +90,19 @@ const ORGS: [&str; 2] = ["acme-robotics", "globex-labs"];
 impl QuickstartArgs {
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    pub fn warm(&self) -> u32 {
+        self.warm
+    }
+
+    /// The same run paced (each job queued when it can start at once) with a warm pool of `n`.
+    pub fn paced_with_warm(&self, n: u32) -> Self {
+        Self {
+            warm: n,
+            pace: true,
+            ..self.clone()
+        }
     }
 
     pub fn workflow(&self) -> Option<&Path> {
@@ -609,6 +626,44 @@ async fn warm_up(n: u32, timeout_secs: u64, store: &dyn Store) -> Result<(), Fai
     }
 }
 
+/// Waits until a job queued now can start at once: every job `queued` so far has its VM, and a
+/// pool VM waits for the next (or, without a pool, a slot is free). A job is placed when its VM
+/// is asked for (or a pool VM given to it).
+async fn wait_for_room(
+    args: &QuickstartArgs,
+    store: &dyn Store,
+    queued: &BTreeMap<i64, DateTime<Utc>>,
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let warm = args.warm.min(args.slots);
+    loop {
+        let placed = store
+            .jobs()
+            .await
+            .runtime_err()?
+            .iter()
+            .filter(|j| queued.contains_key(&j.job_id.0) && j.dispatch.disposition == "placed")
+            .count();
+        let vms = store.vms(true).await.runtime_err()?;
+        let ready = placed == queued.len()
+            && if warm > 0 {
+                vms.iter().filter(|v| v.waits_for_job()).count() >= warm as usize
+            } else {
+                vms.len() < args.slots as usize
+            };
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "no room for the next job within {} s",
+                args.timeout_secs
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn drive(
     args: &QuickstartArgs,
     planned: &[(String, Vec<JobStep>)],
@@ -640,6 +695,9 @@ async fn drive(
     warm_up(args.warm.min(args.slots), args.timeout_secs, store).await?;
     let mut queued_at: BTreeMap<i64, DateTime<Utc>> = BTreeMap::new();
     for (i, (name, steps)) in planned.iter().enumerate() {
+        if args.pace {
+            wait_for_room(args, store, &queued_at).await?;
+        }
         let job = post(
             "_sim/jobs",
             serde_json::to_value(NewJob {
