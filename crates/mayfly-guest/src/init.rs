@@ -17,7 +17,6 @@ use std::time::Duration;
 use crate::log;
 use crate::port::{self, CONFIG_PORT_NAME};
 use crate::protocol::{self, ConfigMessage, GuestEvent};
-use crate::stage1::STAGE2_BUSYBOX;
 use crate::system::{self, PATH};
 
 /// The argument stage 1 starts stage 2 with.
@@ -114,8 +113,7 @@ pub fn main() -> ! {
     watch_host(port);
     if let Some(ms) = config.time_ms {
         // The runner's login token lives 5 minutes: the clock must be right before it starts.
-        let at = format!("@{}", ms / 1000);
-        if let Err(e) = system::busybox_at(STAGE2_BUSYBOX, &["date", "-u", "-s", &at], &[]) {
+        if let Err(e) = system::set_clock(ms) {
             log(&format!("setting the clock failed: {e}"));
         }
     }

@@ -20,6 +20,17 @@ pub fn busybox(args: &[&str]) -> Result<(), SystemError> {
 }
 
 /// Runs the busybox at `binary` with `args` and extra environment `env`.
+/// Sets the clock to `unix_ms` (milliseconds since the epoch) with one system call: no
+/// process to start, which under TCG costs tens of milliseconds on the way to the runner.
+pub fn set_clock(unix_ms: u64) -> Result<(), nix::Error> {
+    let secs = i64::try_from(unix_ms / 1000).map_err(|_| nix::Error::EINVAL)?;
+    let nanos = i64::try_from((unix_ms % 1000) * 1_000_000).map_err(|_| nix::Error::EINVAL)?;
+    nix::time::clock_settime(
+        nix::time::ClockId::CLOCK_REALTIME,
+        nix::sys::time::TimeSpec::new(secs, nanos),
+    )
+}
+
 pub fn busybox_at(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), SystemError> {
     // Stdio::null opens /dev/null, which exists only once the image or devtmpfs provides it.
     let stdin = if Path::new("/dev/null").exists() {

@@ -472,6 +472,8 @@ pub(crate) async fn kill_netns_processes(netns: &str) -> TeardownStep {
 pub(crate) async fn delete_link(name: &str, wait: Duration) -> TeardownStep {
     let what = format!("delete link {name}");
     let deadline = tokio::time::Instant::now() + wait;
+    // Looked at after 1 ms, then less often: the kernel usually takes a few milliseconds.
+    let mut pause = Duration::from_millis(1);
     while link_exists(name).await {
         if tokio::time::Instant::now() >= deadline {
             let result = match exec::run("ip", &["link", "delete", name]).await {
@@ -480,7 +482,8 @@ pub(crate) async fn delete_link(name: &str, wait: Duration) -> TeardownStep {
             };
             return TeardownStep::from_result(&what, result);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
     TeardownStep::from_result(&what, Ok(()))
 }

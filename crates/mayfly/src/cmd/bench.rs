@@ -256,7 +256,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
          its build (`scripts/build-guest-image`, mmdebstrap included) took {build_secs}.\n\
          Each job was queued when it could start at once (a free slot; in the warm run, a pool VM \
          waiting), so no phase includes waiting for capacity. \"Webhook received\" is when the \
-         server applied the job's `queued` delivery.\n\n\
+         server applied the job's `queued` delivery; \"job end\" is the runner's exit, or, when \
+         GitHub's `completed` made mayfly destroy the VM first, the destroy's start.\n\n\
          | phase | n | p50 | p99 |\n|---|---|---|---|\n{phases}\n\n\
          Ratio of mayfly's boot (VM started → runner started, p50) to a bare QEMU boot of the same \
          image (spawn → guest ready, p50): **{ratio}**. Jobs without a VM: {failed}.\n\n\
@@ -314,10 +315,19 @@ impl Samples {
                 .extend(secs(vm.started_at, vm.runner_started_at.or(vm.booted_at)));
             s.to_runner
                 .extend(secs(Some(job.first_seen_at), vm.runner_started_at));
-            // The job ends when the runner exits, or (when the completed webhook makes mayfly
-            // destroy the VM first) when GitHub says it completed.
-            s.teardown
-                .extend(secs(vm.exited_at.or(job.completed_at), vm.destroyed_at));
+            let record: Option<mayfly_core::DestructionRecord> = vm
+                .destruction
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok());
+            // The job ends when the runner exits. When the completed webhook made mayfly destroy
+            // the VM first, its end is when the destroy began (GitHub's `completed_at` has whole
+            // seconds only, too coarse for this).
+            s.teardown.extend(match vm.exited_at {
+                Some(exited) => secs(Some(exited), vm.destroyed_at),
+                None => record
+                    .as_ref()
+                    .and_then(|r| secs(Some(r.started_at), Some(r.finished_at))),
+            });
             let steps: Vec<mayfly_core::StartStep> = vm
                 .start_steps
                 .as_deref()
@@ -326,10 +336,6 @@ impl Samples {
             for step in steps {
                 add(&mut s.steps, &step.step, step.millis);
             }
-            let record: Option<mayfly_core::DestructionRecord> = vm
-                .destruction
-                .as_deref()
-                .and_then(|j| serde_json::from_str(j).ok());
             if let Some(record) = record {
                 let mut last = record.started_at;
                 for step in &record.steps {

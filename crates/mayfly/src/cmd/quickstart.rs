@@ -339,6 +339,12 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
     let mut qemu = QemuConfig::new(dir.join("state"), images, accel.accel);
     qemu.network = NetworkMode::Isolated;
     let driver = Arc::new(QemuDriver::new(qemu).config_err()?);
+    // As `mayfly agent` does: the image is hashed once, before any VM, not by the first VM.
+    driver
+        .verify_image(&digest)
+        .await
+        .context("the guest image does not match its digest; run scripts/build-guest-image")
+        .config_err()?;
     let mut agent_config = mayfly_agent::AgentConfig::new(
         credentials.agent,
         format!("https://localhost:{}", agent_addr.port()),
