@@ -149,18 +149,28 @@ fn bad_configuration_exits_3_with_what_to_do() {
     assert_eq!(out.status.code(), Some(3));
 }
 
+/// A server data directory under `dir`, and a database key in a file beside it (mode 600):
+/// (data dir, key, key file).
+fn server_data_dir(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, mayfly_store::DbKey, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db_key = mayfly_store::DbKey::random();
+    let db_key_file = dir.join("db.key");
+    std::fs::write(&db_key_file, db_key.to_hex().as_str()).unwrap();
+    std::fs::set_permissions(&db_key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (data, db_key, db_key_file)
+}
+
 /// `mayfly keys init` makes a private master key; `mayfly keys rotate` gives the store a new
 /// one and sealed values still open with the key file as it is afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_init_and_rotate_keep_sealed_values_readable() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let db_key = mayfly_store::DbKey::random();
-    let db_key_file = dir.path().join("db.key");
-    std::fs::write(&db_key_file, db_key.to_hex().as_str()).unwrap();
-    std::fs::set_permissions(&db_key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (data, db_key, db_key_file) = server_data_dir(dir.path());
     let keys = |verb: &str| {
         Command::new(env!("CARGO_BIN_EXE_mayfly"))
             .args(["keys", verb, "--data-dir"])
@@ -461,4 +471,70 @@ fn simulated_agents_say_so_on_every_log_line() {
         .iter()
         .filter(|l| l.contains("no session with the server"))
         .all(|l| l.contains("driver=\"simulated (no VMs)\"")));
+}
+
+/// `mayfly vm list` shows the VMs the server holds, a warm pool VM (no tenant yet) told apart
+/// from one started for its job; destroyed VMs are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_list_shows_live_vms_and_marks_the_warm_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, db_key, db_key_file) = server_data_dir(dir.path());
+    let store = mayfly_store::SqliteStore::open(&data.join("mayfly.db"), &db_key)
+        .await
+        .unwrap();
+    let vm = |start_id: &str, repo: &str, state: &str, pool: bool| {
+        let mut vm = mayfly_store::VmRow::requested(
+            mayfly_store::Placement {
+                start_id: start_id.into(),
+                host: "host-a".into(),
+                profile: "linux-2cpu".into(),
+                installation_id: i64::from(!repo.is_empty()),
+                repo: repo.into(),
+                runner_name: format!("mayfly-{start_id}"),
+                runner_id: None,
+                for_job_id: 0,
+            },
+            chrono::Utc::now(),
+        );
+        vm.state = state.into();
+        vm.pool = pool;
+        vm
+    };
+    use mayfly_store::Store as _;
+    for row in [
+        vm("cold-1", "org-a/app", "booted", false),
+        vm("pool-1", "", "warm", true),
+        vm("gone-1", "org-a/app", "destroyed", false),
+    ] {
+        store.insert_vm(&row).await.unwrap();
+    }
+    store.close().await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["vm", "list", "--data-dir"])
+        .arg(&data)
+        .env_remove("MAYFLY_CONFIG")
+        .env("MAYFLY_DB_KEY_FILE", &db_key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "START_ID",
+            "HOST",
+            "PROFILE",
+            "STATE",
+            "POOL",
+            "REPOSITORY",
+            "AGE"
+        ]
+    );
+    let row = |id: &str| lines.iter().find(|l| l[0] == id).cloned();
+    assert_eq!(row("cold-1").unwrap()[3..6], ["booted", "-", "org-a/app"]);
+    assert_eq!(row("pool-1").unwrap()[3..6], ["warm", "waiting", ""]);
+    assert!(row("gone-1").is_none(), "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
 }

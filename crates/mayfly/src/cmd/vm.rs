@@ -1,6 +1,6 @@
 //! `mayfly vm`: operator commands for single VMs. `boot` starts a VM from an image and keeps it
 //! until interrupted (to check an image or a host); `reap` destroys VMs whose owner crashed and
-//! VM networks nobody owns.
+//! VM networks nobody owns; `list` shows the VMs the server's store holds, warm pool VMs marked.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +21,11 @@ pub enum VmCommand {
     /// VM networks (namespace, veth, passt) on this host that no VM state names and no live
     /// process owns. Prints what it removed as JSON (`vms`, `networks`, `files`).
     Reap(StateArgs),
+    /// List the VMs the server's store holds that are not destroyed, one a line: start id,
+    /// host, profile, state, pool (`waiting`: a warm pool VM booted ahead and holding nothing
+    /// yet; `assigned`: a pool VM given its one job; `-`: started for its job), repository
+    /// (empty for a waiting pool VM, which belongs to no tenant) and age.
+    List(super::token::StoreArgs),
 }
 
 /// Where VM state lives.
@@ -71,10 +76,37 @@ pub struct BootArgs {
     boot_timeout_secs: u64,
 }
 
+#[allow(clippy::print_stdout)] // the list is the command's output
+async fn list(args: super::token::StoreArgs) -> Result<(), Failure> {
+    let store = super::token::open(&args).await?;
+    let vms = store.vms(true).await.runtime_err();
+    store.close().await;
+    let now = chrono::Utc::now();
+    println!("START_ID\tHOST\tPROFILE\tSTATE\tPOOL\tREPOSITORY\tAGE");
+    for vm in vms? {
+        let pool = match (vm.pool, vm.assigned_at) {
+            (false, _) => "-",
+            (true, None) => "waiting",
+            (true, Some(_)) => "assigned",
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{pool}\t{}\t{}s",
+            vm.start_id,
+            vm.host,
+            vm.profile,
+            vm.state,
+            vm.repo,
+            (now - vm.requested_at).num_seconds().max(0)
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(command: VmCommand) -> Result<(), Failure> {
     match command {
         VmCommand::Boot(args) => boot(args).await,
         VmCommand::Reap(args) => reap(args).await,
+        VmCommand::List(args) => list(args).await,
     }
 }
 
