@@ -19,7 +19,6 @@ pub fn busybox(args: &[&str]) -> Result<(), SystemError> {
     busybox_at(BUSYBOX, args, &[])
 }
 
-/// Runs the busybox at `binary` with `args` and extra environment `env`.
 /// Sets the clock to `unix_ms` (milliseconds since the epoch) with one system call: no
 /// process to start, which under TCG costs tens of milliseconds on the way to the runner.
 pub fn set_clock(unix_ms: u64) -> Result<(), nix::Error> {
@@ -31,6 +30,7 @@ pub fn set_clock(unix_ms: u64) -> Result<(), nix::Error> {
     )
 }
 
+/// Runs the busybox at `binary` with `args` and extra environment `env`.
 pub fn busybox_at(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), SystemError> {
     // Stdio::null opens /dev/null, which exists only once the image or devtmpfs provides it.
     let stdin = if Path::new("/dev/null").exists() {

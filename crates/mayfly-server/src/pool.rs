@@ -15,7 +15,7 @@ fn live(vm: &VmRow) -> bool {
 
 /// A pool VM not yet given a job and not on its way out: it counts toward its pool.
 fn unassigned(vm: &VmRow) -> bool {
-    vm.pool && vm.assigned_at.is_none() && live(vm) && !vm.destroy_requested
+    vm.in_pool() && live(vm) && !vm.destroy_requested
 }
 
 /// The waiting pool VM a job of `profile` takes, on one of `hosts` (those connected here):

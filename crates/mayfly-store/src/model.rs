@@ -186,9 +186,14 @@ impl VmRow {
         }
     }
 
+    /// A pool VM not given a job (yet): it holds nothing and belongs to no tenant.
+    pub fn in_pool(&self) -> bool {
+        self.pool && self.assigned_at.is_none()
+    }
+
     /// A pool VM waiting for its job: warm, never assigned, not on its way out.
     pub fn waits_for_job(&self) -> bool {
-        self.pool && self.state == "warm" && self.assigned_at.is_none() && !self.destroy_requested
+        self.in_pool() && self.state == "warm" && !self.destroy_requested
     }
 }
 

@@ -56,6 +56,28 @@ fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Waits until `done()` holds, for at most `within`; `false` if it never did. Looked at at
+/// once, then after 1 ms, backing off to every 20 ms: what a VM's teardown waits for (a process
+/// gone, a link the kernel removes) usually takes a millisecond or a few, and the teardown
+/// waits for it.
+pub(crate) async fn poll_until(
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,16 +147,8 @@ pub(crate) async fn terminate(pid: u32, grace: Duration) -> Result<(), String> {
             Err(Errno::ESRCH) => return Ok(()),
             Err(e) => return Err(format!("kill({pid}, {signal}): {e}")),
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        // Checked after 1 ms, then less often: most processes are gone within a millisecond
-        // or two, and a VM's teardown waits for this.
-        let mut pause = Duration::from_millis(1);
-        while tokio::time::Instant::now() < deadline {
-            if !alive(pid) {
-                return Ok(());
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+        if crate::process::poll_until(wait, || !alive(pid)).await {
+            return Ok(());
         }
     }
     if alive(pid) {

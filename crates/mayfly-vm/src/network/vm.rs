@@ -471,21 +471,15 @@ pub(crate) async fn kill_netns_processes(netns: &str) -> TeardownStep {
 /// peer's namespace was just deleted disappears asynchronously).
 pub(crate) async fn delete_link(name: &str, wait: Duration) -> TeardownStep {
     let what = format!("delete link {name}");
-    let deadline = tokio::time::Instant::now() + wait;
-    // Looked at after 1 ms, then less often: the kernel usually takes a few milliseconds.
-    let mut pause = Duration::from_millis(1);
-    while link_exists(name).await {
-        if tokio::time::Instant::now() >= deadline {
-            let result = match exec::run("ip", &["link", "delete", name]).await {
-                Err(e) if !exec::is_absent(&e) => Err(e.to_string()),
-                _ => Ok(()),
-            };
-            return TeardownStep::from_result(&what, result);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
+    let link = Path::new("/sys/class/net").join(name);
+    if crate::process::poll_until(wait, || !link.exists()).await {
+        return TeardownStep::from_result(&what, Ok(()));
     }
-    TeardownStep::from_result(&what, Ok(()))
+    let result = match exec::run("ip", &["link", "delete", name]).await {
+        Err(e) if !exec::is_absent(&e) => Err(e.to_string()),
+        _ => Ok(()),
+    };
+    TeardownStep::from_result(&what, result)
 }
 
 async fn link_exists(name: &str) -> bool {

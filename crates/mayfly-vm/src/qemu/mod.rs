@@ -624,8 +624,7 @@ impl VmDriver for QemuDriver {
 /// The scratch disk's file in a VM's state directory.
 pub(crate) const SCRATCH_FILE: &str = "scratch.raw";
 
-/// A sparse file of `gib` GiB: O(1) to make, whatever its size; blocks are allocated only as
-/// the guest writes (encrypted) data.
+/// A start step that took `took`.
 fn step(name: &str, took: Duration) -> StartStep {
     StartStep {
         step: name.to_owned(),
@@ -633,10 +632,13 @@ fn step(name: &str, took: Duration) -> StartStep {
     }
 }
 
+/// A start step begun at `since` and done now.
 fn timed(name: &str, since: Instant) -> StartStep {
     step(name, since.elapsed())
 }
 
+/// A sparse file of `gib` GiB: O(1) to make, whatever its size; blocks are allocated only as
+/// the guest writes (encrypted) data.
 fn make_scratch(path: &Path, gib: u32) -> Result<(), SetupError> {
     let fail = |e: std::io::Error| SetupError::Scratch(format!("{}: {e}", path.display()));
     if gib == 0 {

@@ -217,16 +217,7 @@ async fn stop_pid(process: ProcessId, grace: Duration) -> DestroyStep {
 }
 
 async fn wait_gone(process: ProcessId, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut pause = Duration::from_millis(1);
-    while process.alive() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-    true
+    crate::process::poll_until(within, || !process.alive()).await
 }
 
 async fn remove_files(

@@ -591,11 +591,6 @@ pub async fn create_orgs(http: &reqwest::Client, sim: &str) -> anyhow::Result<Ve
     Ok(repos)
 }
 
-/// A warm pool VM never given a job (it holds nothing; the agent destroys it when it stops).
-fn in_pool(vm: &VmRow) -> bool {
-    vm.pool && vm.assigned_at.is_none()
-}
-
 /// Waits until `n` pool VMs are booted and waiting for a job.
 async fn warm_up(n: u32, timeout_secs: u64, store: &dyn Store) -> Result<(), Failure> {
     if n == 0 {
@@ -756,7 +751,7 @@ async fn drive(
             && jobs.iter().all(|j| j.status == JobStatus::Completed)
             && vms
                 .iter()
-                .filter(|v| !in_pool(v))
+                .filter(|v| !v.in_pool())
                 .all(|v| v.state == "destroyed");
         if all_done || failed {
             break (jobs, vms);
@@ -874,14 +869,14 @@ fn print_table(
     println!();
     let waiting = vms
         .iter()
-        .filter(|v| in_pool(v) && v.state != "destroyed")
+        .filter(|v| v.in_pool() && v.state != "destroyed")
         .count();
     println!(
         "{} job(s), {} distinct VM(s), every job's VM destroyed: {}",
         jobs.len(),
         seen_vms.len(),
         vms.iter()
-            .filter(|v| !in_pool(v))
+            .filter(|v| !v.in_pool())
             .all(|v| v.state == "destroyed")
     );
     if waiting > 0 {

@@ -84,10 +84,10 @@ async fn list(args: super::token::StoreArgs) -> Result<(), Failure> {
     let now = chrono::Utc::now();
     println!("START_ID\tHOST\tPROFILE\tSTATE\tPOOL\tREPOSITORY\tAGE");
     for vm in vms? {
-        let pool = match (vm.pool, vm.assigned_at) {
+        let pool = match (vm.pool, vm.in_pool()) {
             (false, _) => "-",
-            (true, None) => "waiting",
-            (true, Some(_)) => "assigned",
+            (true, true) => "waiting",
+            (true, false) => "assigned",
         };
         println!(
             "{}\t{}\t{}\t{}\t{pool}\t{}\t{}s",
