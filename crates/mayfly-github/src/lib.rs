@@ -12,7 +12,7 @@ pub use app::{AppAuthError, AppCredentials};
 pub use oauth::{OAuthApp, OAuthAppConfig, OAuthError, User, UserInstallation, UserToken};
 pub use rest::{
     Exchange, GitHubClient, GitHubClientConfig, GitHubError, JitConfigRequest, RequestObserver,
-    RetryPolicy,
+    RetryPolicy, TokenScope,
 };
 pub use secret::{
     AppJwt, AppPrivateKeyPem, InstallationToken, JitConfig, OAuthClientSecret, UserAccessToken,

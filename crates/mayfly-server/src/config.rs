@@ -79,10 +79,13 @@ pub struct DashboardConfig {
     /// This server's address as browsers reach it, e.g. `https://ci.example.com`. GitHub sends
     /// users back to `<public_url>/dashboard/callback`: register that as the App's callback URL.
     pub public_url: String,
-    /// The GitHub App's client id (`Iv23li…`; the App's settings page shows it).
-    pub client_id: String,
+    /// The GitHub App's client id (`Iv23li…`; the App's settings page shows it). Leave it and
+    /// `client_secret_file` out to use the stored App's (`mayfly github app create`).
+    #[serde(default)]
+    pub client_id: Option<String>,
     /// The App's OAuth client secret (mode 600).
-    pub client_secret_file: PathBuf,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
     /// GitHub's web address (where users sign in): `https://github.com`, a GHES host, or the
     /// simulator's.
     #[serde(default = "default_github_web")]
@@ -177,9 +180,13 @@ pub struct DatabaseConfig {
 pub struct GitHubConfig {
     /// `https://api.github.com/`, a GHES API URL, or the simulator's.
     pub api_url: String,
-    pub app_id: u64,
+    /// The App's id. Leave it and `private_key_file` out to use the App that
+    /// `mayfly github app create` sealed into the store.
+    #[serde(default)]
+    pub app_id: Option<u64>,
     /// The App's private key (PEM, mode 600).
-    pub private_key_file: PathBuf,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
     /// An extra root certificate (PEM) to trust for the API, e.g. the simulator's CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -291,8 +298,10 @@ pub enum ConfigError {
     NoTls,
     #[error("--insecure-dev serves plain HTTP and is allowed on loopback addresses only, not {0}")]
     InsecureNotLoopback(SocketAddr),
-    #[error("no webhook secret is configured: set [webhook] secret_files")]
+    #[error("no webhook secret is configured: set [webhook] secret_files, or use the App `mayfly github app create` stored (a [github] section without app_id)")]
     NoWebhookSecret,
+    #[error("{0}: set both, or neither to use the App `mayfly github app create` stored")]
+    HalfAnApp(&'static str),
     #[error("webhook.max_body_bytes must be between 1 KiB and 25 MiB")]
     BodyLimit,
     #[error(
@@ -338,6 +347,12 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// Whether the GitHub App comes from the store (`[github]` without `app_id`): its webhook
+    /// secret then too, when no secret file is named.
+    pub fn uses_stored_app(&self) -> bool {
+        self.github.as_ref().is_some_and(|g| g.app_id.is_none())
+    }
+
     /// Checks what can be checked without touching the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.insecure_dev {
@@ -347,7 +362,14 @@ impl ServerConfig {
         } else if self.tls.is_none() {
             return Err(ConfigError::NoTls);
         }
-        if self.webhook.secret_files.is_empty() {
+        if let Some(github) = &self.github {
+            if github.app_id.is_some() != github.private_key_file.is_some() {
+                return Err(ConfigError::HalfAnApp(
+                    "[github] app_id and private_key_file",
+                ));
+            }
+        }
+        if self.webhook.secret_files.is_empty() && !self.uses_stored_app() {
             return Err(ConfigError::NoWebhookSecret);
         }
         if !(1024..=25 * 1024 * 1024).contains(&self.webhook.max_body_bytes) {
@@ -367,6 +389,11 @@ impl ServerConfig {
             }
         }
         if let Some(d) = &self.dashboard {
+            if d.client_id.is_some() != d.client_secret_file.is_some() {
+                return Err(ConfigError::HalfAnApp(
+                    "[dashboard] client_id and client_secret_file",
+                ));
+            }
             if self.github.is_none() {
                 return Err(ConfigError::Dashboard(
                     "needs [github]: users sign in with the GitHub App",

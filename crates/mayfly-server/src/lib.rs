@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 mod dashboard;
 mod error;
+pub mod github_app;
 mod group_commit;
 mod intake;
 mod log_limit;
@@ -707,7 +708,7 @@ async fn load_agent_pki(
 
 /// The sealer of secrets in the store; the master key file is made on first start when it is
 /// the default one.
-fn sealer(config: &ServerConfig) -> Result<mayfly_store::Sealer, ServerError> {
+pub fn sealer(config: &ServerConfig) -> Result<mayfly_store::Sealer, ServerError> {
     let master = config.master_key_path();
     if !master.exists() && config.database.master_key_file.is_none() {
         mayfly_store::MasterKey::random()

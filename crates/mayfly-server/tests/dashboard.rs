@@ -190,14 +190,14 @@ async fn a_user_signs_in_with_github_and_sees_only_their_organisations_usage() {
             config.profiles = vec![support::profile(600)];
             config.github = Some(mayfly_server::GitHubConfig {
                 api_url: sim.base_url().to_string(),
-                app_id: 1,
-                private_key_file: "unused".into(),
+                app_id: Some(1),
+                private_key_file: Some("unused".into()),
                 ca_file: None,
             });
             config.dashboard = Some(mayfly_server::DashboardConfig {
                 public_url: base.clone(),
-                client_id: client_id.clone(),
-                client_secret_file: secret_file.path().to_owned(),
+                client_id: Some(client_id.clone()),
+                client_secret_file: Some(secret_file.path().to_owned()),
                 github_url: sim.base_url().to_string(),
                 session_hours: 8,
             });

@@ -429,7 +429,7 @@ impl SimControl {
     /// The App's client id and callback URLs.
     pub fn oauth_app(&self) -> SimOAuthApp {
         SimOAuthApp {
-            client_id: self.shared.app.client_id.clone(),
+            client_id: self.shared.app().client_id,
             callback_urls: lock(&self.shared.oauth.callback_urls)
                 .iter()
                 .map(Url::to_string)
@@ -439,7 +439,7 @@ impl SimControl {
 
     /// The App's client secret (in-process only: the control API over HTTP never shows it).
     pub fn oauth_client_secret(&self) -> mayfly_github::OAuthClientSecret {
-        self.shared.oauth.client_secret.clone()
+        self.shared.registration().client_secret
     }
 
     /// Moves the simulator's clock forward (token and JWT expiry without sleeping).

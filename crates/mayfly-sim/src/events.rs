@@ -37,7 +37,7 @@ pub(crate) fn installation_created(
 ) {
     let body = json!({
         "action": "created",
-        "installation": payloads::installation(&shared.links, &shared.app, inst, true),
+        "installation": payloads::installation(&shared.links, &shared.app(), inst, true),
         "repositories": repos.iter().map(payloads::repository_brief).collect::<Vec<_>>(),
         "requester": null,
         "sender": payloads::simple_user(&shared.links, sender),
@@ -56,7 +56,7 @@ pub(crate) fn repositories_added(
 ) {
     let body = json!({
         "action": "added",
-        "installation": payloads::installation(&shared.links, &shared.app, inst, true),
+        "installation": payloads::installation(&shared.links, &shared.app(), inst, true),
         "repository_selection": "all",
         "repositories_added": added.iter().map(payloads::repository_brief).collect::<Vec<_>>(),
         "repositories_removed": [],

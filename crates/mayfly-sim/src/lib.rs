@@ -18,6 +18,7 @@ mod faults;
 mod git;
 mod jitconfig;
 mod keys;
+mod manifest;
 mod oauth;
 mod payloads;
 mod rest;

@@ -84,7 +84,7 @@ fn non_empty(params: &HashMap<String, String>, key: &str) -> Option<String> {
 /// Checks step 1's parameters against the App's registration.
 fn check(shared: &Shared, params: &HashMap<String, String>) -> Result<Authorization, Refusal> {
     let client_id = non_empty(params, "client_id").unwrap_or_default();
-    if client_id != shared.app.client_id {
+    if client_id != shared.app().client_id {
         return Err(Refusal::Page(StatusCode::NOT_FOUND, "Not Found"));
     }
     let callbacks = lock(&shared.oauth.callback_urls).clone();
@@ -369,9 +369,10 @@ fn exchange(shared: &Shared, params: &HashMap<String, String>) -> Result<IssuedT
             .map(String::as_str)
             .filter(|v| !v.is_empty())
     };
+    let registration = shared.registration();
     let secret_matches = get("client_secret")
-        .is_some_and(|given| digest(given) == digest(shared.oauth.client_secret.expose()));
-    if get("client_id") != Some(shared.app.client_id.as_str()) || !secret_matches {
+        .is_some_and(|given| digest(given) == digest(registration.client_secret.expose()));
+    if get("client_id") != Some(registration.app.client_id.as_str()) || !secret_matches {
         return Err(TokenError::IncorrectClientCredentials);
     }
     let now = shared.clock.now();

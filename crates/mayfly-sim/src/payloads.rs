@@ -18,15 +18,34 @@ pub(crate) struct AppInfo {
     pub slug: String,
     pub name: String,
     pub client_id: String,
+    pub description: Option<String>,
+    /// The homepage; `None`: the simulator's base URL.
+    pub external_url: Option<String>,
+    pub owner: Account,
+    /// What the App asks of installations; every installation grants it.
+    pub permissions: std::collections::BTreeMap<String, crate::state::Level>,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 impl AppInfo {
+    /// The App configured at start.
     pub(crate) fn new(id: u64) -> Self {
         Self {
             id,
             slug: "mayfly-sim".into(),
             name: "mayfly (simulated)".into(),
             client_id: format!("Iv23li{id:014}"),
+            description: Some("A GitHub App simulated by mayfly-sim.".into()),
+            external_url: None,
+            owner: Account {
+                id: 9_000_000,
+                login: "mayfly-app-owner".into(),
+                kind: AccountType::User,
+            },
+            permissions: crate::state::installation_permissions(),
+            events: vec!["workflow_job".into()],
+            created_at: DateTime::from_timestamp(1_704_067_200, 0).unwrap_or_default(),
         }
     }
 }
@@ -210,13 +229,15 @@ pub(crate) fn repository_brief(repo: &Repo) -> Value {
     })
 }
 
-pub(crate) fn app_permissions() -> Value {
-    json!({
-        "actions": "read",
-        "administration": "write",
-        "metadata": "read",
-        "organization_self_hosted_runners": "write",
-    })
+/// A permissions object (`{"actions": "read", …}`).
+pub(crate) fn permissions(
+    granted: &std::collections::BTreeMap<String, crate::state::Level>,
+) -> Value {
+    granted
+        .iter()
+        .map(|(name, level)| (name.clone(), Value::from(level.as_str())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// `<installation>`; `/app/installations` items leave out `client_id`.
@@ -244,8 +265,8 @@ pub(crate) fn installation(
         "app_slug": app.slug,
         "target_id": inst.account.id,
         "target_type": inst.account.kind.as_str(),
-        "permissions": app_permissions(),
-        "events": ["workflow_job"],
+        "permissions": permissions(&app.permissions),
+        "events": app.events,
         "created_at": ts(inst.created_at),
         "updated_at": ts(inst.created_at),
         "single_file_name": null,
@@ -261,26 +282,21 @@ pub(crate) fn installation(
 }
 
 /// `<integration>` for `GET /app`.
-pub(crate) fn integration(
-    links: &Links,
-    app: &AppInfo,
-    owner: &Account,
-    installations: usize,
-) -> Value {
+pub(crate) fn integration(links: &Links, app: &AppInfo, installations: usize) -> Value {
     json!({
         "id": app.id,
         "slug": app.slug,
         "client_id": app.client_id,
         "node_id": node_id("Integration", app.id),
-        "owner": simple_user(links, owner),
+        "owner": simple_user(links, &app.owner),
         "name": app.name,
-        "description": "A GitHub App simulated by mayfly-sim.",
-        "external_url": links.base(),
+        "description": app.description,
+        "external_url": app.external_url.as_deref().unwrap_or(links.base()),
         "html_url": links.at(&format!("apps/{}", app.slug)),
-        "created_at": "2024-01-01T00:00:00Z",
-        "updated_at": "2024-01-01T00:00:00Z",
-        "permissions": app_permissions(),
-        "events": ["workflow_job"],
+        "created_at": ts(app.created_at),
+        "updated_at": ts(app.created_at),
+        "permissions": permissions(&app.permissions),
+        "events": app.events,
         "installations_count": installations,
     })
 }

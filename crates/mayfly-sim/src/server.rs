@@ -18,7 +18,7 @@ use crate::faults::RestFaults;
 use crate::git::{self, GitError, GitRepos};
 use crate::keys::{self, KeysError};
 use crate::payloads::{AppInfo, Links};
-use crate::state::{Account, AccountType, World};
+use crate::state::World;
 use crate::tls::{self, TlsError};
 use crate::webhooks::{self, Webhooks, WebhooksError};
 
@@ -60,10 +60,14 @@ pub struct Exchange {
     pub route: Option<String>,
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The response body.
     pub body: Vec<u8>,
+    /// The request body (empty if there was none, or it was over 1 MiB).
+    pub request_body: Vec<u8>,
 }
 
 /// The App's JWT verification key (Debug does not print it).
+#[derive(Clone)]
 pub(crate) struct AppKey(pub DecodingKey);
 
 impl std::fmt::Debug for AppKey {
@@ -72,21 +76,30 @@ impl std::fmt::Debug for AppKey {
     }
 }
 
-/// The App's OAuth registration: its client secret and callback URLs (its client id is
-/// `AppInfo::client_id`).
+/// The App's OAuth callback URLs (its client id is `AppInfo::client_id`, its secret
+/// `Registration::client_secret`).
 #[derive(Debug)]
 pub(crate) struct OAuthRegistration {
-    pub client_secret: OAuthClientSecret,
     pub callback_urls: Mutex<Vec<Url>>,
+}
+
+/// The simulated App: its identity, the key its JWTs are verified with and its OAuth client
+/// secret. One App at a time: the one configured at start, until an App made from a manifest
+/// (`crate::manifest`) takes its place.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    pub app: AppInfo,
+    pub key: AppKey,
+    pub client_secret: OAuthClientSecret,
 }
 
 /// State shared by every handler.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub app: AppInfo,
-    pub app_owner: Account,
-    pub app_key: AppKey,
+    registration: Mutex<Registration>,
     pub oauth: OAuthRegistration,
+    /// Manifests posted to the App creation page, by their one-time code.
+    pub manifests: Mutex<crate::manifest::Pending>,
     pub links: Links,
     pub base_url: Url,
     pub token_ttl: Duration,
@@ -135,6 +148,21 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
         lock(&self.world)
+    }
+
+    /// The App's identity as it is now.
+    pub(crate) fn app(&self) -> AppInfo {
+        lock(&self.registration).app.clone()
+    }
+
+    /// The App as it is now, with its key and client secret.
+    pub(crate) fn registration(&self) -> Registration {
+        lock(&self.registration).clone()
+    }
+
+    /// Makes `registration` the simulated App (an App created from a manifest).
+    pub(crate) fn replace_registration(&self, registration: Registration) {
+        *lock(&self.registration) = registration;
     }
 }
 
@@ -194,15 +222,13 @@ impl Sim {
             None => None,
         };
         let shared = Arc::new(Shared {
-            app: AppInfo::new(config.app_id),
-            app_owner: Account {
-                id: 9_000_000,
-                login: "mayfly-app-owner".into(),
-                kind: AccountType::User,
-            },
-            app_key: AppKey(app_key),
-            oauth: OAuthRegistration {
+            registration: Mutex::new(Registration {
+                app: AppInfo::new(config.app_id),
+                key: AppKey(app_key),
                 client_secret: config.oauth_client_secret.clone(),
+            }),
+            manifests: Mutex::new(crate::manifest::Pending::default()),
+            oauth: OAuthRegistration {
                 callback_urls: Mutex::new(Vec::new()),
             },
             links: Links::new(&base_url),
@@ -230,6 +256,7 @@ impl Sim {
         }
         let app: Router = crate::rest::router(Arc::clone(&shared))
             .merge(crate::oauth::router(Arc::clone(&shared)))
+            .merge(crate::manifest::router(Arc::clone(&shared)))
             .merge(crate::broker::router(Arc::clone(&shared)))
             .merge(crate::control::router(Arc::clone(&shared)))
             .layer(axum::middleware::from_fn_with_state(

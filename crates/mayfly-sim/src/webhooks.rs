@@ -76,9 +76,9 @@ pub(crate) struct Webhooks {
     queue: mpsc::UnboundedSender<usize>,
     url: Mutex<Option<Url>>,
     faults: Mutex<Faults>,
-    secret: WebhookSecret,
+    /// The App's webhook secret and id (replaced when an App is created from a manifest).
+    app: Mutex<(WebhookSecret, u64)>,
     hook_id: u64,
-    app_id: u64,
     user_agent: String,
     changed: Notify,
 }
@@ -117,9 +117,8 @@ impl Webhooks {
             queue,
             url: Mutex::new(url),
             faults: Mutex::new(Faults::default()),
-            secret,
+            app: Mutex::new((secret, app_id)),
             hook_id,
-            app_id,
             user_agent: format!("GitHub-Hookshot/{}", hex::encode(rand::random::<[u8; 4]>())),
             changed: Notify::new(),
         });
@@ -129,6 +128,12 @@ impl Webhooks {
 
     pub(crate) fn set_url(&self, url: Option<Url>) {
         *lock(&self.url) = url;
+    }
+
+    /// Sends later events for another App: to its URL, signed with its secret.
+    pub(crate) fn set_app(&self, url: Option<Url>, secret: WebhookSecret, app_id: u64) {
+        *lock(&self.url) = url;
+        *lock(&self.app) = (secret, app_id);
     }
 
     pub(crate) fn drop_next(&self, n: u32) {
@@ -159,6 +164,10 @@ impl Webhooks {
     ) {
         let body = serde_json::to_vec(body).unwrap_or_default();
         let guid = uuid::Uuid::new_v4().to_string();
+        let (signature, app_id) = {
+            let app = lock(&self.app);
+            (signature_header(&app.0, &body), app.1)
+        };
         let headers = vec![
             ("User-Agent".to_string(), self.user_agent.clone()),
             ("X-GitHub-Event".to_string(), event.to_string()),
@@ -170,12 +179,9 @@ impl Webhooks {
             ),
             (
                 "X-GitHub-Hook-Installation-Target-ID".to_string(),
-                self.app_id.to_string(),
+                app_id.to_string(),
             ),
-            (
-                "X-Hub-Signature-256".to_string(),
-                signature_header(&self.secret, &body),
-            ),
+            ("X-Hub-Signature-256".to_string(), signature),
             ("Content-Type".to_string(), "application/json".to_string()),
         ];
         let dropped = {

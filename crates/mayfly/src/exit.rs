@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 pub const HELP: &str = "Exit codes: 0 success · 1 failed while running · 2 bad command line or \
 a query the server refused · 3 bad configuration (nothing was started).\nLogs go to stderr; set MAYFLY_LOG (e.g. \
-MAYFLY_LOG=debug) to change the level.";
+MAYFLY_LOG=debug) to change the level, MAYFLY_LOG_FORMAT=json for one JSON object a line.";
 
 /// Why a subcommand failed.
 #[derive(Debug)]

@@ -21,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Set up a new host: `init server` writes the configuration and makes the keys;
+    /// `init agent` enrols a VM host and writes its configuration.
+    #[command(subcommand)]
+    Init(cmd::init::InitCommand),
     /// Run the control plane: webhook intake over TLS, scheduling, agents; on the encrypted
     /// embedded store, or on PostgreSQL shared by several servers.
     Server(cmd::server::ServerArgs),
@@ -64,16 +68,64 @@ enum Command {
     /// repositories, the per-job log; as a table, JSON or CSV.
     #[command(subcommand)]
     Usage(cmd::usage::UsageCommand),
+    /// The GitHub App: create it in one step with GitHub's manifest flow, its credentials
+    /// sealed into the server's store.
+    #[command(subcommand)]
+    Github(cmd::github::GithubCommand),
     /// The master key of sealed values: create it, or rotate it while servers run.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `mayfly completions bash > /etc/bash_completion.d/mayfly`. The package installs them.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (mayfly.1 and one per subcommand) into a directory; the package
+    /// installs them.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
     /// Check that this host can run mayfly's VMs (QEMU, KVM or TCG, networking tools, root)
     /// and say how to fix what is missing.
     Doctor(cmd::doctor::DoctorArgs),
 }
 
+#[allow(clippy::print_stdout)] // the completion script is the command's output
+fn write_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "mayfly", &mut std::io::stdout());
+}
+
+fn write_manpages(dir: &std::path::Path) -> Result<(), exit::Failure> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        .map_err(|e| {
+            exit::Failure::Runtime(anyhow::anyhow!(
+                "could not write the man pages into {}: {e}",
+                dir.display()
+            ))
+        })
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            write_completions(*shell);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Manpages { dir } => {
+            return match write_manpages(dir) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(failure) => exit::report(&failure),
+            }
+        }
+        _ => {}
+    }
     // An agent whose VMs are simulated says so on every line the process logs.
     let prefix = match &cli.command {
         Command::Agent(args) if args.runs_simulated_vms() => Some(cmd::agent::SIMULATED_LOG_PREFIX),
@@ -82,10 +134,15 @@ fn main() -> std::process::ExitCode {
     let level = match cli.command {
         Command::Quickstart(_) | Command::Bench(_) | Command::Chaos(_) => "warn",
         Command::Token(_) | Command::Audit(_) | Command::Keys(_) | Command::Agents(_) => "warn",
-        Command::Usage(_) => "warn",
+        Command::Usage(_) | Command::Github(_) | Command::Init(_) => "warn",
+        Command::Completions { .. } | Command::Manpages { .. } => "warn",
         _ => "info",
     };
-    logging::init(level, prefix);
+    let format = match logging::Format::from_env() {
+        Ok(format) => format,
+        Err(e) => return exit::report(&exit::Failure::Config(anyhow::anyhow!(e))),
+    };
+    logging::init(level, format, prefix);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return exit::report(&exit::Failure::Runtime(e.into())),
@@ -106,6 +163,10 @@ fn main() -> std::process::ExitCode {
             Command::Agents(command) => cmd::agents::run(command).await,
             Command::Audit(command) => cmd::audit::run(command).await,
             Command::Usage(command) => cmd::usage::run(command).await,
+            Command::Github(command) => cmd::github::run(command).await,
+            Command::Init(command) => cmd::init::run(command).await,
+            // Handled before the runtime starts.
+            Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
         }
     });
     match result {

@@ -1,6 +1,10 @@
 //! `GitHubClient`: one HTTP connection pool, the App's credentials, and a cache of installation
 //! tokens that are refreshed a margin before they expire. Tokens are opaque strings of any length
 //! and live only in memory.
+//!
+//! Each token is asked for with least privilege ([`TokenScope`]): only the permissions its use
+//! needs, and where the use concerns one repository, only that repository. A JIT config's token
+//! can register runners in the job's repository and nowhere else; the reconciler's tokens read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,10 +74,83 @@ pub(super) struct CachedToken {
 }
 
 #[derive(Clone, Copy)]
-pub(super) enum Auth {
+pub(super) enum Auth<'a> {
     App,
-    Installation(InstallationId),
+    Installation(InstallationId, TokenScope<'a>),
 }
+
+/// Permissions as `(name, level)` pairs, as GitHub spells them in a token request.
+pub type Permissions = &'static [(&'static str, &'static str)];
+
+/// What an installation token is asked for: `permissions` only, on `repository` only (a name
+/// in the installation's account) or, when `None`, on what the installation can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenScope<'a> {
+    pub repository: Option<&'a str>,
+    pub permissions: Permissions,
+}
+
+impl<'a> TokenScope<'a> {
+    /// Registering and removing runners of one repository (generate-jitconfig, delete).
+    pub fn repo_runners(repo: &'a RepoFullName) -> Self {
+        Self::repo(repo, &[("administration", "write")])
+    }
+
+    /// Reading runners of one repository.
+    pub fn read_repo_runners(repo: &'a RepoFullName) -> Self {
+        Self::repo(repo, &[("administration", "read")])
+    }
+
+    /// Registering and removing the organisation's runners.
+    pub const ORG_RUNNERS: TokenScope<'static> = TokenScope {
+        repository: None,
+        permissions: &[("organization_self_hosted_runners", "write")],
+    };
+
+    /// Reading the organisation's runners.
+    pub const READ_ORG_RUNNERS: TokenScope<'static> = TokenScope {
+        repository: None,
+        permissions: &[("organization_self_hosted_runners", "read")],
+    };
+
+    /// The reconciler's: reading repositories, runs and jobs.
+    pub const READ_ACTIONS: TokenScope<'static> = TokenScope {
+        repository: None,
+        permissions: &[("actions", "read"), ("metadata", "read")],
+    };
+
+    fn repo(repo: &'a RepoFullName, permissions: Permissions) -> Self {
+        Self {
+            repository: Some(repo.name()),
+            permissions,
+        }
+    }
+
+    /// The body of `POST /app/installations/{id}/access_tokens`.
+    fn request_body(&self) -> serde_json::Value {
+        let permissions: serde_json::Map<String, serde_json::Value> = self
+            .permissions
+            .iter()
+            .map(|(name, level)| ((*name).to_owned(), (*level).into()))
+            .collect();
+        let mut body = serde_json::json!({ "permissions": permissions });
+        if let Some(repository) = self.repository {
+            body["repositories"] = serde_json::json!([repository]);
+        }
+        body
+    }
+
+    pub(super) fn key(&self, installation: InstallationId) -> TokenKey {
+        (
+            installation,
+            self.repository.map(str::to_owned),
+            self.permissions,
+        )
+    }
+}
+
+/// A cached token's installation and scope.
+pub(super) type TokenKey = (InstallationId, Option<String>, Permissions);
 
 /// A GitHub App's REST client.
 #[derive(Debug)]
@@ -84,7 +161,7 @@ pub struct GitHubClient {
     pub(super) retry: RetryPolicy,
     pub(super) refresh_margin: chrono::Duration,
     pub(super) clock: Arc<dyn Clock>,
-    pub(super) tokens: Mutex<HashMap<InstallationId, CachedToken>>,
+    pub(super) tokens: Mutex<HashMap<TokenKey, CachedToken>>,
     pub(super) observer: std::sync::RwLock<Option<Arc<dyn RequestObserver>>>,
 }
 
@@ -182,14 +259,17 @@ impl GitHubClient {
         }
     }
 
-    /// An installation token, from the cache while it has more than the margin left.
+    /// An installation token for `scope`, from the cache while it has more than the margin
+    /// left.
     pub async fn installation_token(
         &self,
         installation: InstallationId,
+        scope: TokenScope<'_>,
     ) -> Result<InstallationToken, GitHubError> {
+        let key = scope.key(installation);
         let mut tokens = self.tokens.lock().await;
         let now = self.clock.now();
-        if let Some(cached) = tokens.get(&installation) {
+        if let Some(cached) = tokens.get(&key) {
             if cached.expires_at - now > self.refresh_margin {
                 return Ok(cached.token.clone());
             }
@@ -201,14 +281,20 @@ impl GitHubClient {
             "access_tokens",
         ]);
         let response: InstallationTokenResponse = self
-            .call_json(Method::POST, url, Auth::App, None, &[StatusCode::CREATED])
+            .call_json(
+                Method::POST,
+                url,
+                Auth::App,
+                Some(&scope.request_body()),
+                &[StatusCode::CREATED],
+            )
             .await?;
         let token = InstallationToken::new(response.token);
         match DateTime::parse_from_rfc3339(&response.expires_at) {
             Ok(expires_at) => {
                 let expires_at = expires_at.with_timezone(&Utc);
                 tokens.insert(
-                    installation,
+                    key,
                     CachedToken {
                         token: token.clone(),
                         expires_at,
@@ -231,7 +317,8 @@ impl GitHubClient {
         request: &JitConfigRequest,
     ) -> Result<JitRunner, GitHubError> {
         let url = self.repo_endpoint(repo, &["actions", "runners", "generate-jitconfig"]);
-        self.generate_jitconfig(installation, url, request).await
+        let auth = Auth::Installation(installation, TokenScope::repo_runners(repo));
+        self.generate_jitconfig(auth, url, request).await
     }
 
     /// Registers a runner at organisation level. Prefer the repository level: its credential
@@ -243,12 +330,13 @@ impl GitHubClient {
         request: &JitConfigRequest,
     ) -> Result<JitRunner, GitHubError> {
         let url = self.endpoint(&["orgs", org, "actions", "runners", "generate-jitconfig"]);
-        self.generate_jitconfig(installation, url, request).await
+        let auth = Auth::Installation(installation, TokenScope::ORG_RUNNERS);
+        self.generate_jitconfig(auth, url, request).await
     }
 
     async fn generate_jitconfig(
         &self,
-        installation: InstallationId,
+        auth: Auth<'_>,
         url: Url,
         request: &JitConfigRequest,
     ) -> Result<JitRunner, GitHubError> {
@@ -265,13 +353,7 @@ impl GitHubClient {
             source,
         })?;
         let response: JitConfigResponse = self
-            .call_json(
-                Method::POST,
-                url,
-                Auth::Installation(installation),
-                Some(&body),
-                &[StatusCode::CREATED],
-            )
+            .call_json(Method::POST, url, auth, Some(&body), &[StatusCode::CREATED])
             .await?;
         Ok(JitRunner {
             runner: response.runner,
@@ -291,7 +373,7 @@ impl GitHubClient {
             self.call_json(
                 Method::GET,
                 url,
-                Auth::Installation(installation),
+                Auth::Installation(installation, TokenScope::read_repo_runners(repo)),
                 None,
                 &[StatusCode::OK],
             )
@@ -311,7 +393,7 @@ impl GitHubClient {
             self.call_json(
                 Method::GET,
                 url,
-                Auth::Installation(installation),
+                Auth::Installation(installation, TokenScope::READ_ORG_RUNNERS),
                 None,
                 &[StatusCode::OK],
             )
@@ -326,7 +408,12 @@ impl GitHubClient {
         repo: &RepoFullName,
     ) -> Result<Vec<Runner>, GitHubError> {
         let url = self.repo_endpoint(repo, &["actions", "runners"]);
-        let pages: Vec<RunnerList> = self.paginate(url, Auth::Installation(installation)).await?;
+        let pages: Vec<RunnerList> = self
+            .paginate(
+                url,
+                Auth::Installation(installation, TokenScope::read_repo_runners(repo)),
+            )
+            .await?;
         Ok(pages.into_iter().flat_map(|p| p.runners).collect())
     }
 
@@ -338,7 +425,8 @@ impl GitHubClient {
         runner_id: i64,
     ) -> Result<bool, GitHubError> {
         let url = self.repo_endpoint(repo, &["actions", "runners", &runner_id.to_string()]);
-        self.delete(installation, url).await
+        let auth = Auth::Installation(installation, TokenScope::repo_runners(repo));
+        self.delete(auth, url).await
     }
 
     /// Removes an organisation runner. `Ok(false)` if it was already gone.
@@ -349,14 +437,13 @@ impl GitHubClient {
         runner_id: i64,
     ) -> Result<bool, GitHubError> {
         let url = self.endpoint(&["orgs", org, "actions", "runners", &runner_id.to_string()]);
-        self.delete(installation, url).await
+        let auth = Auth::Installation(installation, TokenScope::ORG_RUNNERS);
+        self.delete(auth, url).await
     }
 
-    async fn delete(&self, installation: InstallationId, url: Url) -> Result<bool, GitHubError> {
+    async fn delete(&self, auth: Auth<'_>, url: Url) -> Result<bool, GitHubError> {
         let path = url.path().to_owned();
-        let (status, _, _) = self
-            .send(Method::DELETE, url, Auth::Installation(installation), None)
-            .await?;
+        let (status, _, _) = self.send(Method::DELETE, url, auth, None).await?;
         match status {
             StatusCode::NO_CONTENT => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -376,7 +463,7 @@ impl GitHubClient {
             self.call_json(
                 Method::GET,
                 url,
-                Auth::Installation(installation),
+                Auth::Installation(installation, TokenScope::READ_ACTIONS),
                 None,
                 &[StatusCode::OK],
             )
@@ -390,8 +477,12 @@ impl GitHubClient {
         installation: InstallationId,
     ) -> Result<Vec<InstallationRepository>, GitHubError> {
         let url = self.endpoint(&["installation", "repositories"]);
-        let pages: Vec<RepositoryList> =
-            self.paginate(url, Auth::Installation(installation)).await?;
+        let pages: Vec<RepositoryList> = self
+            .paginate(
+                url,
+                Auth::Installation(installation, TokenScope::READ_ACTIONS),
+            )
+            .await?;
         Ok(pages.into_iter().flat_map(|p| p.repositories).collect())
     }
 
@@ -403,7 +494,12 @@ impl GitHubClient {
     ) -> Result<Vec<WorkflowRun>, GitHubError> {
         let mut url = self.repo_endpoint(repo, &["actions", "runs"]);
         url.query_pairs_mut().append_pair("status", "queued");
-        let pages: Vec<RunList> = self.paginate(url, Auth::Installation(installation)).await?;
+        let pages: Vec<RunList> = self
+            .paginate(
+                url,
+                Auth::Installation(installation, TokenScope::READ_ACTIONS),
+            )
+            .await?;
         Ok(pages.into_iter().flat_map(|p| p.workflow_runs).collect())
     }
 
@@ -415,7 +511,12 @@ impl GitHubClient {
         run: RunId,
     ) -> Result<Vec<Job>, GitHubError> {
         let url = self.repo_endpoint(repo, &["actions", "runs", &run.to_string(), "jobs"]);
-        let pages: Vec<JobList> = self.paginate(url, Auth::Installation(installation)).await?;
+        let pages: Vec<JobList> = self
+            .paginate(
+                url,
+                Auth::Installation(installation, TokenScope::READ_ACTIONS),
+            )
+            .await?;
         Ok(pages.into_iter().flat_map(|p| p.jobs).collect())
     }
 

@@ -9,7 +9,8 @@ mod types;
 
 pub(crate) use client::http_client;
 pub use client::{
-    Exchange, GitHubClient, GitHubClientConfig, JitRunner, QueuedJob, RequestObserver,
+    Exchange, GitHubClient, GitHubClientConfig, JitRunner, Permissions, QueuedJob, RequestObserver,
+    TokenScope,
 };
 pub use error::GitHubError;
 pub use retry::RetryPolicy;

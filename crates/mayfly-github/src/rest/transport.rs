@@ -32,7 +32,7 @@ impl GitHubClient {
     pub(super) async fn paginate<T: DeserializeOwned>(
         &self,
         first: Url,
-        auth: Auth,
+        auth: Auth<'_>,
     ) -> Result<Vec<T>, GitHubError> {
         let mut pages = Vec::new();
         let mut next = Some(first);
@@ -71,7 +71,7 @@ impl GitHubClient {
         &self,
         method: Method,
         url: Url,
-        auth: Auth,
+        auth: Auth<'_>,
         body: Option<&serde_json::Value>,
         ok: &[StatusCode],
     ) -> Result<T, GitHubError> {
@@ -90,7 +90,7 @@ impl GitHubClient {
         &self,
         method: Method,
         url: Url,
-        auth: Auth,
+        auth: Auth<'_>,
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, HeaderMap, bytes::Bytes), GitHubError> {
         let path = url.path().to_owned();
@@ -102,7 +102,7 @@ impl GitHubClient {
             let bearer = match auth {
                 Auth::App => self.credentials.jwt(self.clock.now())?.expose().to_owned(),
                 // Boxed: fetching a token goes through `send` itself (with App auth).
-                Auth::Installation(id) => Box::pin(self.installation_token(id))
+                Auth::Installation(id, scope) => Box::pin(self.installation_token(id, scope))
                     .await?
                     .expose()
                     .to_owned(),
@@ -119,7 +119,7 @@ impl GitHubClient {
             }
             let installation = match auth {
                 Auth::App => None,
-                Auth::Installation(id) => Some(id),
+                Auth::Installation(id, _) => Some(id),
             };
             let response = match request.send().await {
                 Ok(response) => response,
@@ -155,9 +155,9 @@ impl GitHubClient {
                 })?;
 
             if status == StatusCode::UNAUTHORIZED && !refreshed_token {
-                if let Auth::Installation(id) = auth {
+                if let Auth::Installation(id, scope) = auth {
                     // The cached token may have been revoked: drop it and try once more.
-                    self.tokens.lock().await.remove(&id);
+                    self.tokens.lock().await.remove(&scope.key(id));
                     refreshed_token = true;
                     attempt -= 1;
                     continue;

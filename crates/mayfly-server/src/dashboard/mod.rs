@@ -65,9 +65,30 @@ impl Dashboard {
         store: &dyn mayfly_store::Store,
         sealer: &mayfly_store::Sealer,
     ) -> Result<Self, DashboardError> {
-        let secret = zeroize::Zeroizing::new(
-            crate::read_secret_file(&config.client_secret_file).map_err(DashboardError::Secret)?,
-        );
+        let (client_id, client_secret) = match (&config.client_id, &config.client_secret_file) {
+            (Some(id), Some(file)) => {
+                let secret = zeroize::Zeroizing::new(
+                    crate::read_secret_file(file).map_err(DashboardError::Secret)?,
+                );
+                (
+                    id.clone(),
+                    mayfly_github::OAuthClientSecret::new(
+                        String::from_utf8_lossy(&secret).trim().to_owned(),
+                    ),
+                )
+            }
+            _ => {
+                let app = crate::github_app::StoredApp::load(sealer, store)
+                    .await
+                    .map_err(|e| DashboardError::Config(e.to_string()))?
+                    .ok_or_else(|| {
+                        DashboardError::Config(
+                            "no client_id and client_secret_file, and no App stored by `mayfly github app create`".into(),
+                        )
+                    })?;
+                (app.client_id.clone(), app.client_secret())
+            }
+        };
         let parse = |what: &str, u: &str| {
             url::Url::parse(u).map_err(|e| DashboardError::Config(format!("{what}: {e}")))
         };
@@ -76,10 +97,8 @@ impl Dashboard {
             .join("/dashboard/callback")
             .map_err(|e| DashboardError::Config(format!("public_url: {e}")))?;
         let mut oauth = mayfly_github::OAuthAppConfig::new(
-            config.client_id.clone(),
-            mayfly_github::OAuthClientSecret::new(
-                String::from_utf8_lossy(&secret).trim().to_owned(),
-            ),
+            client_id,
+            client_secret,
             parse("github_url", &config.github_url)?,
             parse("[github] api_url", &github.api_url)?,
         );

@@ -11,9 +11,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{paged, parse_id, require_token, visible_repo, AppState, Paging, RestError};
+use super::{
+    paged, parse_id, require_permission, require_token, visible_repo, AppState, Paging, RestError,
+};
 use crate::payloads;
 use crate::server::Shared;
+use crate::state::Level;
 use crate::state::{Repo, World};
 
 pub(super) fn routes() -> Router<std::sync::Arc<Shared>> {
@@ -48,6 +51,7 @@ async fn get_job(
     let world = shared.world();
     let grant = require_token(&shared, &world, &headers)?;
     let repo = visible_repo(&world, &grant, &owner, &repo)?;
+    require_permission(&grant, "actions", Level::Read)?;
     let job = world
         .jobs
         .get(&job_id)
@@ -66,6 +70,7 @@ async fn list_runs(
     let world = shared.world();
     let grant = require_token(&shared, &world, &headers)?;
     let repo = visible_repo(&world, &grant, &owner, &repo)?;
+    require_permission(&grant, "actions", Level::Read)?;
     let wanted = query.get("status").map(String::as_str);
     // Newest first, as GitHub lists runs.
     let items: Vec<Value> = world
@@ -98,6 +103,7 @@ async fn get_run(
     let world = shared.world();
     let grant = require_token(&shared, &world, &headers)?;
     let repo = visible_repo(&world, &grant, &owner, &repo)?;
+    require_permission(&grant, "actions", Level::Read)?;
     let run = run_json(&shared, &world, run_id, &repo).ok_or(RestError::NotFound)?;
     Ok(Json(run).into_response())
 }
@@ -112,6 +118,7 @@ async fn run_jobs(
     let world = shared.world();
     let grant = require_token(&shared, &world, &headers)?;
     let repo = visible_repo(&world, &grant, &owner, &repo)?;
+    require_permission(&grant, "actions", Level::Read)?;
     let run = world
         .runs
         .get(&run_id)

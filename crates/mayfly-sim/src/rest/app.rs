@@ -1,7 +1,7 @@
 //! App-level endpoints: `GET /app`, installations, installation access tokens (App JWT), and
 //! `GET /installation/repositories` (installation token).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::{paged, parse_id, require_app, require_token, AppState, Paging, RestError};
 use crate::payloads::{self, ts};
-use crate::state::{AccountType, TokenGrant};
+use crate::state::{AccountType, Level, TokenGrant};
 
 pub(super) fn routes() -> Router<std::sync::Arc<crate::server::Shared>> {
     Router::new()
@@ -37,13 +37,7 @@ pub(super) fn routes() -> Router<std::sync::Arc<crate::server::Shared>> {
 async fn get_app(State(shared): AppState, headers: HeaderMap) -> Result<Response, RestError> {
     require_app(&shared, &headers)?;
     let count = shared.world().installations.len();
-    Ok(Json(payloads::integration(
-        &shared.links,
-        &shared.app,
-        &shared.app_owner,
-        count,
-    ))
-    .into_response())
+    Ok(Json(payloads::integration(&shared.links, &shared.app(), count)).into_response())
 }
 
 async fn list_installations(
@@ -57,7 +51,7 @@ async fn list_installations(
         .installations
         .values()
         .map(|i| {
-            let mut item = payloads::installation(&shared.links, &shared.app, i, false);
+            let mut item = payloads::installation(&shared.links, &shared.app(), i, false);
             // The spec types this list's `account` as allOf[<simple-user>, <enterprise>] (not
             // anyOf as on the single-installation endpoints), so the account also carries the
             // enterprise keys to satisfy both.
@@ -85,7 +79,7 @@ async fn get_installation(
     let inst = world.installations.get(&id).ok_or(RestError::NotFound)?;
     Ok(Json(payloads::installation(
         &shared.links,
-        &shared.app,
+        &shared.app(),
         inst,
         true,
     ))
@@ -106,7 +100,7 @@ async fn repo_installation(
         .ok_or(RestError::NotFound)?;
     Ok(Json(payloads::installation(
         &shared.links,
-        &shared.app,
+        &shared.app(),
         inst,
         true,
     ))
@@ -126,7 +120,7 @@ async fn org_installation(
         .ok_or(RestError::NotFound)?;
     Ok(Json(payloads::installation(
         &shared.links,
-        &shared.app,
+        &shared.app(),
         inst,
         true,
     ))
@@ -135,13 +129,20 @@ async fn org_installation(
 
 const NOT_ACCESSIBLE: &str = "There is at least one repository that does not exist or is not accessible to the parent installation.";
 
-/// The optional body of POST …/access_tokens: `repositories` (names) and/or `repository_ids`.
-/// Repository names and ids an access-token request restricts the token to.
-type Restriction = (Option<Vec<String>>, Option<Vec<u64>>);
+const NOT_GRANTED: &str = "The permissions requested are not granted to this installation.";
 
-fn requested_repos(body: &Bytes) -> Result<Restriction, RestError> {
+/// The optional body of POST …/access_tokens: `repositories` (names) and/or `repository_ids`
+/// the token is restricted to, and the `permissions` it is restricted to.
+#[derive(Debug, Default)]
+struct TokenRequest {
+    names: Option<Vec<String>>,
+    ids: Option<Vec<u64>>,
+    permissions: Option<BTreeMap<String, Level>>,
+}
+
+fn parse_token_request(body: &Bytes) -> Result<TokenRequest, RestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok(TokenRequest::default());
     }
     let value: Value = serde_json::from_slice(body).map_err(|_| RestError::BadJson)?;
     let Value::Object(map) = value else {
@@ -183,7 +184,50 @@ fn requested_repos(body: &Bytes) -> Result<Restriction, RestError> {
             ))
         }
     };
-    Ok((names, ids))
+    let permissions = match map.get("permissions") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(asked)) => Some(
+            asked
+                .iter()
+                .map(|(name, level)| {
+                    let level = level.as_str().and_then(Level::parse).ok_or_else(|| {
+                        RestError::Unprocessable(format!(
+                            "Invalid request.\n\nFor 'properties/{name}', {} is not one of [\"read\", \"write\"].",
+                            serde_json::to_string(level).unwrap_or_default()
+                        ))
+                    })?;
+                    Ok((name.clone(), level))
+                })
+                .collect::<Result<BTreeMap<_, _>, RestError>>()?,
+        ),
+        Some(_) => {
+            return Err(RestError::Unprocessable(
+                "permissions must be an object".into(),
+            ))
+        }
+    };
+    Ok(TokenRequest {
+        names,
+        ids,
+        permissions,
+    })
+}
+
+/// The permissions a token gets: those asked for, each of which the installation must hold
+/// at that level (GitHub answers 422 otherwise), or all the installation's.
+fn granted_permissions(
+    installation: BTreeMap<String, Level>,
+    asked: Option<BTreeMap<String, Level>>,
+) -> Result<BTreeMap<String, Level>, RestError> {
+    let Some(asked) = asked else {
+        return Ok(installation);
+    };
+    for (name, level) in &asked {
+        if installation.get(name).is_none_or(|held| held < level) {
+            return Err(RestError::Unprocessable(NOT_GRANTED.into()));
+        }
+    }
+    Ok(asked)
 }
 
 async fn create_token(
@@ -194,7 +238,12 @@ async fn create_token(
 ) -> Result<Response, RestError> {
     require_app(&shared, &headers)?;
     let id = parse_id(&id)?;
-    let (names, ids) = requested_repos(&body)?;
+    let TokenRequest {
+        names,
+        ids,
+        permissions,
+    } = parse_token_request(&body)?;
+    let permissions = granted_permissions(shared.app().permissions, permissions)?;
     let now = shared.clock.now();
     let mut world = shared.world();
     if !world.installations.contains_key(&id) {
@@ -225,12 +274,13 @@ async fn create_token(
     let token = world.issue_token(TokenGrant {
         installation_id: id,
         repo_ids: restricted.then(|| selected.clone()),
+        permissions: permissions.clone(),
         expires_at,
     });
     let mut body = json!({
         "token": token.expose_secret(),
         "expires_at": ts(expires_at),
-        "permissions": payloads::app_permissions(),
+        "permissions": payloads::permissions(&permissions),
         "repository_selection": if restricted { "selected" } else { "all" },
     });
     if restricted {

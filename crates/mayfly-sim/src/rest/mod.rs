@@ -6,6 +6,7 @@
 mod actions;
 mod app;
 pub(crate) mod error;
+mod manifest;
 mod runners;
 mod user;
 
@@ -35,6 +36,7 @@ const RATE_DOCS: &str = "https://docs.github.com/rest/overview/rate-limits-for-t
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 const CORE: &str = "core";
 const REGISTRATION: &str = "actions_runner_registration";
+const MANIFEST: &str = "integration_manifest";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -42,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(runners::routes())
         .merge(actions::routes())
         .merge(user::routes())
+        .merge(manifest::routes())
         .route("/rate_limit", get(rate_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -66,11 +69,12 @@ pub(crate) fn require_app(
     shared: &Shared,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), RestError> {
+    let registration = shared.registration();
     auth::verify_app_jwt(
         headers,
-        &shared.app_key.0,
-        shared.app.id,
-        &shared.app.client_id,
+        &registration.key.0,
+        registration.app.id,
+        &registration.app.client_id,
         shared.clock.now(),
     )
     .map_err(RestError::from)
@@ -82,6 +86,22 @@ pub(crate) fn require_token(
     headers: &axum::http::HeaderMap,
 ) -> Result<TokenGrant, RestError> {
     auth::installation_token(headers, world, shared.clock.now()).map_err(RestError::from)
+}
+
+/// GitHub's 403 message for a call the token's permissions do not cover.
+pub(crate) const NOT_ACCESSIBLE_BY_INTEGRATION: &str = "Resource not accessible by integration";
+
+/// A 403 unless the token holds `permission` at `level` (or above).
+pub(crate) fn require_permission(
+    grant: &TokenGrant,
+    permission: &str,
+    level: crate::state::Level,
+) -> Result<(), RestError> {
+    if grant.allows(permission, level) {
+        Ok(())
+    } else {
+        Err(RestError::Forbidden(NOT_ACCESSIBLE_BY_INTEGRATION))
+    }
 }
 
 /// The repository, if the token may see it; anything else is a plain 404.
@@ -310,10 +330,11 @@ async fn rate_limit(State(shared): AppState, headers: axum::http::HeaderMap) -> 
     };
     let core = view(CORE);
     let mut resources = serde_json::Map::new();
-    for resource in ["search", "graphql", "integration_manifest", "code_search"] {
+    for resource in ["search", "graphql", "code_search"] {
         resources.insert(resource.into(), view(CORE).clone());
     }
     resources.insert(CORE.into(), core.clone());
+    resources.insert(MANIFEST.into(), view(MANIFEST));
     resources.insert(REGISTRATION.into(), view(REGISTRATION));
     Json(json!({ "resources": resources, "rate": core })).into_response()
 }
@@ -330,6 +351,8 @@ async fn edge(State(shared): AppState, request: Request, next: Next) -> Response
     let key = auth::rate_key(request.headers());
     let resource = if path.ends_with("/generate-jitconfig") {
         REGISTRATION
+    } else if path.starts_with("/app-manifests/") {
+        MANIFEST
     } else {
         CORE
     };
@@ -405,6 +428,9 @@ async fn edge(State(shared): AppState, request: Request, next: Next) -> Response
     response
 }
 
+/// Request bodies beyond this are not recorded (the REST API's are small JSON objects).
+const MAX_RECORDED_REQUEST: usize = 1 << 20;
+
 async fn record(State(shared): AppState, request: Request, next: Next) -> Response {
     let Some(exchanges) = shared.exchanges.as_ref() else {
         return next.run(request).await;
@@ -416,6 +442,11 @@ async fn record(State(shared): AppState, request: Request, next: Next) -> Respon
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
+    let (request_parts, request_body) = request.into_parts();
+    let request_body = axum::body::to_bytes(request_body, MAX_RECORDED_REQUEST)
+        .await
+        .unwrap_or_default();
+    let request = Request::from_parts(request_parts, Body::from(request_body.clone()));
     let response = next.run(request).await;
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
@@ -438,6 +469,7 @@ async fn record(State(shared): AppState, request: Request, next: Next) -> Respon
             })
             .collect(),
         body: bytes.to_vec(),
+        request_body: request_body.to_vec(),
     });
     Response::from_parts(parts, Body::from(bytes))
 }

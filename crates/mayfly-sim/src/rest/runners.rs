@@ -14,12 +14,13 @@ use rsa::RsaPublicKey;
 use serde_json::{json, Value};
 
 use super::{
-    paged, parse_id, require_token, visible_org, visible_repo, AppState, Paging, RestError,
+    paged, parse_id, require_permission, require_token, visible_org, visible_repo, AppState,
+    Paging, RestError,
 };
 use crate::jitconfig::JitConfig;
 use crate::payloads;
 use crate::server::Shared;
-use crate::state::{RunnerScope, DEFAULT_GROUP_ID, DEFAULT_GROUP_NAME};
+use crate::state::{Level, RunnerScope, DEFAULT_GROUP_ID, DEFAULT_GROUP_NAME};
 
 type Shared_ = std::sync::Arc<Shared>;
 
@@ -57,20 +58,28 @@ fn repo_scope(
     headers: &HeaderMap,
     owner: &str,
     repo: &str,
+    level: Level,
 ) -> Result<Scope, RestError> {
     let world = shared.world();
     let grant = require_token(shared, &world, headers)?;
     let repo = visible_repo(&world, &grant, owner, repo)?;
+    require_permission(&grant, "administration", level)?;
     Ok(Scope {
         scope: RunnerScope::Repo(repo.id),
         web_path: repo.full_name(),
     })
 }
 
-fn org_scope(shared: &Shared, headers: &HeaderMap, org: &str) -> Result<Scope, RestError> {
+fn org_scope(
+    shared: &Shared,
+    headers: &HeaderMap,
+    org: &str,
+    level: Level,
+) -> Result<Scope, RestError> {
     let world = shared.world();
     let grant = require_token(shared, &world, headers)?;
     let inst = visible_org(&world, &grant, org)?;
+    require_permission(&grant, "organization_self_hosted_runners", level)?;
     Ok(Scope {
         scope: RunnerScope::Org(inst.id),
         web_path: inst.account.login,
@@ -241,7 +250,7 @@ async fn repo_jitconfig(
     Path((owner, repo)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, RestError> {
-    let scope = repo_scope(&shared, &headers, &owner, &repo)?;
+    let scope = repo_scope(&shared, &headers, &owner, &repo, Level::Write)?;
     jitconfig(shared, scope, body).await
 }
 
@@ -251,7 +260,7 @@ async fn org_jitconfig(
     Path(org): Path<String>,
     body: Bytes,
 ) -> Result<Response, RestError> {
-    let scope = org_scope(&shared, &headers, &org)?;
+    let scope = org_scope(&shared, &headers, &org, Level::Write)?;
     jitconfig(shared, scope, body).await
 }
 
@@ -274,7 +283,7 @@ async fn repo_list(
     Path((owner, repo)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, RestError> {
-    let scope = repo_scope(&shared, &headers, &owner, &repo)?;
+    let scope = repo_scope(&shared, &headers, &owner, &repo, Level::Read)?;
     let path = format!("repos/{}/actions/runners", scope.web_path);
     Ok(list(&shared, &scope, &query, &path))
 }
@@ -285,7 +294,7 @@ async fn org_list(
     Path(org): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, RestError> {
-    let scope = org_scope(&shared, &headers, &org)?;
+    let scope = org_scope(&shared, &headers, &org, Level::Read)?;
     let path = format!("orgs/{}/actions/runners", scope.web_path);
     Ok(list(&shared, &scope, &query, &path))
 }
@@ -312,7 +321,7 @@ async fn repo_get(
     headers: HeaderMap,
     Path((owner, repo, runner_id)): Path<(String, String, String)>,
 ) -> Result<Response, RestError> {
-    let scope = repo_scope(&shared, &headers, &owner, &repo)?;
+    let scope = repo_scope(&shared, &headers, &owner, &repo, Level::Read)?;
     get_one(&shared, &scope, &runner_id)
 }
 
@@ -321,7 +330,7 @@ async fn org_get(
     headers: HeaderMap,
     Path((org, runner_id)): Path<(String, String)>,
 ) -> Result<Response, RestError> {
-    let scope = org_scope(&shared, &headers, &org)?;
+    let scope = org_scope(&shared, &headers, &org, Level::Read)?;
     get_one(&shared, &scope, &runner_id)
 }
 
@@ -330,7 +339,7 @@ async fn repo_delete(
     headers: HeaderMap,
     Path((owner, repo, runner_id)): Path<(String, String, String)>,
 ) -> Result<Response, RestError> {
-    let scope = repo_scope(&shared, &headers, &owner, &repo)?;
+    let scope = repo_scope(&shared, &headers, &owner, &repo, Level::Write)?;
     delete_one(&shared, &scope, &runner_id)
 }
 
@@ -339,7 +348,7 @@ async fn org_delete(
     headers: HeaderMap,
     Path((org, runner_id)): Path<(String, String)>,
 ) -> Result<Response, RestError> {
-    let scope = org_scope(&shared, &headers, &org)?;
+    let scope = org_scope(&shared, &headers, &org, Level::Write)?;
     delete_one(&shared, &scope, &runner_id)
 }
 
@@ -348,7 +357,7 @@ async fn runner_groups(
     headers: HeaderMap,
     Path(org): Path<String>,
 ) -> Result<Response, RestError> {
-    let scope = org_scope(&shared, &headers, &org)?;
+    let scope = org_scope(&shared, &headers, &org, Level::Read)?;
     let group = payloads::runner_group(&shared.links, &scope.web_path);
     Ok(Json(json!({ "total_count": 1, "runner_groups": [group] })).into_response())
 }

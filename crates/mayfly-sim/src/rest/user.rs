@@ -17,8 +17,6 @@ use crate::payloads;
 use crate::server::Shared;
 use crate::state::{AccountType, User, World};
 
-const NOT_FOR_INTEGRATIONS: &str = "Resource not accessible by integration";
-
 pub(super) fn routes() -> Router<std::sync::Arc<Shared>> {
     use axum::routing::get;
     Router::new()
@@ -42,7 +40,7 @@ fn require_user(shared: &Shared, world: &World, headers: &HeaderMap) -> Result<U
         .is_some_and(|g| g.expires_at > now)
         || require_app(shared, headers).is_ok();
     if integration {
-        return Err(RestError::Forbidden(NOT_FOR_INTEGRATIONS));
+        return Err(RestError::Forbidden(super::NOT_ACCESSIBLE_BY_INTEGRATION));
     }
     Err(AuthError::BadCredentials.into())
 }
@@ -97,7 +95,7 @@ async fn list_installations(
     let items: Vec<Value> = world
         .installations_of_user(&user)
         .into_iter()
-        .map(|i| payloads::installation(&shared.links, &shared.app, i, true))
+        .map(|i| payloads::installation(&shared.links, &shared.app(), i, true))
         .collect();
     drop(world);
     let total = items.len();

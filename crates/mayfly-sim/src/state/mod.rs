@@ -110,7 +110,58 @@ pub(crate) struct TokenGrant {
     pub installation_id: u64,
     /// `None` = every repository of the installation.
     pub repo_ids: Option<BTreeSet<u64>>,
+    /// What the token may do: the installation's permissions, or fewer if the request asked.
+    pub permissions: BTreeMap<String, Level>,
     pub expires_at: DateTime<Utc>,
+}
+
+impl TokenGrant {
+    /// Whether the token holds `permission` at `level` or above.
+    pub(crate) fn allows(&self, permission: &str, level: Level) -> bool {
+        self.permissions
+            .get(permission)
+            .is_some_and(|l| *l >= level)
+    }
+}
+
+/// A permission's level; `write` includes `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Read,
+    Write,
+}
+
+impl Level {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value {
+            "read" => Some(Self::Read),
+            "write" => Some(Self::Write),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+/// The permissions the simulated App asks for, which every installation grants.
+pub(crate) const INSTALLATION_PERMISSIONS: [(&str, Level); 4] = [
+    ("actions", Level::Read),
+    ("administration", Level::Write),
+    ("metadata", Level::Read),
+    ("organization_self_hosted_runners", Level::Write),
+];
+
+/// [`INSTALLATION_PERMISSIONS`] as a map.
+pub(crate) fn installation_permissions() -> BTreeMap<String, Level> {
+    INSTALLATION_PERMISSIONS
+        .iter()
+        .map(|(name, level)| ((*name).to_owned(), *level))
+        .collect()
 }
 
 /// GitHub's read-only default labels; any other label is `custom`.

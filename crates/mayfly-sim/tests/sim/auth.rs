@@ -264,6 +264,85 @@ async fn a_token_reaches_only_its_installation_and_its_repositories() {
 }
 
 #[tokio::test]
+async fn a_token_holds_only_the_permissions_it_asked_for() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let acme = t.install("acme", AccountType::Organization);
+        let api = t.repo(acme.id, "api");
+        let path = format!("/app/installations/{}/access_tokens", acme.id);
+        let jit_body = json!({ "name": "vm-1", "runner_group_id": 1, "labels": ["self-hosted"] });
+
+        // Limited to metadata: read, the token is told so, and cannot register a runner (403
+        // as GitHub words it) nor read runs; it still lists its repositories.
+        let (status, _, body) = t
+            .post(
+                &path,
+                &t.jwt(),
+                json!({ "permissions": { "metadata": "read" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["permissions"], json!({ "metadata": "read" }));
+        let metadata = body["token"].as_str().unwrap().to_string();
+        let jit = format!("/repos/{api}/actions/runners/generate-jitconfig");
+        let (status, _, body) = t.post(&jit, &metadata, jit_body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["message"], "Resource not accessible by integration");
+        let runs = format!("/repos/{api}/actions/runs");
+        assert_eq!(t.get(&runs, &metadata).await.0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            t.get("/installation/repositories", &metadata).await.0,
+            StatusCode::OK
+        );
+
+        // Read is not write: administration: read lists runners but registers none.
+        let (_, _, body) = t
+            .post(
+                &path,
+                &t.jwt(),
+                json!({ "permissions": { "administration": "read" } }),
+            )
+            .await;
+        let reader = body["token"].as_str().unwrap().to_string();
+        let runners = format!("/repos/{api}/actions/runners");
+        assert_eq!(t.get(&runners, &reader).await.0, StatusCode::OK);
+        assert_eq!(
+            t.post(&jit, &reader, jit_body.clone()).await.0,
+            StatusCode::FORBIDDEN
+        );
+
+        // Administration: write registers one.
+        let (_, _, body) = t
+            .post(
+                &path,
+                &t.jwt(),
+                json!({ "permissions": { "administration": "write" } }),
+            )
+            .await;
+        let writer = body["token"].as_str().unwrap().to_string();
+        assert_eq!(t.post(&jit, &writer, jit_body).await.0, StatusCode::CREATED);
+
+        // More than the installation holds, or not a level: 422, and no token.
+        for request in [
+            json!({ "permissions": { "contents": "write" } }),
+            json!({ "permissions": { "actions": "write" } }),
+            json!({ "permissions": { "administration": "admin" } }),
+            json!({ "permissions": "all" }),
+        ] {
+            let (status, _, body) = t.post(&path, &t.jwt(), request.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{request}: {body}"
+            );
+            assert!(body.get("token").is_none(), "{request}: {body}");
+        }
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn app_installation_endpoints() {
     bounded(async {
         let t = TestSim::start().await;

@@ -5,15 +5,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use mayfly_core::{Clock, InstallationId, JobId, RepoFullName, RunId};
 use mayfly_github::{
     AppCredentials, AppPrivateKeyPem, GitHubClient, GitHubClientConfig, GitHubError,
-    JitConfigRequest, RetryPolicy,
+    JitConfigRequest, RetryPolicy, TokenScope,
 };
 use mayfly_sim::runner_client::RunnerClient;
 use mayfly_sim::{AccountType, AppKeyPair, NewJob, RateLimitKind, RestFault, RestFaultKind};
 use secrecy::ExposeSecret;
+use serde_json::{json, Value};
 
 use super::support::{bounded, TestSim};
 
@@ -67,15 +69,24 @@ async fn tokens_are_cached_and_refreshed_before_they_expire() {
         let github = client_with(&t, &t.keys, clock.clone());
         let id = InstallationId(inst.id as i64);
 
-        let first = github.installation_token(id).await.unwrap();
-        let again = github.installation_token(id).await.unwrap();
+        let first = github
+            .installation_token(id, TokenScope::READ_ACTIONS)
+            .await
+            .unwrap();
+        let again = github
+            .installation_token(id, TokenScope::READ_ACTIONS)
+            .await
+            .unwrap();
         assert_eq!(first.expose(), again.expose(), "a fresh token is reused");
         assert_eq!(access_token_requests(&t), 1);
 
         // Six minutes on, four are left: less than the five-minute margin, so it is replaced.
         t.sim.advance_clock(Duration::from_secs(360));
         *clock.0.lock().unwrap() += chrono::Duration::seconds(360);
-        let refreshed = github.installation_token(id).await.unwrap();
+        let refreshed = github
+            .installation_token(id, TokenScope::READ_ACTIONS)
+            .await
+            .unwrap();
         assert_ne!(refreshed.expose(), first.expose());
         assert_eq!(access_token_requests(&t), 2);
         assert!(!format!("{refreshed:?}").contains(refreshed.expose()));
@@ -194,6 +205,84 @@ async fn repo_jit_configs_runners_and_jobs() {
 }
 
 #[tokio::test]
+async fn each_token_is_asked_for_one_use_only() {
+    bounded(async {
+        let t = TestSim::start().await;
+        let inst = t.install("acme", AccountType::Organization);
+        let api: RepoFullName = t.repo(inst.id, "api").parse().unwrap();
+        let web: RepoFullName = t.repo(inst.id, "web").parse().unwrap();
+        let id = InstallationId(inst.id as i64);
+        let github = client(&t);
+        github
+            .generate_repo_jitconfig(id, &api, &JitConfigRequest::new("vm-1", labels()))
+            .await
+            .unwrap();
+
+        // The token the JIT config was made with reaches its repository only.
+        let jit_token = github
+            .installation_token(id, TokenScope::repo_runners(&api))
+            .await
+            .unwrap();
+        let (status, _, body) = t
+            .get(&format!("/repos/{api}/actions/runners"), jit_token.expose())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["total_count"], 1);
+        let (status, _, _) = t
+            .get(&format!("/repos/{web}/actions/runners"), jit_token.expose())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "another repository's runners"
+        );
+        let (status, _, _) = t
+            .get(&format!("/repos/{api}/actions/runs"), jit_token.expose())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "actions are not the JIT token's"
+        );
+
+        // What the client asked GitHub for: the permission and the repository of each use.
+        let asked: Vec<Value> = t
+            .sim
+            .exchanges()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with("/access_tokens"))
+            .map(|e| serde_json::from_slice(&e.request_body).unwrap())
+            .collect();
+        assert_eq!(
+            asked,
+            [json!({ "permissions": { "administration": "write" }, "repositories": ["api"] })]
+        );
+
+        // A token limited to metadata: read cannot generate a JIT config.
+        let metadata = github
+            .installation_token(
+                id,
+                TokenScope {
+                    repository: None,
+                    permissions: &[("metadata", "read")],
+                },
+            )
+            .await
+            .unwrap();
+        let (status, _, body) = t
+            .post(
+                &format!("/repos/{api}/actions/runners/generate-jitconfig"),
+                metadata.expose(),
+                json!({ "name": "vm-2", "runner_group_id": 1, "labels": labels() }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_token_reaches_its_own_installation_only() {
     bounded(async {
         let t = TestSim::start().await;
@@ -234,7 +323,10 @@ async fn rate_limits_and_server_errors_are_retried_within_bounds() {
         let repo: RepoFullName = t.repo(inst.id, "api").parse().unwrap();
         let id = InstallationId(inst.id as i64);
         let github = client(&t);
-        github.installation_token(id).await.unwrap();
+        github
+            .installation_token(id, TokenScope::READ_ACTIONS)
+            .await
+            .unwrap();
         let runners = format!("/repos/{repo}/actions/runners");
 
         // A secondary limit with retry-after: 1 → waited out, then success.
@@ -304,7 +396,7 @@ async fn a_wrong_app_key_is_unauthorized() {
         let other = AppKeyPair::generate().unwrap();
         let github = client_with(&t, &other, Arc::new(mayfly_core::SystemClock));
         let err = github
-            .installation_token(InstallationId(inst.id as i64))
+            .installation_token(InstallationId(inst.id as i64), TokenScope::READ_ACTIONS)
             .await
             .unwrap_err();
         assert!(matches!(err, GitHubError::Unauthorized { .. }), "{err:?}");

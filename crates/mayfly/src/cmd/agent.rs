@@ -38,8 +38,9 @@ enum VmDriverKind {
 }
 
 /// Which accelerator VMs use.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AgentAccel {
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentAccel {
     /// Probe KVM with a short timeout, fall back to TCG.
     Auto,
     Kvm,
@@ -100,9 +101,13 @@ pub struct EnrolArgs {
     force: bool,
 }
 
-/// Flags of `mayfly agent` (running).
+/// Flags of `mayfly agent` (running). Each overrides the same key of the configuration file.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// TOML configuration file (`mayfly init agent` writes one; keys as the flags' long names
+    /// with `_` for `-`, e.g. `server_url`, `slots`, `state_root`). Unknown keys are refused.
+    #[arg(long, short, env = "MAYFLY_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The server's agent endpoint [default: from the credentials]. Without credentials only a
     /// loopback http:// development server is allowed.
     #[arg(long, env = "MAYFLY_AGENT_SERVER_URL", value_name = "URL")]
@@ -113,46 +118,38 @@ pub struct RunArgs {
     /// This host's stable id [default: the host name].
     #[arg(long, env = "MAYFLY_AGENT_ID", value_name = "ID")]
     id: Option<String>,
-    /// How many VMs may run at once.
-    #[arg(long, env = "MAYFLY_AGENT_SLOTS", default_value_t = 1)]
-    slots: u32,
-    /// vCPUs this host offers (reported to the server).
-    #[arg(long, env = "MAYFLY_AGENT_VCPUS", default_value_t = 2)]
-    vcpus: u32,
-    /// Memory in MiB this host offers (reported to the server).
-    #[arg(long, env = "MAYFLY_AGENT_MEMORY_MIB", default_value_t = 4096)]
-    memory_mib: u64,
-    /// State directory of the VMs (per-VM directories under <DIR>/vms).
-    #[arg(
-        long,
-        env = "MAYFLY_AGENT_STATE_ROOT",
-        default_value = "/var/lib/mayfly/state",
-        value_name = "DIR"
-    )]
-    state_root: PathBuf,
-    /// Image store.
-    #[arg(
-        long,
-        env = "MAYFLY_AGENT_IMAGES",
-        default_value = "/var/lib/mayfly/images",
-        value_name = "DIR"
-    )]
-    images: PathBuf,
+    /// How many VMs may run at once [default: 1].
+    #[arg(long, env = "MAYFLY_AGENT_SLOTS")]
+    slots: Option<u32>,
+    /// vCPUs this host offers (reported to the server) [default: 2].
+    #[arg(long, env = "MAYFLY_AGENT_VCPUS")]
+    vcpus: Option<u32>,
+    /// Memory in MiB this host offers (reported to the server) [default: 4096].
+    #[arg(long, env = "MAYFLY_AGENT_MEMORY_MIB")]
+    memory_mib: Option<u64>,
+    /// State directory of the VMs (per-VM directories under <DIR>/vms)
+    /// [default: /var/lib/mayfly/state].
+    #[arg(long, env = "MAYFLY_AGENT_STATE_ROOT", value_name = "DIR")]
+    state_root: Option<PathBuf>,
+    /// Image store [default: /var/lib/mayfly/images].
+    #[arg(long, env = "MAYFLY_AGENT_IMAGES", value_name = "DIR")]
+    images: Option<PathBuf>,
     /// The agent's journal [default: <state-root>/agent-journal.json].
     #[arg(long, env = "MAYFLY_AGENT_JOURNAL", value_name = "FILE")]
     journal: Option<PathBuf>,
-    /// Accelerator.
-    #[arg(long, env = "MAYFLY_AGENT_ACCEL", value_enum, default_value_t = AgentAccel::Auto)]
-    accel: AgentAccel,
+    /// Accelerator [default: auto].
+    #[arg(long, env = "MAYFLY_AGENT_ACCEL", value_enum)]
+    accel: Option<AgentAccel>,
     /// Seconds without a word from the server after which VMs whose runner has not started yet
     /// are destroyed (the server gives their jobs to other agents after its own lease, the
     /// server's `agent_lease_secs`); VMs whose runner started keep running up to their max
-    /// runtime.
-    #[arg(long, env = "MAYFLY_AGENT_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    lease_secs: u64,
+    /// runtime [default: 60].
+    #[arg(long, env = "MAYFLY_AGENT_LEASE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    lease_secs: Option<u64>,
     /// What runs each job: `qemu`, a fresh VM; or `simulated`, which runs NO VM and no job
     /// step (each VM's life is only played through the protocol, its runner against `mayfly
     /// sim`), for load tests of the control plane; it needs --allow-simulated-vms too.
+    /// Deliberately not a key of the configuration file.
     #[arg(long, value_enum, default_value_t = VmDriverKind::Qemu, value_name = "DRIVER")]
     vm_driver: VmDriverKind,
     /// Allow `--vm-driver simulated`: this agent then runs no VM, and says so on every line
@@ -161,6 +158,99 @@ pub struct RunArgs {
     allow_simulated_vms: bool,
     #[command(flatten)]
     simulated: simulated::SimulatedArgs,
+}
+
+/// The agent's configuration file: the running flags' values (see [`RunArgs`]).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_root: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<AgentAccel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
+}
+
+impl AgentFile {
+    /// Reads `path`, refusing unknown keys and wrong types with the file's name.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("could not read the agent configuration {}", path.display())
+        })?;
+        let file: Self = toml::from_str(&text)
+            .with_context(|| format!("the agent configuration {} is not valid", path.display()))?;
+        if file.slots == Some(0) || file.lease_secs == Some(0) {
+            anyhow::bail!(
+                "the agent configuration {}: slots and lease_secs must be at least 1",
+                path.display()
+            );
+        }
+        Ok(file)
+    }
+}
+
+impl RunArgs {
+    /// Fills what no flag (or `MAYFLY_AGENT_*` variable) gave from the configuration file.
+    fn apply_file(&mut self) -> Result<(), Failure> {
+        let Some(path) = &self.config else {
+            return Ok(());
+        };
+        let file = AgentFile::read(path).config_err()?;
+        fn fill<T>(flag: &mut Option<T>, file: Option<T>) {
+            if flag.is_none() {
+                *flag = file;
+            }
+        }
+        fill(&mut self.server_url, file.server_url);
+        fill(&mut self.credentials, file.credentials);
+        fill(&mut self.id, file.id);
+        fill(&mut self.slots, file.slots);
+        fill(&mut self.vcpus, file.vcpus);
+        fill(&mut self.memory_mib, file.memory_mib);
+        fill(&mut self.state_root, file.state_root);
+        fill(&mut self.images, file.images);
+        fill(&mut self.journal, file.journal);
+        fill(&mut self.accel, file.accel);
+        fill(&mut self.lease_secs, file.lease_secs);
+        Ok(())
+    }
+
+    fn slots(&self) -> u32 {
+        self.slots.unwrap_or(1)
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.state_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/mayfly/state"))
+    }
+
+    fn images(&self) -> PathBuf {
+        self.images
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/mayfly/images"))
+    }
+
+    fn lease_secs(&self) -> u64 {
+        self.lease_secs.unwrap_or(60)
+    }
 }
 
 impl AgentArgs {
@@ -274,7 +364,7 @@ const AGENT_CRT: &str = "agent.crt";
 const SERVER_CA: &str = "server-ca.pem";
 const AGENT_JSON: &str = "agent.json";
 /// In the order `enrol` writes them: `agent.json` last, as the commit.
-const CREDENTIAL_FILES: [&str; 4] = [SERVER_CA, AGENT_CRT, AGENT_KEY, AGENT_JSON];
+pub(crate) const CREDENTIAL_FILES: [&str; 4] = [SERVER_CA, AGENT_CRT, AGENT_KEY, AGENT_JSON];
 
 /// Enrols with the server at `server` (HTTPS) using a bootstrap token; writes `server-ca.pem`,
 /// `agent.crt`, `agent.key` (mode 600) and `agent.json` into `dir` (made mode 700), replacing
@@ -317,7 +407,7 @@ pub async fn enrol(
     let fingerprint = pem_sha256(&ca_pem).context("the server's CA is not a PEM certificate")?;
     if fingerprint != claims.ca_sha256 {
         return Err(anyhow!(
-            "the server's CA ({fingerprint}) is not the one the token pins ({}): refusing to              enrol; someone may be in between, or the token is for another server",
+            "the server's CA ({fingerprint}) is not the one the token pins ({}): refusing to enrol; someone may be in between, or the token is for another server",
             claims.ca_sha256
         ));
     }
@@ -424,7 +514,8 @@ pub fn load_credentials(
     Ok((credentials, tls))
 }
 
-async fn run_agent(args: RunArgs) -> Result<(), Failure> {
+async fn run_agent(mut args: RunArgs) -> Result<(), Failure> {
+    args.apply_file()?;
     match (args.vm_driver, args.allow_simulated_vms) {
         (VmDriverKind::Simulated, true) => return simulated::run(args).await,
         (VmDriverKind::Simulated, false) => {
@@ -484,7 +575,8 @@ async fn run_qemu_agent(
     tls: Option<mayfly_agent::AgentTls>,
     enrolled_as: Option<String>,
 ) -> Result<(), Failure> {
-    let store = ImageStore::new(args.images.clone());
+    let image_dir = args.images();
+    let store = ImageStore::new(image_dir.clone());
     let images: Vec<String> = store
         .list()
         .config_err()?
@@ -492,14 +584,14 @@ async fn run_qemu_agent(
         .map(|listing| listing.digest)
         .collect();
     if images.is_empty() {
-        tracing::warn!(store = %args.images.display(), "no guest image in the store: build one with `mayfly image build`");
+        tracing::warn!(store = %image_dir.display(), "no guest image in the store: build one with `mayfly image build`");
     }
-    let accel = match args.accel {
+    let accel = match args.accel.unwrap_or(AgentAccel::Auto) {
         AgentAccel::Kvm => Accel::Kvm,
         AgentAccel::Tcg => Accel::Tcg,
         AgentAccel::Auto => match images.first() {
             Some(digest) => {
-                let kernel = args.images.join(digest).join(mayfly_vm::image::KERNEL_FILE);
+                let kernel = image_dir.join(digest).join(mayfly_vm::image::KERNEL_FILE);
                 let probe =
                     mayfly_vm::accel::probe(std::path::Path::new("qemu-system-x86_64"), &kernel)
                         .await;
@@ -509,8 +601,7 @@ async fn run_qemu_agent(
             None => Accel::Tcg,
         },
     };
-    let driver =
-        QemuDriver::new(QemuConfig::new(args.state_root.clone(), store, accel)).config_err()?;
+    let driver = QemuDriver::new(QemuConfig::new(args.state_root(), store, accel)).config_err()?;
     // Each image is hashed once, here, not when a VM starts (a base disk is about a GB); one
     // that does not match its digest is not offered to the server.
     let mut verified = Vec::new();
@@ -521,7 +612,7 @@ async fn run_qemu_agent(
         }
     }
     let images = verified;
-    let id = match (args.id, enrolled_as) {
+    let id = match (args.id.clone(), enrolled_as) {
         (Some(id), Some(enrolled)) if id != enrolled => {
             return Err(anyhow!(
                 "--id {id} differs from the enrolled name {enrolled}: the server would refuse it"
@@ -537,14 +628,15 @@ async fn run_qemu_agent(
     };
     let journal = args
         .journal
-        .unwrap_or_else(|| args.state_root.join("agent-journal.json"));
+        .clone()
+        .unwrap_or_else(|| args.state_root().join("agent-journal.json"));
     let mut config = AgentConfig::new(id, server_url, Arc::new(driver), journal);
     config.tls = tls;
-    config.slots = args.slots;
-    config.vcpus = args.vcpus;
-    config.memory_mib = args.memory_mib;
+    config.slots = args.slots();
+    config.vcpus = args.vcpus.unwrap_or(2);
+    config.memory_mib = args.memory_mib.unwrap_or(4096);
     config.images = images;
-    config.lease = Duration::from_secs(args.lease_secs);
+    config.lease = Duration::from_secs(args.lease_secs());
 
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(mayfly_agent::run(config, shutdown.clone()));

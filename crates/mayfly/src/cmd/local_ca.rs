@@ -35,34 +35,52 @@ impl LocalCa {
             return Ok(ca);
         }
         let _ = std::fs::remove_dir_all(dir);
-        crate::cmd::atomic_file::create_private_dir_all(dir)?;
+        // 203.0.113.1 is the host's side of the internet stand-in, where the simulated GitHub
+        // delivers webhooks from.
+        let names = ["localhost", "127.0.0.1", "203.0.113.1"].map(str::to_owned);
+        let ca = Self::issue(dir, &names, "mayfly quickstart")?;
+        // The marker goes last: a run interrupted before it starts over with a new CA.
+        super::atomic_file::write(&current, b"", 0o644, Existing::Refuse)?;
+        Ok(ca)
+    }
 
+    /// Makes a CA and a server certificate for `names` (DNS names or IP addresses) in `dir`
+    /// (made mode 700); the server key is mode 600. Refuses to replace any of the files. The
+    /// CA key is not kept: the CA signs this one certificate; agents pin it when they enrol.
+    pub fn issue(dir: &Path, names: &[String], common_name: &str) -> anyhow::Result<Self> {
+        let ca = Self {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        };
+        crate::cmd::atomic_file::create_private_dir_all(dir)?;
         let ca_key = KeyPair::generate().context("could not generate the CA key")?;
         let mut ca_params = CertificateParams::new(Vec::new()).context("CA parameters")?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "mayfly quickstart CA");
+            .push(DnType::CommonName, format!("{common_name} CA"));
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params
             .self_signed(&ca_key)
             .context("could not sign the CA certificate")?;
 
         let server_key = KeyPair::generate().context("could not generate the server key")?;
-        // 203.0.113.1 is the host's side of the internet stand-in, where the simulated GitHub
-        // delivers webhooks from.
-        let names = ["localhost", "127.0.0.1", "203.0.113.1"]
-            .map(str::to_owned)
-            .to_vec();
-        let mut params = CertificateParams::new(names).context("server certificate parameters")?;
+        let mut params =
+            CertificateParams::new(names.to_vec()).context("server certificate parameters")?;
         params
             .distinguished_name
-            .push(DnType::CommonName, "mayfly quickstart server");
+            .push(DnType::CommonName, format!("{common_name} server"));
         let server_cert = params
             .signed_by(&server_key, &ca_cert, &ca_key)
             .context("could not sign the server certificate")?;
 
-        super::atomic_file::write_private(&ca.server_key, server_key.serialize_pem().as_bytes())?;
+        super::atomic_file::write(
+            &ca.server_key,
+            server_key.serialize_pem().as_bytes(),
+            0o600,
+            Existing::Refuse,
+        )?;
         super::atomic_file::write(
             &ca.server_cert,
             server_cert.pem().as_bytes(),
@@ -75,9 +93,6 @@ impl LocalCa {
             0o644,
             Existing::Refuse,
         )?;
-        // The marker goes last: a run interrupted before it starts over with a new CA.
-        super::atomic_file::write(&current, b"", 0o644, Existing::Refuse)?;
-        // The CA key is not kept: the quickstart needs one server certificate, made here.
         Ok(ca)
     }
 }

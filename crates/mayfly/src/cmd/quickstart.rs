@@ -247,8 +247,8 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         agent_listen: "127.0.0.1:0".parse().config_err()?,
         github: Some(GitHubConfig {
             api_url: sim_base.clone(),
-            app_id: 1,
-            private_key_file: sim_dir.join(APP_PRIVATE_KEY),
+            app_id: Some(1),
+            private_key_file: Some(sim_dir.join(APP_PRIVATE_KEY)),
             ca_file: None,
         }),
         profiles: vec![profile],
@@ -266,8 +266,8 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
         dashboard: Some(mayfly_server::DashboardConfig {
             public_url: format!("https://{server_addr}/"),
             // The simulator's App (id 1) has GitHub's kind of client id.
-            client_id: format!("Iv23li{:014}", 1),
-            client_secret_file: sim_dir.join(OAUTH_CLIENT_SECRET),
+            client_id: Some(format!("Iv23li{:014}", 1)),
+            client_secret_file: Some(sim_dir.join(OAUTH_CLIENT_SECRET)),
             github_url: sim_base.clone(),
             session_hours: 8,
         }),
@@ -292,6 +292,7 @@ pub async fn run_loop(args: &QuickstartArgs) -> Result<LoopOutcome, Failure> {
             .as_ref()
             .context("github")
             .config_err()?,
+        None,
     )
     .config_err()?;
     let server = mayfly_server::start(

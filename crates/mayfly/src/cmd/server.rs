@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use mayfly_core::SystemClock;
 use mayfly_github::webhook::WebhookSecret;
+use mayfly_server::github_app::StoredApp;
 use mayfly_server::{read_secret_file, Dependencies, ServerConfig, TlsFiles};
 use mayfly_store::{PgStore, SqliteStore, Store};
 
@@ -123,17 +124,31 @@ impl ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     let config = args.load()?;
-    let secrets = config
+    crate::cmd::atomic_file::create_private_dir_all(&config.data_dir).config_err()?;
+    let store = open_store(&config).await?;
+    let stored = stored_app(&config, store.as_ref()).await?;
+    let mut secrets = config
         .webhook
         .secret_files
         .iter()
         .map(|path| read_secret_file(path).map(WebhookSecret::new))
         .collect::<Result<Vec<_>, _>>()
         .config_err()?;
-    crate::cmd::atomic_file::create_private_dir_all(&config.data_dir).config_err()?;
-    let store = open_store(&config).await?;
+    if secrets.is_empty() {
+        // `validate` let this through only for a stored App, which `stored_app` found.
+        secrets.extend(stored.as_ref().map(StoredApp::webhook_secret));
+    }
     let github = match &config.github {
-        Some(github) => Some(Arc::new(github_client(github).config_err()?)),
+        Some(github) if !config.uses_stored_app() || stored.is_some() => Some(Arc::new(
+            github_client(github, stored.as_ref()).config_err()?,
+        )),
+        Some(_) => {
+            tracing::warn!(
+                "no GitHub App yet: create it with `mayfly github app create`, then restart; \
+                 until then webhooks are refused and nothing is scheduled"
+            );
+            None
+        }
         None => {
             tracing::warn!(
                 "no [github] App configured: deliveries are recorded, nothing is scheduled"
@@ -148,12 +163,29 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         github,
     };
     let server = mayfly_server::start(&config, deps).await.config_err()?;
-    eprintln!("mayfly server listening on {}", server.base_url());
+    tracing::info!(url = %server.base_url(), "mayfly server listening");
     shutdown_signal().await.runtime_err()?;
     tracing::info!("shutting down");
     server.shutdown().await;
     store.close().await;
     Ok(())
+}
+
+/// The App `mayfly github app create` sealed into the store, when the configuration names no
+/// App of its own (`None` before it is created: the server then runs without GitHub).
+async fn stored_app(
+    config: &ServerConfig,
+    store: &dyn Store,
+) -> Result<Option<StoredApp>, Failure> {
+    if !config.uses_stored_app() {
+        return Ok(None);
+    }
+    let sealer = mayfly_server::sealer(config).config_err()?;
+    let app = StoredApp::load(&sealer, store).await.config_err()?;
+    if let Some(app) = &app {
+        tracing::info!(app_id = app.app_id, slug = %app.slug, "using the GitHub App stored in the database");
+    }
+    Ok(app)
 }
 
 /// The configured store: PostgreSQL when `[database] postgres_url` is set, else the encrypted
@@ -183,18 +215,23 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, Failure
     Ok(Arc::new(store))
 }
 
-/// The GitHub App client from its configuration (reads the private key file, mode 600).
+/// The GitHub App client from its configuration (reads the private key file, mode 600), or
+/// from the stored App when the configuration names none.
 pub fn github_client(
     config: &mayfly_server::GitHubConfig,
+    stored: Option<&StoredApp>,
 ) -> anyhow::Result<mayfly_github::GitHubClient> {
     let api_url = url::Url::parse(&config.api_url)
         .with_context(|| format!("github.api_url `{}` is not a URL", config.api_url))?;
-    let key = read_secret_file(&config.private_key_file)?;
-    let key = String::from_utf8(key).context("the App private key is not text (PEM)")?;
-    let credentials = mayfly_github::AppCredentials::new(
-        config.app_id,
-        mayfly_github::AppPrivateKeyPem::new(key),
-    )?;
+    let credentials = match (config.app_id, &config.private_key_file, stored) {
+        (Some(app_id), Some(file), _) => {
+            let key = read_secret_file(file)?;
+            let key = String::from_utf8(key).context("the App private key is not text (PEM)")?;
+            mayfly_github::AppCredentials::new(app_id, mayfly_github::AppPrivateKeyPem::new(key))?
+        }
+        (_, _, Some(app)) => mayfly_github::AppCredentials::new(app.app_id, app.private_key())?,
+        _ => anyhow::bail!("[github] needs app_id and private_key_file, or a stored App"),
+    };
     let mut client_config = mayfly_github::GitHubClientConfig::new(api_url, credentials);
     if let Some(ca) = &config.ca_file {
         client_config.extra_root_pem =

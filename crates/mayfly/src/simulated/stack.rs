@@ -122,8 +122,8 @@ impl SimulatedStack {
             agent_listen: ([127, 0, 0, 1], crate::cmd::quickstart::free_port_hint()).into(),
             github: Some(mayfly_server::GitHubConfig {
                 api_url: parts.sim.base_url().to_string(),
-                app_id: 1,
-                private_key_file: app_key_file,
+                app_id: Some(1),
+                private_key_file: Some(app_key_file),
                 ca_file: None,
             }),
             profiles: vec![profile],

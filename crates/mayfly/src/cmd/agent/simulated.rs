@@ -115,23 +115,23 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         ),
         None => None,
     };
-    let journal_dir = args.state_root.join("simulated-agents");
+    let journal_dir = args.state_root().join("simulated-agents");
     std::fs::create_dir_all(&journal_dir)
         .with_context(|| format!("could not create {}", journal_dir.display()))
         .config_err()?;
     tracing::warn!(
         agents = agents.len(),
-        slots = args.slots,
+        slots = args.slots(),
         "simulated agents: NO VM runs here; each job is only played through the protocol"
     );
     let config = SimulatedAgentsConfig {
         server_url,
         agents,
-        slots: args.slots,
+        slots: args.slots(),
         timings: args.simulated.timings(),
         journal_dir,
         sim_ca_pem,
-        lease: Duration::from_secs(args.lease_secs),
+        lease: Duration::from_secs(args.lease_secs()),
     };
     let shutdown = CancellationToken::new();
     let agents = tokio::spawn(crate::simulated::run_simulated_agents(
