@@ -73,7 +73,7 @@ impl Undecided {
                 .filter(|j| !known.contains(&j.job_id.0))
                 .cloned(),
         );
-        decided.sort_by_key(|j| (j.first_seen_at, j.job_id.0));
+        decided.sort_unstable_by_key(|j| (j.first_seen_at, j.job_id.0));
         decided
     }
 

@@ -122,9 +122,11 @@ pub(crate) fn parse_manifest(text: &str) -> Result<Manifest, String> {
                     .and_then(|u| url_of("callback_urls", u))
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(format!(
+        Some(_) => {
+            return Err(format!(
             "The manifest's `callback_urls` must be an array of at most {MAX_CALLBACK_URLS} URLs."
-        )),
+        ))
+        }
     };
     let permissions = match map.get("default_permissions") {
         None | Some(Value::Null) => BTreeMap::new(),

@@ -137,7 +137,7 @@ pub(crate) const SILENT_AGENTS_VMS: &str =
 /// `ORDER BY` that an index of all rows matches tempts SQLite's planner into walking that whole
 /// index instead (it did, with a million finished jobs: 0.9 ms became 1.9 s).
 pub(crate) fn jobs_oldest_first(mut jobs: Vec<crate::JobRecord>) -> Vec<crate::JobRecord> {
-    jobs.sort_by_key(|j| (j.first_seen_at, j.job_id.0));
+    jobs.sort_unstable_by_key(|j| (j.first_seen_at, j.job_id.0));
     jobs
 }
 
@@ -649,27 +649,35 @@ macro_rules! shared_methods {
                 &self,
                 since: DateTime<Utc>,
             ) -> Result<Vec<JobRecord>, StoreError> {
-                let rows = sqlx::query(crate::shared::UNDECIDED_CHANGED_SINCE)
+                let mut rows = sqlx::query(crate::shared::UNDECIDED_CHANGED_SINCE)
                     .bind(since)
-                    .fetch_all(self.reader())
+                    .fetch(self.reader());
+                let mut jobs = Vec::new();
+                while let Some(row) = futures::TryStreamExt::try_next(&mut rows)
                     .await
-                    .op("list changed jobs")?;
-                rows.iter().map(job_from_row).collect()
+                    .op("list changed jobs")?
+                {
+                    jobs.push(job_from_row(&row)?);
+                }
+                Ok(jobs)
             }
             async fn open_jobs(
                 &self,
                 unbound_since: DateTime<Utc>,
                 undecided: bool,
             ) -> Result<Vec<JobRecord>, StoreError> {
-                let rows = sqlx::query(&crate::shared::open_jobs_sql(undecided))
-                    .bind(unbound_since)
-                    .fetch_all(self.reader())
+                // Streamed: each row becomes a job as it arrives, so a backlog of thousands of
+                // queued jobs is never held twice (as rows and as jobs).
+                let sql = crate::shared::open_jobs_sql(undecided);
+                let mut rows = sqlx::query(&sql).bind(unbound_since).fetch(self.reader());
+                let mut jobs = Vec::new();
+                while let Some(row) = futures::TryStreamExt::try_next(&mut rows)
                     .await
-                    .op("list open jobs")?;
-                rows.iter()
-                    .map(job_from_row)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(crate::shared::jobs_oldest_first)
+                    .op("list open jobs")?
+                {
+                    jobs.push(job_from_row(&row)?);
+                }
+                Ok(crate::shared::jobs_oldest_first(jobs))
             }
             async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
                 let rows = sqlx::query(

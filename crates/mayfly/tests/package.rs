@@ -88,7 +88,10 @@ fn the_package_installs_into_a_clean_debian_root_with_its_dependencies() {
     let verify = std::fs::read_to_string(root.join("root/verify.txt")).unwrap();
     let status = std::fs::read_to_string(root.join("root/verify.status")).unwrap();
     assert_eq!(status.trim(), "0", "systemd-analyze verify: {verify}");
-    assert!(!verify.contains("mayfly-"), "systemd-analyze verify warns: {verify}");
+    assert!(
+        !verify.contains("mayfly-"),
+        "systemd-analyze verify warns: {verify}"
+    );
 
     for file in [
         "usr/share/man/man1/mayfly.1.gz",

@@ -161,7 +161,9 @@ pub struct GitHubClient {
     pub(super) retry: RetryPolicy,
     pub(super) refresh_margin: chrono::Duration,
     pub(super) clock: Arc<dyn Clock>,
-    pub(super) tokens: Mutex<HashMap<TokenKey, CachedToken>>,
+    /// One slot per scope, each behind its own lock: a token being fetched for one scope never
+    /// holds up calls with another (a JIT config for one customer waiting on another's token).
+    pub(super) tokens: Mutex<HashMap<TokenKey, Arc<Mutex<Option<CachedToken>>>>>,
     pub(super) observer: std::sync::RwLock<Option<Arc<dyn RequestObserver>>>,
 }
 
@@ -266,10 +268,15 @@ impl GitHubClient {
         installation: InstallationId,
         scope: TokenScope<'_>,
     ) -> Result<InstallationToken, GitHubError> {
-        let key = scope.key(installation);
-        let mut tokens = self.tokens.lock().await;
+        let slot = {
+            let mut slots = self.tokens.lock().await;
+            Arc::clone(slots.entry(scope.key(installation)).or_default())
+        };
+        // Held while this scope's token is fetched, so concurrent calls with it wait for that
+        // one token instead of asking for more.
+        let mut slot = slot.lock().await;
         let now = self.clock.now();
-        if let Some(cached) = tokens.get(&key) {
+        if let Some(cached) = slot.as_ref() {
             if cached.expires_at - now > self.refresh_margin {
                 return Ok(cached.token.clone());
             }
@@ -293,16 +300,14 @@ impl GitHubClient {
         match DateTime::parse_from_rfc3339(&response.expires_at) {
             Ok(expires_at) => {
                 let expires_at = expires_at.with_timezone(&Utc);
-                tokens.insert(
-                    key,
-                    CachedToken {
-                        token: token.clone(),
-                        expires_at,
-                    },
-                );
+                *slot = Some(CachedToken {
+                    token: token.clone(),
+                    expires_at,
+                });
             }
             // Without a readable expiry the token is used once and not cached.
             Err(_) => {
+                *slot = None;
                 tracing::warn!(%installation, "installation token has an unreadable expires_at")
             }
         }

@@ -343,6 +343,85 @@ async fn a_token_holds_only_the_permissions_it_asked_for() {
 }
 
 #[tokio::test]
+async fn a_manifest_code_converts_once_and_not_after_an_hour() {
+    bounded(async {
+        let t = TestSim::start().await;
+        // A browser that does not follow the redirect, to read the code from it.
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let manifest = json!({
+            "name": "mayfly test",
+            "url": "https://ci.example.com",
+            "hook_attributes": { "url": "https://ci.example.com/webhooks/github" },
+            "redirect_url": "http://127.0.0.1:9/callback",
+            "default_permissions": { "administration": "write", "actions": "read" },
+            "default_events": ["workflow_job"],
+        });
+        let code = || async {
+            let answer = browser
+                .post(t.url("/organizations/acme/settings/apps/new?state=s1"))
+                .form(&[("manifest", manifest.to_string())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::FOUND);
+            let to = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+            assert_eq!(to.path(), "/callback");
+            let pairs: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+            assert_eq!(pairs["state"], "s1");
+            pairs["code"].clone()
+        };
+        let sim = &t;
+        let convert = |code: String| async move {
+            sim.call(
+                Method::POST,
+                &format!("/app-manifests/{code}/conversions"),
+                None,
+                None,
+            )
+            .await
+        };
+
+        let first = code().await;
+        assert_eq!(first.len(), 40);
+        let (status, _, body) = convert(first.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(
+            body["permissions"],
+            json!({ "actions": "read", "administration": "write" })
+        );
+        assert_eq!(body["events"], json!(["workflow_job"]));
+        assert_eq!(body["owner"]["login"], "acme");
+        assert!(body["pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        assert_eq!(body["webhook_secret"].as_str().unwrap().len(), 40);
+        // Used: gone.
+        assert_eq!(convert(first).await.0, StatusCode::NOT_FOUND);
+        // Older than an hour: gone too.
+        let late = code().await;
+        t.sim.advance_clock(Duration::from_secs(3601));
+        assert_eq!(convert(late).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(convert("0123".into()).await.0, StatusCode::NOT_FOUND);
+
+        // A manifest GitHub would not take: its page says why, and no code is made.
+        let answer = browser
+            .post(t.url("/settings/apps/new"))
+            .form(&[("manifest", r#"{"url":"https://ci.example.com"}"#)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(answer.text().await.unwrap().contains("redirect_url"));
+        t.check_contract();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn app_installation_endpoints() {
     bounded(async {
         let t = TestSim::start().await;

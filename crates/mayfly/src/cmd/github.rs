@@ -549,6 +549,58 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A stand-in for GitHub's conversion endpoint that answers `status` with `body`.
+    async fn github_answering(status: u16, body: Value) -> Url {
+        let app = Router::new().route(
+            "/app-manifests/{code}/conversions",
+            axum::routing::post(move || {
+                let body = body.clone();
+                async move { (StatusCode::from_u16(status).unwrap(), axum::Json(body)) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_or_refused_conversion_is_a_clear_error() {
+        let incomplete = github_answering(201, json!({ "id": 1, "name": "mayfly" })).await;
+        let err = Converter::new(incomplete, None)
+            .unwrap()
+            .convert("abc")
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("lacks fields"), "{err:#}");
+
+        let bad_key = json!({
+            "id": 1, "name": "mayfly", "html_url": "https://github.com/apps/mayfly",
+            "client_id": "Iv23li", "client_secret": "s", "webhook_secret": "w",
+            "pem": "not a key",
+        });
+        let err = Converter::new(github_answering(201, bad_key).await, None)
+            .unwrap()
+            .convert("abc")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a usable RSA key"),
+            "{err:#}"
+        );
+
+        let used = github_answering(404, json!({ "message": "Not Found" })).await;
+        let err = Converter::new(used, None)
+            .unwrap()
+            .convert("abc")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("used already, or is older"),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn the_manifest_asks_for_what_mayfly_needs_only() {
         let url = Url::parse("https://ci.example.com").unwrap();

@@ -307,7 +307,19 @@ impl ServerProcess {
         std::fs::write(&config_file, toml::to_string(config)?)
             .with_context(|| format!("could not write {}", config_file.display()))?;
         let log = dir.join("server.log");
-        let mut child = tokio::process::Command::new(exe)
+        // For profiling only: `MAYFLY_BENCH_SERVER_WRAPPER="heaptrack -o /tmp/server"` runs the
+        // server under that command (its RSS is then the wrapper's, not the server's).
+        let wrapper = std::env::var("MAYFLY_BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(words).arg(exe);
+                command
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let mut child = command
             .arg("server")
             .arg("--config")
             .arg(&config_file)
