@@ -23,6 +23,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use url::Url;
 
+use crate::oauth::escape;
 use crate::server::{lock, Shared};
 use crate::state::{digest, Account, AccountType, Digest32, Level};
 
@@ -271,14 +272,6 @@ fn page(status: StatusCode, title: &str, message: &str) -> Response {
         message = escape(message)
     );
     (status, Html(html)).into_response()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// An App slug from its name, as GitHub makes one: lower case, runs of other characters as `-`.

@@ -181,7 +181,8 @@ async fn session(State(shared): St, body: Bytes) -> Response {
     found(&to)
 }
 
-fn escape(text: &str) -> String {
+/// HTML-escapes `text` for page text and attribute values.
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -7,24 +7,19 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 #[path = "support/manifest.rs"]
 mod manifest;
+#[path = "support/process.rs"]
+mod process;
 
 use manifest::{attribute, start_create, wait_exit};
 use mayfly_github::webhook::WebhookSecret;
 use mayfly_sim::{AccountType, DeliveryOutcome, NewInstallation};
+use process::{free_port, Server};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server configuration that names no App: `[github]` with the API only, no webhook secret.
 fn write_config(dir: &Path, port: u16, sim_url: &str) -> std::path::PathBuf {
@@ -198,37 +193,8 @@ async fn an_app_made_from_the_manifest_is_sealed_and_used_by_the_next_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds GitHub App"));
 
     // A server with no App of its own uses the stored one.
-    let log = dir.path().join("server.log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("server")
-        .arg("--config")
-        .arg(&config)
-        .env_remove("MAYFLY_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let ready = format!("{server_url}/readyz");
-    let mut up = false;
-    for _ in 0..300 {
-        if let Some(status) = server.try_wait().unwrap() {
-            panic!(
-                "server exited {status}: {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        if browser
-            .get(&ready)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "{}", std::fs::read_to_string(&log).unwrap());
+    let mut server = Server::start(&config, &dir.path().join("server.log"), &[]);
+    server.wait_ready(&browser, &server_url).await;
     // The simulator now sends the new App's events, to the manifest's URL, signed with the new
     // secret; the server accepts them.
     sim.control()
@@ -254,7 +220,7 @@ async fn an_app_made_from_the_manifest_is_sealed_and_used_by_the_next_server() {
         matches!(delivered.outcome, DeliveryOutcome::Delivered { .. }),
         "{:?}\n{}",
         delivered.outcome,
-        std::fs::read_to_string(&log).unwrap()
+        server.log()
     );
     let target = delivered
         .headers
@@ -276,7 +242,5 @@ async fn an_app_made_from_the_manifest_is_sealed_and_used_by_the_next_server() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(app_calls > 0, "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(app_calls > 0, "{}", server.stop());
 }

@@ -6,22 +6,16 @@
 //! line it logs is one JSON object.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 #[path = "support/manifest.rs"]
 mod manifest;
+#[path = "support/process.rs"]
+mod process;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use process::{free_port, Server};
 
 fn mayfly(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mayfly"))
@@ -103,51 +97,20 @@ async fn init_server_then_the_server_starts_and_an_agent_host_enrols() {
 
     // The server starts from that configuration alone, logging JSON.
     let config = etc.join("mayfly.toml");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("server")
-        .arg("--config")
-        .arg(&config)
-        .env_remove("MAYFLY_CONFIG")
-        .env("MAYFLY_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
     let ca = std::fs::read(etc.join("tls/ca.pem")).unwrap();
     let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
         .build()
         .unwrap();
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Some(status) = server.try_wait().unwrap() {
-            let lines: Vec<String> = lines_rx.try_iter().collect();
-            panic!("the server exited ({status}): {lines:#?}");
-        }
-        let url = format!("https://127.0.0.1:{port}/readyz");
-        if https
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the server did not become ready");
-
-    let _ = server.kill();
-    let _ = server.wait();
-    let lines: Vec<String> = lines_rx.try_iter().collect();
+    let base = format!("https://127.0.0.1:{port}");
+    let mut server = Server::start(
+        &config,
+        &dir.path().join("server-json.log"),
+        &[("MAYFLY_LOG_FORMAT", "json")],
+    );
+    server.wait_ready(&https, &base).await;
+    let log = server.stop();
+    let lines: Vec<&str> = log.lines().collect();
     assert!(!lines.is_empty());
     for line in &lines {
         let value: serde_json::Value = serde_json::from_str(line)
@@ -162,43 +125,11 @@ async fn init_server_then_the_server_starts_and_an_agent_host_enrols() {
     );
 
     // The App, made through the manifest flow; the server started again uses it.
-    let created =
-        manifest::create_app(&config, &sim_url, &format!("https://127.0.0.1:{port}")).await;
+    let created = manifest::create_app(&config, &sim_url, &base).await;
     assert!(created.contains("/installations/new"), "{created}");
-    let log = dir.path().join("server.log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("server")
-        .arg("--config")
-        .arg(&config)
-        .env_remove("MAYFLY_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Some(status) = server.try_wait().unwrap() {
-            panic!(
-                "the server exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        let url = format!("https://127.0.0.1:{port}/readyz");
-        if https
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "{}", std::fs::read_to_string(&log).unwrap());
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("using the GitHub App stored"));
+    let mut server = Server::start(&config, &dir.path().join("server.log"), &[]);
+    server.wait_ready(&https, &base).await;
+    assert!(server.log().contains("using the GitHub App stored"));
 
     // An agent host: a bootstrap token on the server, `init agent` on the host.
     let out = mayfly(&[
@@ -246,8 +177,7 @@ async fn init_server_then_the_server_starts_and_an_agent_host_enrols() {
     assert_eq!(again.status.code(), Some(3), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already set up"));
 
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     // The agent reads its file; one with a key it does not know is refused, by name.
     let bad = dir.path().join("bad-agent.toml");

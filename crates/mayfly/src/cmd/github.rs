@@ -327,24 +327,25 @@ async fn page(State(flow): State<Arc<Flow>>) -> Response {
             "The App was created; close this page.",
         );
     }
-    let html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>Create the mayfly GitHub App</title></head>\n<body>\n\
-         <h1>Create the mayfly GitHub App</h1>\n\
-         <p>GitHub will show the App's settings; confirm with <b>Create GitHub App</b>.</p>\n\
-         <form id=\"manifest\" action=\"{action}\" method=\"post\">\n\
-         <input type=\"hidden\" name=\"manifest\" value=\"{manifest}\">\n\
-         <button type=\"submit\">Create the GitHub App on GitHub</button>\n</form>\n\
-         <pre>{pretty}</pre>\n</body></html>\n",
-        action = escape(flow.action.as_str()),
-        manifest = escape(&flow.manifest),
-        pretty = escape(
-            &serde_json::from_str::<Value>(&flow.manifest)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or_default()
-        ),
-    );
+    let pretty = serde_json::from_str::<Value>(&flow.manifest)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_default();
+    let html = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Create the mayfly GitHub App" } }
+            body {
+                h1 { "Create the mayfly GitHub App" }
+                p { "GitHub will show the App's settings; confirm with " b { "Create GitHub App" } "." }
+                form id="manifest" action=(flow.action.as_str()) method="post" {
+                    input type="hidden" name="manifest" value=(flow.manifest);
+                    button type="submit" { "Create the GitHub App on GitHub" }
+                }
+                pre { (pretty) }
+            }
+        }
+    };
     (
         [
             (
@@ -353,7 +354,7 @@ async fn page(State(flow): State<Arc<Flow>>) -> Response {
             ),
             ("referrer-policy", "no-referrer"),
         ],
-        Html(html),
+        Html(html.into_string()),
     )
         .into_response()
 }
@@ -405,26 +406,19 @@ async fn callback(State(flow): State<Arc<Flow>>, Query(query): Query<Callback>) 
 }
 
 fn message(status: StatusCode, title: &str, text: &str) -> Response {
-    let html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\n\
-         <body><h1>{title}</h1>\n<p>{text}</p>\n</body></html>\n",
-        title = escape(title),
-        text = escape(text)
-    );
+    let html = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { (title) } }
+            body { h1 { (title) } p { (text) } }
+        }
+    };
     (
         status,
         [("content-security-policy", "default-src 'none'")],
-        Html(html),
+        Html(html.into_string()),
     )
         .into_response()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
