@@ -124,9 +124,7 @@ impl ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     let config = args.load()?;
-    crate::cmd::atomic_file::create_private_dir_all(&config.data_dir).config_err()?;
-    let store = open_store(&config).await?;
-    let stored = stored_app(&config, store.as_ref()).await?;
+    // Secret files first: a bad one is refused before the database is touched.
     let mut secrets = config
         .webhook
         .secret_files
@@ -134,6 +132,9 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .map(|path| read_secret_file(path).map(WebhookSecret::new))
         .collect::<Result<Vec<_>, _>>()
         .config_err()?;
+    crate::cmd::atomic_file::create_private_dir_all(&config.data_dir).config_err()?;
+    let store = open_store(&config).await?;
+    let stored = stored_app(&config, store.as_ref()).await?;
     if secrets.is_empty() {
         // `validate` let this through only for a stored App, which `stored_app` found.
         secrets.extend(stored.as_ref().map(StoredApp::webhook_secret));
