@@ -322,13 +322,13 @@ async fn run_enrol(args: EnrolArgs) -> Result<(), Failure> {
 
 /// Credentials found in a directory `enrol` would write to.
 #[derive(Debug)]
-struct PreviousEnrolment {
+pub(crate) struct PreviousEnrolment {
     /// The agent they name, when `agent.json` is readable.
     agent: Option<String>,
 }
 
 impl PreviousEnrolment {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.agent {
             Some(agent) => format!("the credentials of agent {agent}"),
             None => "agent credentials".to_owned(),
@@ -337,7 +337,7 @@ impl PreviousEnrolment {
 }
 
 /// `Some` when `dir` holds any file of an enrolment (complete or not).
-fn existing_enrolment(dir: &std::path::Path) -> Option<PreviousEnrolment> {
+pub(crate) fn existing_enrolment(dir: &std::path::Path) -> Option<PreviousEnrolment> {
     let found = CREDENTIAL_FILES.iter().any(|name| dir.join(name).exists());
     found.then(|| PreviousEnrolment {
         agent: std::fs::read(dir.join(AGENT_JSON))
@@ -364,7 +364,7 @@ const AGENT_CRT: &str = "agent.crt";
 const SERVER_CA: &str = "server-ca.pem";
 const AGENT_JSON: &str = "agent.json";
 /// In the order `enrol` writes them: `agent.json` last, as the commit.
-pub(crate) const CREDENTIAL_FILES: [&str; 4] = [SERVER_CA, AGENT_CRT, AGENT_KEY, AGENT_JSON];
+const CREDENTIAL_FILES: [&str; 4] = [SERVER_CA, AGENT_CRT, AGENT_KEY, AGENT_JSON];
 
 /// Enrols with the server at `server` (HTTPS) using a bootstrap token; writes `server-ca.pem`,
 /// `agent.crt`, `agent.key` (mode 600) and `agent.json` into `dir` (made mode 700), replacing

@@ -368,8 +368,8 @@ struct Callback {
 /// GitHub's redirect back: check `state`, convert the code, hand the App to the command.
 async fn callback(State(flow): State<Arc<Flow>>, Query(query): Query<Callback>) -> Response {
     let state_ok = query.state.as_deref().is_some_and(|s| {
-        use subtle_eq::eq;
-        eq(s.as_bytes(), flow.state.as_bytes())
+        use subtle::ConstantTimeEq;
+        bool::from(s.as_bytes().ct_eq(flow.state.as_bytes()))
     });
     if !state_ok {
         return message(
@@ -423,13 +423,6 @@ fn message(status: StatusCode, title: &str, text: &str) -> Response {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Constant-time comparison of the `state` (no early exit on the first differing byte).
-mod subtle_eq {
-    pub fn eq(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
 }
 
 /// Calls `POST /app-manifests/{code}/conversions`.
@@ -618,8 +611,5 @@ mod tests {
             org["default_permissions"]["organization_self_hosted_runners"],
             "write"
         );
-        assert!(subtle_eq::eq(b"abc", b"abc"));
-        assert!(!subtle_eq::eq(b"abc", b"abd"));
-        assert!(!subtle_eq::eq(b"abc", b"ab"));
     }
 }

@@ -362,14 +362,12 @@ async fn init_agent(args: AgentInit) -> Result<(), Failure> {
             .config_err()?,
     );
     // The agent's own checks: an existing enrolment is refused before the token is spent.
-    if super::agent::CREDENTIAL_FILES
-        .iter()
-        .any(|name| args.credentials.join(name).exists())
-    {
+    if let Some(previous) = super::agent::existing_enrolment(&args.credentials) {
         return Err(anyhow!(
-            "{} already holds agent credentials; the token was not used (`mayfly agent enrol \
-             --force` replaces them)",
-            args.credentials.display()
+            "{} already holds {}; the token was not used (`mayfly agent enrol --force` \
+             replaces them)",
+            args.credentials.display(),
+            previous.describe()
         ))
         .config_err();
     }
