@@ -3,11 +3,16 @@
 //! one writer task and wait; the writer records everything that arrived while the previous
 //! commit was syncing in one transaction, then answers each request with its own outcome.
 //! Nothing is acknowledged before the commit that holds it returned.
+//!
+//! The same commit applies the batch's new job events ([`Store::record_and_apply`]): each
+//! delivery is written once, not recorded here and written again by the processor. What is
+//! left (other events, or job events whose applying failed) is the processor's.
 
 use std::sync::Arc;
 
+use mayfly_core::{Clock, IntakeEvent};
 use mayfly_store::{NewDelivery, Recorded, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// At most this many deliveries share one commit.
 const MAX_BATCH: usize = 1024;
@@ -28,11 +33,24 @@ pub struct DeliveryWriter {
     queue: mpsc::Sender<(NewDelivery, oneshot::Sender<Outcome>)>,
 }
 
+/// What the writer needs besides its queue.
+#[derive(Debug)]
+pub struct Writer {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub summary: Arc<crate::processor::Summary>,
+    /// Woken when a batch left deliveries unapplied.
+    pub processor: Arc<Notify>,
+    /// Woken when a batch applied job events.
+    pub scheduler: Arc<Notify>,
+}
+
 impl DeliveryWriter {
     /// Starts the writer task on the current runtime.
-    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn spawn(writer: Writer) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store, metrics, requests));
+        tokio::spawn(write(writer, requests));
         Self { queue }
     }
 
@@ -48,35 +66,77 @@ impl DeliveryWriter {
 }
 
 async fn write(
-    store: Arc<dyn Store>,
-    metrics: Arc<crate::metrics::Metrics>,
+    writer: Writer,
     mut requests: mpsc::Receiver<(NewDelivery, oneshot::Sender<Outcome>)>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (deliveries, waiting): (Vec<NewDelivery>, Vec<oneshot::Sender<Outcome>>) =
             batch.drain(..).unzip();
-        metrics.intake_batch(deliveries.len());
-        match store.record_deliveries(&deliveries).await {
-            Ok(outcomes) if outcomes.len() == waiting.len() => {
-                for (done, outcome) in waiting.into_iter().zip(outcomes) {
-                    // A request that gave up (its client went away) is not waiting any more.
-                    let _ = done.send(Ok(outcome));
-                }
+        writer.metrics.intake_batch(deliveries.len());
+        let intake = match writer
+            .store
+            .record_and_apply(&deliveries, writer.clock.now())
+            .await
+        {
+            Ok(intake)
+                if intake.recorded.len() == waiting.len()
+                    && intake.applied.len() == waiting.len() =>
+            {
+                intake
             }
             result => {
                 match result {
                     Err(e) => tracing::error!(error = %crate::error::chain(&e),
                         deliveries = waiting.len(), "could not record deliveries; answering 503"),
-                    Ok(outcomes) => tracing::error!(
+                    Ok(intake) => tracing::error!(
                         asked = waiting.len(),
-                        told = outcomes.len(),
+                        told = intake.recorded.len(),
                         "the store's outcomes do not match the deliveries; answering 503"
                     ),
                 }
                 for done in waiting {
                     let _ = done.send(Err(NotRecorded));
                 }
+                continue;
+            }
+        };
+        for (done, outcome) in waiting.into_iter().zip(&intake.recorded) {
+            // A request that gave up (its client went away) is not waiting any more.
+            let _ = done.send(Ok(*outcome));
+        }
+        if let Some(e) = &intake.apply_error {
+            tracing::warn!(error = %crate::error::chain(e), deliveries = deliveries.len(),
+                "could not apply recorded deliveries with their commit; the processor will");
+        }
+        let left = deliveries
+            .iter()
+            .zip(&intake.recorded)
+            .zip(&intake.applied)
+            .any(|((_, r), a)| *r == Recorded::New && a.is_none());
+        if left {
+            writer.processor.notify_one();
+        }
+        let applied: Vec<_> = deliveries
+            .iter()
+            .zip(intake.applied)
+            .filter_map(|(d, t)| match (&d.intake, t) {
+                (IntakeEvent::Job(job), Some(t)) => Some((&d.delivery_id, job, t)),
+                _ => None,
+            })
+            .collect();
+        if !applied.is_empty() {
+            writer.scheduler.notify_one();
+            if let Err(e) = crate::processor::after_applied(
+                writer.store.as_ref(),
+                &writer.metrics,
+                &writer.summary,
+                applied,
+            )
+            .await
+            {
+                tracing::warn!(error = %crate::error::chain(&e),
+                    "could not read the jobs just completed for their metrics");
             }
         }
     }

@@ -142,7 +142,6 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Resp
         .map_err(|_| ApiError::Unavailable)?;
     Ok(match recorded {
         Recorded::New => {
-            state.processor_wakeup.notify_one();
             state.metrics.delivery("accepted");
             if let Some(at) = payload_moment {
                 state.metrics.webhook_lag(received_at - at);

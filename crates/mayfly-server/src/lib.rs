@@ -52,7 +52,6 @@ pub struct AppState {
     clock: Arc<dyn Clock>,
     verifier: WebhookVerifier,
     max_body_bytes: usize,
-    processor_wakeup: Arc<Notify>,
     /// Records deliveries durably, many requests to a commit.
     deliveries: group_commit::DeliveryWriter,
     log_limiter: log_limit::LogLimiter,
@@ -328,14 +327,22 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         _ => None,
     };
     let wakeup = Arc::new(Notify::new());
+    let schedule = Arc::new(Notify::new());
+    let summary = Arc::new(processor::Summary::default());
     let metrics = Arc::new(metrics::Metrics::new());
     let state = Arc::new(AppState {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
         verifier: WebhookVerifier::new(deps.webhook_secrets),
         max_body_bytes: config.webhook.max_body_bytes,
-        processor_wakeup: wakeup.clone(),
-        deliveries: group_commit::DeliveryWriter::spawn(deps.store.clone(), metrics.clone()),
+        deliveries: group_commit::DeliveryWriter::spawn(group_commit::Writer {
+            store: deps.store.clone(),
+            clock: deps.clock.clone(),
+            metrics: metrics.clone(),
+            summary: summary.clone(),
+            processor: wakeup.clone(),
+            scheduler: schedule.clone(),
+        }),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
         refusals: refusals::Refusals::new(&config.refusals),
         security_txt: config.security_txt.clone(),
@@ -380,7 +387,6 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
     }
     tasks.spawn(summarise_refusals(state.clone(), shutdown.clone()));
     tasks.spawn(serve(listener, tls, router(state), http.clone()));
-    let schedule = Arc::new(Notify::new());
     let processor = Processor {
         store: deps.store.clone(),
         clock: deps.clock.clone(),
@@ -388,7 +394,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
         wakeup: wakeup.clone(),
         scheduler: schedule.clone(),
         metrics: metrics.clone(),
-        summary: processor::Summary::default(),
+        summary,
     };
     tasks.spawn(processor.run(shutdown.clone()));
     tasks.spawn(purge_loop(

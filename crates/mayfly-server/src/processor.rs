@@ -5,6 +5,10 @@
 //! taken over, and applying a delivery someone else already applied changes nothing. For the
 //! same reasons one server may run several workers ([`Store::apply_parallelism`]): a worker
 //! that claims a full batch wakes the next, so a backlog is applied by all of them at once.
+//!
+//! Job events usually never get here: intake applies them in the commit that records them
+//! ([`crate::group_commit`]). The processor applies the rest (installation changes, pings) and
+//! any job events intake could not apply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +37,8 @@ pub struct Processor {
     /// Woken after deliveries are applied, so the scheduler sees new jobs at once.
     pub scheduler: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub summary: Summary,
+    /// Shared with intake, which applies most job events.
+    pub summary: Arc<Summary>,
 }
 
 impl Processor {
@@ -108,22 +113,16 @@ impl Processor {
             return Ok(());
         }
         let transitions = self.store.apply_job_events(batch, self.clock.now()).await?;
-        for ((delivery, job), transition) in batch.iter().zip(transitions) {
-            let Some(transition) = transition else {
+        for ((delivery, _), transition) in batch.iter().zip(&transitions) {
+            if transition.is_none() {
                 already_processed(delivery);
-                continue;
-            };
-            self.summary.count(transition);
-            tracing::debug!(%delivery, job = %job.job_id, repo = %job.repo,
-                status = job.status.as_str(), ?transition, "job event applied");
-            // Counted once: only the server that applied the completion gets here.
-            if transition == Transition::Advance(JobStatus::Completed) {
-                if let Some(row) = self.store.job(job.job_id).await? {
-                    self.metrics.job_completed(&row);
-                }
             }
         }
-        Ok(())
+        let applied = batch
+            .iter()
+            .zip(transitions)
+            .filter_map(|((d, job), t)| Some((d, job, t?)));
+        after_applied(self.store.as_ref(), &self.metrics, &self.summary, applied).await
     }
 
     /// Applies a delivery that is not a job event (those go in batches).
@@ -157,6 +156,33 @@ impl Processor {
         }
         Ok(())
     }
+}
+
+/// What follows job events once applied (by the processor, or by intake in the commit that
+/// recorded them): each is counted for the summary and logged at debug, and completed jobs are
+/// measured, in one read. Only the server that applied a completion gets here, so it is
+/// counted once.
+pub(crate) async fn after_applied<'a>(
+    store: &dyn Store,
+    metrics: &crate::metrics::Metrics,
+    summary: &Summary,
+    applied: impl IntoIterator<Item = (&'a DeliveryId, &'a JobEvent, Transition)>,
+) -> Result<(), StoreError> {
+    let mut completed = Vec::new();
+    for (delivery, job, transition) in applied {
+        summary.count(transition);
+        tracing::debug!(%delivery, job = %job.job_id, repo = %job.repo,
+            status = job.status.as_str(), ?transition, "job event applied");
+        if transition == Transition::Advance(JobStatus::Completed) {
+            completed.push(job.job_id.0);
+        }
+    }
+    if !completed.is_empty() {
+        for row in store.jobs_by_id(&completed).await? {
+            metrics.job_completed(&row);
+        }
+    }
+    Ok(())
 }
 
 /// What was applied since the last summary (logged at info once a minute when anything was).

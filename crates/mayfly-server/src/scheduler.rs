@@ -138,11 +138,13 @@ impl Scheduler {
         self.mark_lost().await?;
         // Only what can change a decision, through indexed queries: history costs nothing, and
         // jobs waiting for a slot cost only what changed since the last pass.
-        let mut jobs = self
+        let decided = self
             .store
             .open_jobs(self.clock.now() - UNBOUND_WINDOW, false)
             .await?;
-        jobs = self.with_undecided(jobs).await?;
+        let jobs = self
+            .with_undecided(decided.into_iter().map(Arc::new).collect())
+            .await?;
         let mut vms = self.store.open_vms().await?;
         self.add_runner_vms(&jobs, &mut vms).await?;
         for job in &jobs {
@@ -163,10 +165,10 @@ impl Scheduler {
             match self.claim(job, &mut hosts, &mut waiting).await? {
                 Claim::Claimed(c) => claimed.push(*c),
                 Claim::NoSlot(profile) => unplaced.push(profile),
-                Claim::Ignored(dispatch) => ignored.push(JobRecord {
+                Claim::Ignored(dispatch) => ignored.push(Arc::new(JobRecord {
                     dispatch,
-                    ..job.clone()
-                }),
+                    ..JobRecord::clone(job)
+                })),
                 Claim::NotNow => {}
             }
         }
@@ -179,12 +181,16 @@ impl Scheduler {
     /// `decided` (the open jobs already placed, or tied to a VM) with the jobs not yet decided,
     /// oldest first, each once. Those come from memory, brought up to date with the rows changed
     /// since the last pass, and read whole every [`crate::undecided::RESYNC`].
-    async fn with_undecided(&self, decided: Vec<JobRecord>) -> Result<Vec<JobRecord>, StoreError> {
+    async fn with_undecided(
+        &self,
+        decided: Vec<Arc<JobRecord>>,
+    ) -> Result<Vec<Arc<JobRecord>>, StoreError> {
         let since = self.undecided.lock().ok().and_then(|u| u.read_from());
         let rows = match since {
             Some(since) => self.store.undecided_changed_since(since).await?,
             None => self.store.open_jobs(self.clock.now(), true).await?,
         };
+        let rows = rows.into_iter().map(Arc::new).collect();
         let Ok(mut undecided) = self.undecided.lock() else {
             return Ok(decided);
         };
@@ -198,7 +204,7 @@ impl Scheduler {
 
     /// Records the scheduler's decisions (each job with its new `dispatch`) in one commit, and
     /// in memory.
-    async fn set_dispatches(&self, jobs: Vec<JobRecord>) -> Result<(), StoreError> {
+    async fn set_dispatches(&self, jobs: Vec<Arc<JobRecord>>) -> Result<(), StoreError> {
         let rows: Vec<(JobId, JobDispatch)> = jobs
             .iter()
             .map(|j| (j.job_id, j.dispatch.clone()))
@@ -218,10 +224,10 @@ impl Scheduler {
     ) -> Result<(), StoreError> {
         self.store.set_job_dispatch(job.job_id, dispatch).await?;
         if let Ok(mut undecided) = self.undecided.lock() {
-            undecided.merge(vec![JobRecord {
+            undecided.merge(vec![Arc::new(JobRecord {
                 dispatch: dispatch.clone(),
                 ..job.clone()
-            }]);
+            })]);
         }
         Ok(())
     }
@@ -230,7 +236,7 @@ impl Scheduler {
     /// deleted), so a job whose runner's VM went before its webhook came is still bound.
     async fn add_runner_vms(
         &self,
-        jobs: &[JobRecord],
+        jobs: &[Arc<JobRecord>],
         vms: &mut Vec<VmRow>,
     ) -> Result<(), StoreError> {
         let missing: Vec<String> = jobs
@@ -285,7 +291,7 @@ impl Scheduler {
     async fn bind(
         &self,
         job: &JobRecord,
-        jobs: &[JobRecord],
+        jobs: &[Arc<JobRecord>],
         vms: &mut [VmRow],
     ) -> Result<(), StoreError> {
         let Some(runner) = job.runner_name.as_deref() else {
@@ -730,7 +736,7 @@ impl Scheduler {
 
     /// Destroys what should go and deletes runners that never took a job, for VMs on agents
     /// connected to this server (another server's agents are that server's to clean up).
-    async fn cleanup(&self, jobs: &[JobRecord], vms: &mut [VmRow]) -> Result<(), StoreError> {
+    async fn cleanup(&self, jobs: &[Arc<JobRecord>], vms: &mut [VmRow]) -> Result<(), StoreError> {
         let now = self.clock.now();
         let local: Vec<String> = self.hub.hosts().into_iter().map(|h| h.host).collect();
         // A lost VM's agent is connected nowhere: whichever server passes deletes its runner.
@@ -905,21 +911,24 @@ impl Scheduler {
     /// its repository and labels) — are placed again. Returns the jobs as they now are.
     async fn replace_stranded(
         &self,
-        mut jobs: Vec<JobRecord>,
+        mut jobs: Vec<Arc<JobRecord>>,
         vms: &[VmRow],
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        for job in jobs
+    ) -> Result<Vec<Arc<JobRecord>>, StoreError> {
+        for shared in jobs
             .iter_mut()
             .filter(|j| j.status == JobStatus::Queued && j.dispatch.disposition == "placed")
         {
+            let id = shared.job_id.0;
             let stands = vms.iter().any(|v| {
-                v.for_job_id == job.job_id.0
+                v.for_job_id == id
                     && !matches!(v.state.as_str(), "destroyed" | "failed" | "lost")
-                    && v.ran_job_id.is_none_or(|ran| ran == job.job_id.0)
+                    && v.ran_job_id.is_none_or(|ran| ran == id)
             });
             if stands {
                 continue;
             }
+            // Copied only here, where it changes: the pass's other jobs stay shared.
+            let job = Arc::make_mut(shared);
             tracing::warn!(job = %job.job_id, "the job's VM is gone or ran another job; placing the job again");
             job.dispatch.disposition = "new".into();
             job.dispatch.failure = Some("its VM is gone or ran another job".into());
@@ -1161,7 +1170,7 @@ fn add_agent_steps(vm: &mut VmRow, event: &VmEvent) {
 /// Why a live VM should go now, if it should.
 fn destroy_reason(
     vm: &VmRow,
-    jobs: &[JobRecord],
+    jobs: &[Arc<JobRecord>],
     profiles: &[Profile],
     now: DateTime<Utc>,
 ) -> Option<&'static str> {

@@ -26,8 +26,8 @@ pub struct Purged {
 pub use audit::{row_hash, verify_chain, ChainBreak, GENESIS};
 pub use model::{
     AgentJournal, AgentRow, AuditRow, BootstrapRow, BootstrapUse, DeliveryRecord,
-    InstallationRecord, JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery, Placement,
-    Recorded, SealedRow, TokenRow, UsageRow, VmRow, WrappedKey,
+    InstallationRecord, Intake, JobDispatch, JobRecord, NewAudit, NewDelivery, PendingDelivery,
+    Placement, Recorded, SealedRow, TokenRow, UsageRow, VmRow, WrappedKey,
 };
 pub use postgres::PgStore;
 pub use seal::{MasterKey, SealError, Sealer};
@@ -88,6 +88,17 @@ pub trait CommonStore: Send + Sync {
     /// commit), and says for each whether it is new or a delivery id seen before (also earlier
     /// in the same batch). On error nothing is recorded.
     async fn record_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError>;
+
+    /// Records deliveries as [`CommonStore::record_deliveries`] does and, in the same commit,
+    /// applies the job events among the new ones as [`CommonStore::apply_job_events`] does: one
+    /// write of each delivery instead of two. If applying fails, the batch is still recorded
+    /// (the processor applies it later) and the error is returned in [`Intake::apply_error`];
+    /// on any other error nothing is recorded.
+    async fn record_and_apply(
+        &self,
+        batch: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Intake, StoreError>;
 
     /// Applies job events and marks their deliveries processed, all in one transaction: for
     /// each, its transition, or `None` when its delivery was already processed (by another

@@ -22,6 +22,19 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// What [`crate::CommonStore::record_and_apply`] did with a batch of deliveries.
+#[derive(Debug)]
+pub struct Intake {
+    /// For each delivery, in order: recorded, or a delivery id seen before.
+    pub recorded: Vec<Recorded>,
+    /// For each delivery, in order: the transition of a job event applied in the same commit;
+    /// `None` for the rest (duplicates, other events, or all when applying failed), which the
+    /// processor applies later.
+    pub applied: Vec<Option<mayfly_core::Transition>>,
+    /// Why the job events could not be applied with the batch (it was recorded all the same).
+    pub apply_error: Option<crate::StoreError>,
+}
+
 /// A recorded delivery awaiting processing.
 #[derive(Debug, Clone)]
 pub struct PendingDelivery {

@@ -236,6 +236,53 @@ macro_rules! shared_job_events {
             Ok(claimed)
         }
 
+        /// Inserts the deliveries not recorded before, a statement a chunk, and says for each
+        /// whether it was new; of a batch's copies of one id, the first is the one recorded.
+        async fn insert_deliveries(
+            conn: &mut $conn,
+            batch: &[NewDelivery],
+        ) -> Result<Vec<Recorded>, StoreError> {
+            let mut new = std::collections::HashSet::new();
+            for chunk in batch.chunks(crate::shared::IN_CHUNK / 5) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|r| {
+                        let b = r * 5;
+                        format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
+                     VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
+                    rows.join(", ")
+                );
+                let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
+                for d in chunk {
+                    query = query
+                        .bind(d.delivery_id.as_str())
+                        .bind(&d.event)
+                        .bind(&d.action)
+                        .bind(d.received_at)
+                        .bind(crate::codec::to_json(&d.intake, "intake event")?);
+                }
+                new.extend(
+                    query
+                        .fetch_all(&mut *conn)
+                        .await
+                        .op("record deliveries")?,
+                );
+            }
+            Ok(batch
+                .iter()
+                .map(|d| {
+                    if new.remove(d.delivery_id.as_str()) {
+                        Recorded::New
+                    } else {
+                        Recorded::Duplicate
+                    }
+                })
+                .collect())
+        }
+
         async fn set_outcome(
             conn: &mut $conn,
             delivery: &DeliveryId,
@@ -598,42 +645,61 @@ macro_rules! shared_methods {
                 batch: &[NewDelivery],
             ) -> Result<Vec<Recorded>, StoreError> {
                 let mut tx = self.begin_write().await?;
-                let mut new: std::collections::HashSet<String> = std::collections::HashSet::new();
-                for chunk in batch.chunks(crate::shared::IN_CHUNK / 5) {
-                    let rows: Vec<String> = (0..chunk.len())
-                        .map(|r| {
-                            let b = r * 5;
-                            format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
-                        })
-                        .collect();
-                    let sql = format!(
-                        "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
-                         VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
-                        rows.join(", ")
-                    );
-                    let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
-                    for d in chunk {
-                        query = query
-                            .bind(d.delivery_id.as_str())
-                            .bind(&d.event)
-                            .bind(&d.action)
-                            .bind(d.received_at)
-                            .bind(crate::codec::to_json(&d.intake, "intake event")?);
+                let recorded = insert_deliveries(&mut tx, batch).await?;
+                tx.commit().await.op("commit recorded deliveries")?;
+                Ok(recorded)
+            }
+            async fn record_and_apply(
+                &self,
+                batch: &[NewDelivery],
+                now: DateTime<Utc>,
+            ) -> Result<crate::Intake, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let recorded = insert_deliveries(&mut tx, batch).await?;
+                let (at, events): (Vec<usize>, Vec<(DeliveryId, JobEvent)>) = batch
+                    .iter()
+                    .zip(&recorded)
+                    .enumerate()
+                    .filter_map(|(i, (d, r))| match (r, &d.intake) {
+                        (Recorded::New, mayfly_core::IntakeEvent::Job(job)) => {
+                            Some((i, (d.delivery_id.clone(), job.clone())))
+                        }
+                        _ => None,
+                    })
+                    .unzip();
+                let mut applied = vec![None; batch.len()];
+                let mut apply_error = None;
+                if !events.is_empty() {
+                    // A savepoint: when applying fails, what it did is undone and the batch is
+                    // committed recorded only.
+                    let mut savepoint = sqlx::Acquire::begin(&mut tx)
+                        .await
+                        .op("begin applying recorded deliveries")?;
+                    match apply_job_events_in(&mut savepoint, &events, now).await {
+                        Ok(transitions) => {
+                            savepoint
+                                .commit()
+                                .await
+                                .op("release applied deliveries")?;
+                            for (i, transition) in at.into_iter().zip(transitions) {
+                                applied[i] = transition;
+                            }
+                        }
+                        Err(e) => {
+                            savepoint
+                                .rollback()
+                                .await
+                                .op("roll back applying recorded deliveries")?;
+                            apply_error = Some(e);
+                        }
                     }
-                    new.extend(query.fetch_all(&mut *tx).await.op("record deliveries")?);
                 }
                 tx.commit().await.op("commit recorded deliveries")?;
-                // The first of a batch's copies is the one recorded.
-                Ok(batch
-                    .iter()
-                    .map(|d| {
-                        if new.remove(d.delivery_id.as_str()) {
-                            Recorded::New
-                        } else {
-                            Recorded::Duplicate
-                        }
-                    })
-                    .collect())
+                Ok(crate::Intake {
+                    recorded,
+                    applied,
+                    apply_error,
+                })
             }
             async fn apply_job_events(
                 &self,

@@ -422,6 +422,80 @@ async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
     assert!(store.record_deliveries(&[]).await.unwrap().is_empty());
 }
 
+/// Intake's commit: a batch is recorded and its new job events applied at once (each delivery
+/// processed, with its outcome); duplicates and other events are left as `record_deliveries`
+/// leaves them, the other events pending for the processor.
+async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
+    let queued = job_event(JobStatus::Queued);
+    let running = JobEvent {
+        status: JobStatus::InProgress,
+        runner_name: Some("mayfly-r".into()),
+        started_at: Some(Utc::now()),
+        ..job_event(JobStatus::Queued)
+    };
+    store
+        .record_delivery(&delivery("i-0", IntakeEvent::Ping))
+        .await
+        .unwrap();
+    let batch = [
+        delivery("i-1", IntakeEvent::Job(queued.clone())),
+        delivery("i-0", IntakeEvent::Ping),
+        delivery("i-2", IntakeEvent::Job(running.clone())),
+        delivery("i-3", IntakeEvent::Ping),
+        delivery("i-1", IntakeEvent::Job(queued.clone())),
+    ];
+    let intake = store.record_and_apply(&batch, Utc::now()).await.unwrap();
+    assert!(intake.apply_error.is_none(), "{:?}", intake.apply_error);
+    assert_eq!(
+        intake.recorded,
+        [
+            Recorded::New,
+            Recorded::Duplicate,
+            Recorded::New,
+            Recorded::New,
+            Recorded::Duplicate
+        ]
+    );
+    assert_eq!(
+        intake.applied,
+        [
+            Some(Transition::Advance(JobStatus::Queued)),
+            None,
+            Some(Transition::Advance(JobStatus::InProgress)),
+            None,
+            None
+        ]
+    );
+    let job = store.job(JobId(77)).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(job.runner_name.as_deref(), Some("mayfly-r"));
+    let id = |s: &str| DeliveryId::parse(s).unwrap();
+    let running_delivery = store.delivery(&id("i-2")).await.unwrap().unwrap();
+    assert!(running_delivery.processed_at.is_some());
+    assert_eq!(
+        running_delivery.outcome.as_deref(),
+        Some("job 77 → in_progress")
+    );
+    let pending: Vec<String> = store
+        .pending_deliveries(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.delivery_id.as_str().to_owned())
+        .collect();
+    assert_eq!(pending, ["i-0", "i-3"], "only the pings are left");
+    // Applying an event intake applied changes nothing.
+    assert_eq!(
+        store
+            .apply_job_event(&id("i-2"), &running, Utc::now())
+            .await
+            .unwrap(),
+        None
+    );
+    let empty = store.record_and_apply(&[], Utc::now()).await.unwrap();
+    assert!(empty.recorded.is_empty() && empty.applied.is_empty());
+}
+
 /// A batch larger than one statement's chunk, of new jobs, jobs the store has, a job's second
 /// event and a job that comes completed: each event applied once, in order, with its outcome.
 async fn a_large_batch_applies_each_event_once_with_its_outcome(store: &dyn Store) {
@@ -1152,6 +1226,7 @@ on_both_backends!(
     current bootstrap_tokens_are_one_time_and_agents_revocable,
     current a_pass_reads_open_work_not_history,
     current deliveries_and_job_events_go_in_batches,
+    current intake_records_and_applies_in_one_commit,
     current a_large_batch_applies_each_event_once_with_its_outcome,
 );
 
