@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use mayfly_core::{Clock, IntakeEvent};
+use mayfly_core::{Clock, IntakeEvent, Transition};
 use mayfly_store::{NewDelivery, Recorded, Store};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -44,6 +44,8 @@ pub struct Writer {
     pub processor: Arc<Notify>,
     /// Woken when a batch applied job events.
     pub scheduler: Arc<Notify>,
+    /// A new queued job that none of these serves is decided at intake: ignored.
+    pub profiles: Vec<mayfly_core::Profile>,
 }
 
 impl DeliveryWriter {
@@ -74,9 +76,21 @@ async fn write(
         let (deliveries, waiting): (Vec<NewDelivery>, Vec<oneshot::Sender<Outcome>>) =
             batch.drain(..).unzip();
         writer.metrics.intake_batch(deliveries.len());
+        let ignored: std::collections::HashSet<i64> = deliveries
+            .iter()
+            .filter_map(|d| match &d.intake {
+                IntakeEvent::Job(job)
+                    if job.status == mayfly_core::JobStatus::Queued
+                        && mayfly_core::match_profile(&writer.profiles, &job.labels).is_none() =>
+                {
+                    Some(job.job_id.0)
+                }
+                _ => None,
+            })
+            .collect();
         let intake = match writer
             .store
-            .record_and_apply(&deliveries, writer.clock.now())
+            .record_and_apply(&deliveries, writer.clock.now(), &ignored)
             .await
         {
             Ok(intake)
@@ -125,8 +139,19 @@ async fn write(
                 _ => None,
             })
             .collect();
-        if !applied.is_empty() {
+        // Jobs decided at intake (ignored) give a scheduling pass nothing to do.
+        let (decided, undecided): (Vec<_>, Vec<_>) = applied.iter().partition(|(_, job, t)| {
+            *t == Transition::Advance(mayfly_core::JobStatus::Queued)
+                && ignored.contains(&job.job_id.0)
+        });
+        if !undecided.is_empty() {
             writer.scheduler.notify_one();
+        }
+        for (_, job, _) in &decided {
+            tracing::debug!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
+        }
+        writer.summary.ignored(decided.len());
+        if !applied.is_empty() {
             if let Err(e) = crate::processor::after_applied(
                 writer.store.as_ref(),
                 &writer.metrics,

@@ -342,6 +342,7 @@ pub async fn start(config: &ServerConfig, deps: Dependencies) -> Result<ServerHa
             summary: summary.clone(),
             processor: wakeup.clone(),
             scheduler: schedule.clone(),
+            profiles: config.profiles.clone(),
         }),
         log_limiter: log_limit::LogLimiter::new(10, Duration::from_secs(60)),
         refusals: refusals::Refusals::new(&config.refusals),

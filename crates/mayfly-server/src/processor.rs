@@ -189,6 +189,8 @@ pub(crate) async fn after_applied<'a>(
 #[derive(Debug, Default)]
 pub struct Summary {
     counts: std::sync::Mutex<(u64, u64, u64)>,
+    /// New jobs no profile serves, decided at intake.
+    ignored: std::sync::atomic::AtomicU64,
 }
 
 impl Summary {
@@ -202,14 +204,20 @@ impl Summary {
         }
     }
 
+    pub(crate) fn ignored(&self, jobs: usize) {
+        self.ignored
+            .fetch_add(jobs as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn log(&self) {
         let Ok(mut c) = self.counts.lock() else {
             return;
         };
         let (advanced, unchanged, stale) = std::mem::take(&mut *c);
+        let ignored = self.ignored.swap(0, std::sync::atomic::Ordering::Relaxed);
         if advanced + unchanged + stale > 0 {
-            tracing::info!(advanced, unchanged, stale, every = ?SUMMARY_EVERY,
-                "job events applied (each one is logged at debug)");
+            tracing::info!(advanced, unchanged, stale, ignored, every = ?SUMMARY_EVERY,
+                "job events applied (each one is logged at debug; ignored: new jobs no profile serves)");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The jobs a scheduling pass has not decided yet (`new`, `placing`: queued and waiting for a
 //! slot, or being placed), kept in memory so that a backlog of thousands of queued jobs costs a
-//! pass only the rows that changed since the last one. The processor stamps `updated_at` on
-//! every job event; each pass reads the rows stamped since the newest it saw (less
+//! pass only the rows that changed since the last one. Applying a job event stamps its
+//! `updated_at`; each pass reads the rows stamped since the newest it saw (less
 //! [`OVERLAP`], for transactions that committed late or servers whose clocks run behind) and
 //! merges them. The scheduler's own decisions are merged as it makes them. Every [`RESYNC`] the
 //! set is read whole again, which also catches what the overlap could not (another server's

@@ -93,11 +93,14 @@ pub trait CommonStore: Send + Sync {
     /// applies the job events among the new ones as [`CommonStore::apply_job_events`] does: one
     /// write of each delivery instead of two. If applying fails, the batch is still recorded
     /// (the processor applies it later) and the error is returned in [`Intake::apply_error`];
-    /// on any other error nothing is recorded.
+    /// on any other error nothing is recorded. A job of `ignored` (by id) that comes new and
+    /// queued is inserted already decided, `ignored` (intake knows no profile serves it: most of
+    /// an organisation's jobs are for other runners), so no scheduling pass writes it again.
     async fn record_and_apply(
         &self,
         batch: &[NewDelivery],
         now: DateTime<Utc>,
+        ignored: &std::collections::HashSet<i64>,
     ) -> Result<Intake, StoreError>;
 
     /// Applies job events and marks their deliveries processed, all in one transaction: for

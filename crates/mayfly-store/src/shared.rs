@@ -325,8 +325,9 @@ macro_rules! shared_job_events {
             conn: &mut $conn,
             events: &[&JobEvent],
             now: DateTime<Utc>,
+            ignored: &std::collections::HashSet<i64>,
         ) -> Result<std::collections::HashSet<i64>, StoreError> {
-            const COLUMNS: usize = 19;
+            const COLUMNS: usize = 20;
             let mut inserted = std::collections::HashSet::new();
             for chunk in events.chunks(crate::shared::IN_CHUNK / COLUMNS) {
                 let rows: Vec<String> = (0..chunk.len())
@@ -341,7 +342,7 @@ macro_rules! shared_job_events {
                     "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
                        status, conclusion, labels, job_name, workflow_name, runner_id,
                        runner_name, created_at, started_at, completed_at, first_seen_at,
-                       updated_at)
+                       updated_at, disposition)
                      VALUES {} ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
                     rows.join(", ")
                 );
@@ -366,7 +367,12 @@ macro_rules! shared_job_events {
                         .bind(e.started_at)
                         .bind(e.completed_at)
                         .bind(now)
-                        .bind(now);
+                        .bind(now)
+                        .bind(if e.status == JobStatus::Queued && ignored.contains(&e.job_id.0) {
+                            "ignored"
+                        } else {
+                            "new"
+                        });
                 }
                 inserted.extend(query.fetch_all(&mut *conn).await.op("insert jobs")?);
             }
@@ -428,10 +434,12 @@ macro_rules! shared_job_events {
         /// once (from its first event), the outcomes recorded at once; only an event for a job
         /// already in the store takes a statement pair of its own. Rows are locked in job id
         /// order, so two servers' batches never deadlock; a job's own events keep their order.
+        /// A job of `ignored` that comes new and queued is inserted decided: `ignored`.
         async fn apply_job_events_in(
             conn: &mut $conn,
             batch: &[(DeliveryId, JobEvent)],
             now: DateTime<Utc>,
+            ignored: &std::collections::HashSet<i64>,
         ) -> Result<Vec<Option<Transition>>, StoreError> {
             let mut order: Vec<usize> = (0..batch.len()).collect();
             order.sort_by_key(|&i| batch[i].1.job_id.0);
@@ -448,7 +456,7 @@ macro_rules! shared_job_events {
                 .map(|&i| &batch[i].1)
                 .filter(|e| seen.insert(e.job_id.0))
                 .collect();
-            let mut fresh = insert_new_jobs(&mut *conn, &firsts, now).await?;
+            let mut fresh = insert_new_jobs(&mut *conn, &firsts, now, ignored).await?;
             let mut out = vec![None; batch.len()];
             let mut outcomes = Vec::with_capacity(mine.len());
             for i in mine {
@@ -653,6 +661,7 @@ macro_rules! shared_methods {
                 &self,
                 batch: &[NewDelivery],
                 now: DateTime<Utc>,
+                ignored: &std::collections::HashSet<i64>,
             ) -> Result<crate::Intake, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let recorded = insert_deliveries(&mut tx, batch).await?;
@@ -675,7 +684,7 @@ macro_rules! shared_methods {
                     let mut savepoint = sqlx::Acquire::begin(&mut tx)
                         .await
                         .op("begin applying recorded deliveries")?;
-                    match apply_job_events_in(&mut savepoint, &events, now).await {
+                    match apply_job_events_in(&mut savepoint, &events, now, ignored).await {
                         Ok(transitions) => {
                             savepoint
                                 .commit()
@@ -707,7 +716,7 @@ macro_rules! shared_methods {
                 now: DateTime<Utc>,
             ) -> Result<Vec<Option<Transition>>, StoreError> {
                 let mut tx = self.begin_write().await?;
-                let out = apply_job_events_in(&mut tx, batch, now).await?;
+                let out = apply_job_events_in(&mut tx, batch, now, &Default::default()).await?;
                 tx.commit().await.op("commit job events")?;
                 Ok(out)
             }

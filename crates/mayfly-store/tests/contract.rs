@@ -424,7 +424,8 @@ async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
 
 /// Intake's commit: a batch is recorded and its new job events applied at once (each delivery
 /// processed, with its outcome); duplicates and other events are left as `record_deliveries`
-/// leaves them, the other events pending for the processor.
+/// leaves them, the other events pending for the processor. A new queued job intake says no
+/// profile serves is inserted decided (`ignored`); one that comes already running is not.
 async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
     let queued = job_event(JobStatus::Queued);
     let running = JobEvent {
@@ -432,6 +433,15 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
         runner_name: Some("mayfly-r".into()),
         started_at: Some(Utc::now()),
         ..job_event(JobStatus::Queued)
+    };
+    let unserved = JobEvent {
+        job_id: JobId(78),
+        labels: vec!["ubuntu-latest".into()],
+        ..job_event(JobStatus::Queued)
+    };
+    let unserved_running = JobEvent {
+        job_id: JobId(79),
+        ..running.clone()
     };
     store
         .record_delivery(&delivery("i-0", IntakeEvent::Ping))
@@ -443,8 +453,14 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
         delivery("i-2", IntakeEvent::Job(running.clone())),
         delivery("i-3", IntakeEvent::Ping),
         delivery("i-1", IntakeEvent::Job(queued.clone())),
+        delivery("i-4", IntakeEvent::Job(unserved.clone())),
+        delivery("i-5", IntakeEvent::Job(unserved_running.clone())),
     ];
-    let intake = store.record_and_apply(&batch, Utc::now()).await.unwrap();
+    let ignored = [78, 79].into_iter().collect();
+    let intake = store
+        .record_and_apply(&batch, Utc::now(), &ignored)
+        .await
+        .unwrap();
     assert!(intake.apply_error.is_none(), "{:?}", intake.apply_error);
     assert_eq!(
         intake.recorded,
@@ -453,7 +469,9 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
             Recorded::Duplicate,
             Recorded::New,
             Recorded::New,
-            Recorded::Duplicate
+            Recorded::Duplicate,
+            Recorded::New,
+            Recorded::New
         ]
     );
     assert_eq!(
@@ -463,8 +481,26 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
             None,
             Some(Transition::Advance(JobStatus::InProgress)),
             None,
-            None
+            None,
+            Some(Transition::Advance(JobStatus::Queued)),
+            Some(Transition::Advance(JobStatus::InProgress))
         ]
+    );
+    let disposition = async |id| {
+        store
+            .job(JobId(id))
+            .await
+            .unwrap()
+            .unwrap()
+            .dispatch
+            .disposition
+    };
+    assert_eq!(disposition(77).await, "new");
+    assert_eq!(disposition(78).await, "ignored");
+    assert_eq!(
+        disposition(79).await,
+        "new",
+        "only a queued job is decided at intake"
     );
     let job = store.job(JobId(77)).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::InProgress);
@@ -492,7 +528,10 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
             .unwrap(),
         None
     );
-    let empty = store.record_and_apply(&[], Utc::now()).await.unwrap();
+    let empty = store
+        .record_and_apply(&[], Utc::now(), &Default::default())
+        .await
+        .unwrap();
     assert!(empty.recorded.is_empty() && empty.applied.is_empty());
 }
 
