@@ -623,5 +623,8 @@ fn bind_vm<'q>(query: PgQuery<'q>, vm: &'q VmRow) -> PgQuery<'q> {
 }
 
 crate::shared::shared_rows!(PgRow);
+/// How this backend's generated statements write their binds.
+const BINDS: crate::shared::Binds = crate::shared::Binds::Numbered;
+
 crate::shared::shared_job_events!(sqlx::PgConnection, "FOR UPDATE");
 crate::shared::shared_methods!(PgStore);

@@ -147,17 +147,43 @@ pub(crate) fn vms_oldest_first(mut vms: Vec<crate::VmRow>) -> Vec<crate::VmRow> 
     vms
 }
 
-/// `$1, $2, …, $n`.
-pub(crate) fn placeholders(n: usize) -> String {
-    placeholders_from(1, n)
-}
-
 /// `$first, …`, `n` of them.
 pub(crate) fn placeholders_from(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How a backend numbers the binds of statements generated for a list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Binds {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …`, bound in the order they appear (SQLite). SQLite finds a numbered bind by
+    /// walking the statement's list of names, when parsing and again when binding, so a
+    /// statement of n numbered binds costs n²: a 25-row insert of jobs (500 binds) spent most
+    /// of its time there.
+    Anonymous,
+}
+
+impl Binds {
+    /// Binds `first ..= first + n - 1`, comma-separated. With `Anonymous`, the statement's
+    /// binds must all be written by this, in the order they are bound.
+    pub(crate) fn list(self, first: usize, n: usize) -> String {
+        match self {
+            Binds::Numbered => placeholders_from(first, n),
+            Binds::Anonymous => vec!["?"; n].join(", "),
+        }
+    }
+
+    /// `n`-bind rows of `rows`, `(…), (…)`, numbered from `first`.
+    pub(crate) fn rows(self, first: usize, rows: usize, n: usize) -> String {
+        (0..rows)
+            .map(|r| format!("({})", self.list(first + r * n, n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Lookups by a list of keys go in chunks of this many binds. Statements whose text depends on
@@ -215,10 +241,11 @@ macro_rules! shared_job_events {
             let mut claimed = std::collections::HashSet::new();
             for chunk in deliveries.chunks(crate::shared::IN_CHUNK) {
                 let sql = format!(
-                    "UPDATE deliveries SET processed_at = $1
+                    "UPDATE deliveries SET processed_at = {}
                      WHERE processed_at IS NULL AND delivery_id IN ({})
                      RETURNING delivery_id",
-                    crate::shared::placeholders_from(2, chunk.len())
+                    BINDS.list(1, 1),
+                    BINDS.list(2, chunk.len())
                 );
                 let mut query = sqlx::query_scalar::<_, String>(&sql)
                     .persistent(false)
@@ -244,16 +271,10 @@ macro_rules! shared_job_events {
         ) -> Result<Vec<Recorded>, StoreError> {
             let mut new = std::collections::HashSet::new();
             for chunk in batch.chunks(crate::shared::IN_CHUNK / 5) {
-                let rows: Vec<String> = (0..chunk.len())
-                    .map(|r| {
-                        let b = r * 5;
-                        format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
-                    })
-                    .collect();
                 let sql = format!(
                     "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
                      VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
-                    rows.join(", ")
+                    BINDS.rows(1, chunk.len(), 5)
                 );
                 let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                 for d in chunk {
@@ -297,14 +318,11 @@ macro_rules! shared_job_events {
             outcomes: &[(&str, String)],
         ) -> Result<(), StoreError> {
             for chunk in outcomes.chunks(crate::shared::IN_CHUNK / 2) {
-                let rows: Vec<String> = (0..chunk.len())
-                    .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
-                    .collect();
                 let sql = format!(
                     "WITH v (id, outcome) AS (VALUES {})
                      UPDATE deliveries SET outcome = v.outcome FROM v
                      WHERE deliveries.delivery_id = v.id",
-                    rows.join(", ")
+                    BINDS.rows(1, chunk.len(), 2)
                 );
                 let mut query = sqlx::query(&sql).persistent(false);
                 for (id, outcome) in chunk {
@@ -330,21 +348,13 @@ macro_rules! shared_job_events {
             const COLUMNS: usize = 20;
             let mut inserted = std::collections::HashSet::new();
             for chunk in events.chunks(crate::shared::IN_CHUNK / COLUMNS) {
-                let rows: Vec<String> = (0..chunk.len())
-                    .map(|r| {
-                        format!(
-                            "({})",
-                            crate::shared::placeholders_from(r * COLUMNS + 1, COLUMNS)
-                        )
-                    })
-                    .collect();
                 let sql = format!(
                     "INSERT INTO jobs (job_id, run_id, installation_id, repo, repo_id, org, sender,
                        status, conclusion, labels, job_name, workflow_name, runner_id,
                        runner_name, created_at, started_at, completed_at, first_seen_at,
                        updated_at, disposition)
                      VALUES {} ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
-                    rows.join(", ")
+                    BINDS.rows(1, chunk.len(), COLUMNS)
                 );
                 let mut query = sqlx::query_scalar::<_, i64>(&sql).persistent(false);
                 for e in chunk {
@@ -830,7 +840,7 @@ macro_rules! shared_methods {
                 for chunk in values.chunks(crate::shared::IN_CHUNK) {
                     let sql = format!(
                         "SELECT * FROM vms WHERE {column} IN ({})",
-                        crate::shared::placeholders(chunk.len())
+                        BINDS.list(1, chunk.len())
                     );
                     let mut query = sqlx::query(&sql).persistent(false);
                     for value in chunk {
@@ -848,7 +858,7 @@ macro_rules! shared_methods {
                 for chunk in ids.chunks(crate::shared::IN_CHUNK) {
                     let sql = format!(
                         "SELECT * FROM jobs WHERE job_id IN ({})",
-                        crate::shared::placeholders(chunk.len())
+                        BINDS.list(1, chunk.len())
                     );
                     let mut query = sqlx::query(&sql).persistent(false);
                     for id in chunk {

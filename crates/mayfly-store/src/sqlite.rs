@@ -690,5 +690,8 @@ fn bind_vm<'q>(query: SqliteQuery<'q>, vm: &'q VmRow) -> SqliteQuery<'q> {
 }
 
 crate::shared::shared_rows!(sqlx::sqlite::SqliteRow);
+/// How this backend's generated statements write their binds.
+const BINDS: crate::shared::Binds = crate::shared::Binds::Anonymous;
+
 crate::shared::shared_job_events!(sqlx::SqliteConnection, "");
 crate::shared::shared_methods!(SqliteStore);
