@@ -91,9 +91,9 @@ pub trait CommonStore: Send + Sync {
 
     /// Records deliveries as [`CommonStore::record_deliveries`] does and, in the same commit,
     /// applies the job events among the new ones as [`CommonStore::apply_job_events`] does: one
-    /// write of each delivery instead of two. If applying fails, the batch is still recorded
-    /// (the processor applies it later) and the error is returned in [`Intake::apply_error`];
-    /// on any other error nothing is recorded. A job of `ignored` (by id) that comes new and
+    /// write of each delivery instead of two. If applying fails, the batch is recorded again
+    /// unapplied (the processor applies it later) and the error is returned in
+    /// [`Intake::apply_error`]; on any other error nothing is recorded. A job of `ignored` (by id) that comes new and
     /// queued is inserted already decided, `ignored` (intake knows no profile serves it: most of
     /// an organisation's jobs are for other runners), so no scheduling pass writes it again.
     async fn record_and_apply(

@@ -265,16 +265,20 @@ macro_rules! shared_job_events {
 
         /// Inserts the deliveries not recorded before, a statement a chunk, and says for each
         /// whether it was new; of a batch's copies of one id, the first is the one recorded.
+        /// With `processed_at`, job events are inserted processed at that time (their
+        /// transaction applies them); other events are left for the processor.
         async fn insert_deliveries(
             conn: &mut $conn,
             batch: &[NewDelivery],
+            processed_at: Option<DateTime<Utc>>,
         ) -> Result<Vec<Recorded>, StoreError> {
             let mut new = std::collections::HashSet::new();
-            for chunk in batch.chunks(crate::shared::IN_CHUNK / 5) {
+            for chunk in batch.chunks(crate::shared::IN_CHUNK / 6) {
                 let sql = format!(
-                    "INSERT INTO deliveries (delivery_id, event, action, received_at, intake)
+                    "INSERT INTO deliveries (delivery_id, event, action, received_at, intake,
+                       processed_at)
                      VALUES {} ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id",
-                    BINDS.rows(1, chunk.len(), 5)
+                    BINDS.rows(1, chunk.len(), 6)
                 );
                 let mut query = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                 for d in chunk {
@@ -283,7 +287,10 @@ macro_rules! shared_job_events {
                         .bind(&d.event)
                         .bind(&d.action)
                         .bind(d.received_at)
-                        .bind(crate::codec::to_json(&d.intake, "intake event")?);
+                        .bind(crate::codec::to_json(&d.intake, "intake event")?)
+                        .bind(processed_at.filter(|_| {
+                            matches!(d.intake, mayfly_core::IntakeEvent::Job(_))
+                        }));
                 }
                 new.extend(
                     query
@@ -460,6 +467,18 @@ macro_rules! shared_job_events {
                 .into_iter()
                 .filter(|&i| claimed.remove(batch[i].0.as_str()))
                 .collect();
+            apply_claimed_in(conn, batch, mine, now, ignored).await
+        }
+
+        /// Applies the events at `mine` (indexes into `batch`, in job id order), whose
+        /// deliveries this transaction has marked processed; the rest are left `None`.
+        async fn apply_claimed_in(
+            conn: &mut $conn,
+            batch: &[(DeliveryId, JobEvent)],
+            mine: Vec<usize>,
+            now: DateTime<Utc>,
+            ignored: &std::collections::HashSet<i64>,
+        ) -> Result<Vec<Option<Transition>>, StoreError> {
             let mut seen = std::collections::HashSet::new();
             let firsts: Vec<&JobEvent> = mine
                 .iter()
@@ -663,7 +682,7 @@ macro_rules! shared_methods {
                 batch: &[NewDelivery],
             ) -> Result<Vec<Recorded>, StoreError> {
                 let mut tx = self.begin_write().await?;
-                let recorded = insert_deliveries(&mut tx, batch).await?;
+                let recorded = insert_deliveries(&mut tx, batch, None).await?;
                 tx.commit().await.op("commit recorded deliveries")?;
                 Ok(recorded)
             }
@@ -673,8 +692,11 @@ macro_rules! shared_methods {
                 now: DateTime<Utc>,
                 ignored: &std::collections::HashSet<i64>,
             ) -> Result<crate::Intake, StoreError> {
+                // Job events are inserted processed, and so are this transaction's alone (a
+                // row another server inserts at the same time conflicts and is a duplicate):
+                // no claim is needed before applying them.
                 let mut tx = self.begin_write().await?;
-                let recorded = insert_deliveries(&mut tx, batch).await?;
+                let recorded = insert_deliveries(&mut tx, batch, Some(now)).await?;
                 let (at, events): (Vec<usize>, Vec<(DeliveryId, JobEvent)>) = batch
                     .iter()
                     .zip(&recorded)
@@ -686,39 +708,32 @@ macro_rules! shared_methods {
                         _ => None,
                     })
                     .unzip();
-                let mut applied = vec![None; batch.len()];
-                let mut apply_error = None;
-                if !events.is_empty() {
-                    // A savepoint: when applying fails, what it did is undone and the batch is
-                    // committed recorded only.
-                    let mut savepoint = sqlx::Acquire::begin(&mut tx)
-                        .await
-                        .op("begin applying recorded deliveries")?;
-                    match apply_job_events_in(&mut savepoint, &events, now, ignored).await {
-                        Ok(transitions) => {
-                            savepoint
-                                .commit()
-                                .await
-                                .op("release applied deliveries")?;
-                            for (i, transition) in at.into_iter().zip(transitions) {
-                                applied[i] = transition;
-                            }
+                let mut order: Vec<usize> = (0..events.len()).collect();
+                order.sort_by_key(|&i| events[i].1.job_id.0);
+                match apply_claimed_in(&mut tx, &events, order, now, ignored).await {
+                    Ok(transitions) => {
+                        tx.commit().await.op("commit recorded deliveries")?;
+                        let mut applied = vec![None; batch.len()];
+                        for (i, transition) in at.into_iter().zip(transitions) {
+                            applied[i] = transition;
                         }
-                        Err(e) => {
-                            savepoint
-                                .rollback()
-                                .await
-                                .op("roll back applying recorded deliveries")?;
-                            apply_error = Some(e);
-                        }
+                        Ok(crate::Intake {
+                            recorded,
+                            applied,
+                            apply_error: None,
+                        })
+                    }
+                    Err(e) => {
+                        // Rare: recorded again without applying, for the processor.
+                        tx.rollback().await.op("roll back applying deliveries")?;
+                        let recorded = self.record_deliveries(batch).await?;
+                        Ok(crate::Intake {
+                            applied: vec![None; recorded.len()],
+                            recorded,
+                            apply_error: Some(e),
+                        })
                     }
                 }
-                tx.commit().await.op("commit recorded deliveries")?;
-                Ok(crate::Intake {
-                    recorded,
-                    applied,
-                    apply_error,
-                })
             }
             async fn apply_job_events(
                 &self,

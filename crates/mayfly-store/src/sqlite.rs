@@ -98,8 +98,11 @@ impl SqliteStore {
                 }
             }
         };
+        // No ping before each use: a connection to a local file does not go stale, and the ping
+        // is one more round trip to the connection's thread for every transaction.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(open_error)?;
@@ -124,6 +127,7 @@ impl SqliteStore {
             })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(3)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_error)?;
