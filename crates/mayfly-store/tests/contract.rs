@@ -8,7 +8,7 @@ use mayfly_core::{
     DeliveryId, InstallationChange, InstallationChangeKind, InstallationId, IntakeEvent, JobEvent,
     JobId, JobStatus, RunId, Transition,
 };
-use mayfly_store::{NewDelivery, PgStore, Recorded, SqliteStore, Store};
+use mayfly_store::{CommonStore, NewDelivery, PgStore, Recorded, SqliteStore, Store};
 
 fn job_event(status: JobStatus) -> JobEvent {
     JobEvent {
@@ -1144,6 +1144,12 @@ fn with_database(url: &str, database: &str) -> String {
 /// Runs `test` against a `PgStore` on a database of its own, created on the server at
 /// `MAYFLY_TEST_POSTGRES_URL` and dropped afterwards, even when the test fails.
 async fn with_postgres(test: impl AsyncFnOnce(&dyn Store)) {
+    with_postgres_at(async move |store: &PgStore, _: &str| test(store).await).await;
+}
+
+/// A fresh database for `test`, given the store and the database's URL (to change its schema
+/// behind the store's back), dropped after.
+async fn with_postgres_at(test: impl AsyncFnOnce(&PgStore, &str)) {
     use futures::FutureExt;
     use sqlx::Connection;
 
@@ -1165,7 +1171,7 @@ async fn with_postgres(test: impl AsyncFnOnce(&dyn Store)) {
     let url = with_database(&admin_url, &name);
     let outcome = std::panic::AssertUnwindSafe(async {
         let store = PgStore::connect(&url).await.unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(30), test(&store))
+        tokio::time::timeout(std::time::Duration::from_secs(30), test(&store, &url))
             .await
             .unwrap();
         store.ping().await.unwrap();
@@ -1180,6 +1186,65 @@ async fn with_postgres(test: impl AsyncFnOnce(&dyn Store)) {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// When applying fails in intake's commit (here a trigger refuses every new job), the batch is
+/// still recorded, unapplied, for the processor, which applies it once it can.
+#[tokio::test]
+async fn postgres_intake_records_a_batch_it_cannot_apply() {
+    use sqlx::Connection;
+    with_postgres_at(async |store: &PgStore, url: &str| {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+             CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs
+               FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let queued = job_event(JobStatus::Queued);
+        let batch = [
+            delivery("f-1", IntakeEvent::Job(queued.clone())),
+            delivery("f-2", IntakeEvent::Ping),
+        ];
+        let intake = store
+            .record_and_apply(&batch, Utc::now(), &Default::default())
+            .await
+            .unwrap();
+        let error = intake.apply_error.expect("applying was refused");
+        assert!(
+            format!("{error:?}").contains("refused by the test"),
+            "{error:?}"
+        );
+        assert_eq!(intake.recorded, [Recorded::New, Recorded::New]);
+        assert_eq!(intake.applied, [None, None]);
+        assert!(store.job(JobId(77)).await.unwrap().is_none());
+        let pending: Vec<String> = store
+            .pending_deliveries(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.delivery_id.as_str().to_owned())
+            .collect();
+        assert_eq!(pending, ["f-1", "f-2"]);
+
+        sqlx::raw_sql("DROP TRIGGER refuse_jobs ON jobs")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let f1 = DeliveryId::parse("f-1").unwrap();
+        assert_eq!(
+            store
+                .apply_job_event(&f1, &queued, Utc::now())
+                .await
+                .unwrap(),
+            Some(Transition::Advance(JobStatus::Queued))
+        );
+        conn.close().await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]
