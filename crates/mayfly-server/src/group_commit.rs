@@ -151,18 +151,18 @@ async fn write(
             tracing::debug!(job = %job.job_id, labels = ?job.labels, "no profile matches; ignored");
         }
         writer.summary.ignored(decided.len());
-        if !applied.is_empty() {
-            if let Err(e) = crate::processor::after_applied(
-                writer.store.as_ref(),
-                &writer.metrics,
-                &writer.summary,
-                applied,
-            )
-            .await
-            {
-                tracing::warn!(error = %crate::error::chain(&e),
-                    "could not read the jobs just completed for their metrics");
-            }
+        let completed = writer.summary.applied(applied);
+        if !completed.is_empty() {
+            // Off the writer's path: the next batch does not wait for this read.
+            let (store, metrics) = (writer.store.clone(), writer.metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) =
+                    crate::processor::measure_completed(store.as_ref(), &metrics, &completed).await
+                {
+                    tracing::warn!(error = %crate::error::chain(&e),
+                        "could not read the jobs just completed for their metrics");
+                }
+            });
         }
     }
 }

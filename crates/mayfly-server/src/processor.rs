@@ -122,7 +122,8 @@ impl Processor {
             .iter()
             .zip(transitions)
             .filter_map(|((d, job), t)| Some((d, job, t?)));
-        after_applied(self.store.as_ref(), &self.metrics, &self.summary, applied).await
+        let completed = self.summary.applied(applied);
+        measure_completed(self.store.as_ref(), &self.metrics, &completed).await
     }
 
     /// Applies a delivery that is not a job event (those go in batches).
@@ -158,27 +159,15 @@ impl Processor {
     }
 }
 
-/// What follows job events once applied (by the processor, or by intake in the commit that
-/// recorded them): each is counted for the summary and logged at debug, and completed jobs are
-/// measured, in one read. Only the server that applied a completion gets here, so it is
-/// counted once.
-pub(crate) async fn after_applied<'a>(
+/// Reads the jobs whose completion was just applied and counts them in the metrics, in one
+/// read. Only the server that applied a completion gets here, so it is counted once.
+pub(crate) async fn measure_completed(
     store: &dyn Store,
     metrics: &crate::metrics::Metrics,
-    summary: &Summary,
-    applied: impl IntoIterator<Item = (&'a DeliveryId, &'a JobEvent, Transition)>,
+    completed: &[i64],
 ) -> Result<(), StoreError> {
-    let mut completed = Vec::new();
-    for (delivery, job, transition) in applied {
-        summary.count(transition);
-        tracing::debug!(%delivery, job = %job.job_id, repo = %job.repo,
-            status = job.status.as_str(), ?transition, "job event applied");
-        if transition == Transition::Advance(JobStatus::Completed) {
-            completed.push(job.job_id.0);
-        }
-    }
     if !completed.is_empty() {
-        for row in store.jobs_by_id(&completed).await? {
+        for row in store.jobs_by_id(completed).await? {
             metrics.job_completed(&row);
         }
     }
@@ -202,6 +191,24 @@ impl Summary {
                 Transition::Stale => c.2 += 1,
             }
         }
+    }
+
+    /// Counts job events just applied (by the processor, or by intake in the commit that
+    /// recorded them) and logs each at debug; returns the ids of the jobs they completed.
+    pub(crate) fn applied<'a>(
+        &self,
+        applied: impl IntoIterator<Item = (&'a DeliveryId, &'a JobEvent, Transition)>,
+    ) -> Vec<i64> {
+        let mut completed = Vec::new();
+        for (delivery, job, transition) in applied {
+            self.count(transition);
+            tracing::debug!(%delivery, job = %job.job_id, repo = %job.repo,
+                status = job.status.as_str(), ?transition, "job event applied");
+            if transition == Transition::Advance(JobStatus::Completed) {
+                completed.push(job.job_id.0);
+            }
+        }
+        completed
     }
 
     pub(crate) fn ignored(&self, jobs: usize) {

@@ -203,13 +203,21 @@ impl SqliteStore {
     /// Checkpoints the write-ahead log into the database file and closes every connection.
     pub async fn close(&self) {
         self.reader.close().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-        {
+        if let Err(e) = self.checkpoint().await {
             tracing::warn!(error = %e, "could not checkpoint the database before closing");
         }
         self.pool.close().await;
+    }
+
+    /// Moves the write-ahead log into the database file and empties it. In service SQLite does
+    /// this in small steps as the log grows; one huge transaction (history seeded for a
+    /// benchmark) leaves a log every read must look through until this is done.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .op("checkpoint")?;
+        Ok(())
     }
 }
 

@@ -327,6 +327,28 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
     assert_eq!(later, [77, 78]);
 
     assert_pass_reads_open_work_only(store, true).await;
+    // A flood of queued jobs no profile serves (decided at intake, never placed) beside the
+    // history of placed and completed ones: a planner that takes disposition and status as
+    // independent guesses thousands of jobs placed and still open, and reads the whole table.
+    let flood: Vec<NewDelivery> = (0..3_000)
+        .map(|i| {
+            delivery(
+                &format!("flood-{i}"),
+                IntakeEvent::Job(JobEvent {
+                    job_id: JobId(5_000_000 + i),
+                    labels: vec!["ubuntu-latest".into()],
+                    ..job_event(JobStatus::Queued)
+                }),
+            )
+        })
+        .collect();
+    let ignored = (0..3_000).map(|i| 5_000_000 + i).collect();
+    store
+        .record_and_apply(&flood, Utc::now(), &ignored)
+        .await
+        .unwrap();
+    store.refresh_statistics().await.unwrap();
+    assert_pass_reads_open_work_only(store, true).await;
     // The history is all there, just not read.
     assert_eq!(
         store
