@@ -32,6 +32,16 @@ fn job_event(status: JobStatus) -> JobEvent {
     }
 }
 
+/// Job 77 taken by runner `mayfly-r`.
+fn running_event() -> JobEvent {
+    JobEvent {
+        status: JobStatus::InProgress,
+        runner_name: Some("mayfly-r".into()),
+        started_at: Some(Utc::now()),
+        ..job_event(JobStatus::Queued)
+    }
+}
+
 fn delivery(id: &str, intake: IntakeEvent) -> NewDelivery {
     NewDelivery {
         delivery_id: DeliveryId::parse(id).unwrap(),
@@ -373,12 +383,7 @@ async fn a_pass_reads_open_work_not_history(store: &dyn Store) {
 /// job events applies each once, a job's events in their order.
 async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
     let queued = job_event(JobStatus::Queued);
-    let running = JobEvent {
-        status: JobStatus::InProgress,
-        runner_name: Some("mayfly-r".into()),
-        started_at: Some(Utc::now()),
-        ..job_event(JobStatus::Queued)
-    };
+    let running = running_event();
     let other = JobEvent {
         job_id: JobId(5),
         ..job_event(JobStatus::Queued)
@@ -450,12 +455,7 @@ async fn deliveries_and_job_events_go_in_batches(store: &dyn Store) {
 /// profile serves is inserted decided (`ignored`); one that comes already running is not.
 async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
     let queued = job_event(JobStatus::Queued);
-    let running = JobEvent {
-        status: JobStatus::InProgress,
-        runner_name: Some("mayfly-r".into()),
-        started_at: Some(Utc::now()),
-        ..job_event(JobStatus::Queued)
-    };
+    let running = running_event();
     let unserved = JobEvent {
         job_id: JobId(78),
         labels: vec!["ubuntu-latest".into()],
