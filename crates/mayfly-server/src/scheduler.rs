@@ -188,17 +188,21 @@ impl Scheduler {
         let since = self.undecided.lock().ok().and_then(|u| u.read_from());
         let rows = match since {
             Some(since) => self.store.undecided_changed_since(since).await?,
-            None => self.store.open_jobs(self.clock.now(), true).await?,
+            None => {
+                // Whole: the stamps, and only the rows not held as they are.
+                let stamps = self.store.undecided_stamps().await?;
+                let stale = match self.undecided.lock() {
+                    Ok(mut undecided) => undecided.resync(&stamps),
+                    Err(_) => return Ok(decided),
+                };
+                self.store.jobs_by_id(&stale).await?
+            }
         };
         let rows = rows.into_iter().map(Arc::new).collect();
         let Ok(mut undecided) = self.undecided.lock() else {
             return Ok(decided);
         };
-        if since.is_none() {
-            undecided.replace(rows);
-        } else {
-            undecided.merge(rows);
-        }
+        undecided.merge(rows);
         Ok(undecided.with(decided))
     }
 

@@ -122,6 +122,10 @@ pub trait CommonStore: Send + Sync {
         undecided: bool,
     ) -> Result<Vec<JobRecord>, StoreError>;
 
+    /// The id and `updated_at` of every job not yet decided (`new`, `placing`): with the rows
+    /// changed since, what keeps a scheduler's set of them true without reading them whole.
+    async fn undecided_stamps(&self) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError>;
+
     /// Jobs not yet decided (`new`, `placing`) whose row changed (`updated_at`) at or after
     /// `since`, in no order: what a pass that keeps the undecided jobs in memory reads. (A job
     /// leaves that set only by a scheduler's decision, which that scheduler knows.)

@@ -114,6 +114,11 @@ pub(crate) fn open_vms_sql() -> String {
     format!("SELECT * FROM vms WHERE {OPEN_VM}")
 }
 
+/// The id and stamp of every job not yet decided (through the `jobs_undecided_by_updated`
+/// partial index).
+pub(crate) const UNDECIDED_STAMPS: &str =
+    "SELECT job_id, updated_at FROM jobs WHERE disposition IN ('new', 'placing')";
+
 /// The SELECTs every scheduling pass makes, for query-plan checks; each binds one timestamp as
 /// `$1` (a query that has no `$1` ignores it).
 pub(crate) fn pass_queries() -> Vec<String> {
@@ -121,6 +126,7 @@ pub(crate) fn pass_queries() -> Vec<String> {
         open_jobs_sql(true),
         open_jobs_sql(false),
         UNDECIDED_CHANGED_SINCE.to_owned(),
+        UNDECIDED_STAMPS.to_owned(),
         open_vms_sql(),
         SILENT_AGENTS_VMS.to_owned(),
     ]
@@ -760,6 +766,12 @@ macro_rules! shared_methods {
                     jobs.push(job_from_row(&row)?);
                 }
                 Ok(jobs)
+            }
+            async fn undecided_stamps(&self) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+                sqlx::query_as(crate::shared::UNDECIDED_STAMPS)
+                    .fetch_all(self.reader())
+                    .await
+                    .op("list undecided jobs' stamps")
             }
             async fn open_jobs(
                 &self,
