@@ -42,6 +42,17 @@ fn running_event() -> JobEvent {
     }
 }
 
+/// The ids of the deliveries still to be processed, oldest first.
+async fn pending_ids(store: &dyn Store) -> Vec<String> {
+    store
+        .pending_deliveries(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.delivery_id.as_str().to_owned())
+        .collect()
+}
+
 fn delivery(id: &str, intake: IntakeEvent) -> NewDelivery {
     NewDelivery {
         delivery_id: DeliveryId::parse(id).unwrap(),
@@ -534,14 +545,11 @@ async fn intake_records_and_applies_in_one_commit(store: &dyn Store) {
         running_delivery.outcome.as_deref(),
         Some("job 77 → in_progress")
     );
-    let pending: Vec<String> = store
-        .pending_deliveries(10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.delivery_id.as_str().to_owned())
-        .collect();
-    assert_eq!(pending, ["i-0", "i-3"], "only the pings are left");
+    assert_eq!(
+        pending_ids(store).await,
+        ["i-0", "i-3"],
+        "only the pings are left"
+    );
     // Applying an event intake applied changes nothing.
     assert_eq!(
         store
@@ -1243,14 +1251,7 @@ async fn postgres_intake_records_a_batch_it_cannot_apply() {
         assert_eq!(intake.recorded, [Recorded::New, Recorded::New]);
         assert_eq!(intake.applied, [None, None]);
         assert!(store.job(JobId(77)).await.unwrap().is_none());
-        let pending: Vec<String> = store
-            .pending_deliveries(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|p| p.delivery_id.as_str().to_owned())
-            .collect();
-        assert_eq!(pending, ["f-1", "f-2"]);
+        assert_eq!(pending_ids(store).await, ["f-1", "f-2"]);
 
         sqlx::raw_sql("DROP TRIGGER refuse_jobs ON jobs")
             .execute(&mut conn)
