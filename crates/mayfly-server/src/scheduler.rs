@@ -180,7 +180,8 @@ impl Scheduler {
 
     /// `decided` (the open jobs already placed, or tied to a VM) with the jobs not yet decided,
     /// oldest first, each once. Those come from memory, brought up to date with the rows changed
-    /// since the last pass, and read whole every [`crate::undecided::RESYNC`].
+    /// since the last pass, and resynced every [`crate::undecided::RESYNC`] (ids and stamps of
+    /// all, rows only of those not held as they are).
     async fn with_undecided(
         &self,
         decided: Vec<Arc<JobRecord>>,
