@@ -177,9 +177,8 @@ pub(crate) async fn measure_completed(
 /// What was applied since the last summary (logged at info once a minute when anything was).
 #[derive(Debug, Default)]
 pub struct Summary {
-    counts: std::sync::Mutex<(u64, u64, u64)>,
-    /// New jobs no profile serves, decided at intake.
-    ignored: std::sync::atomic::AtomicU64,
+    /// Advanced, unchanged, stale; and new jobs no profile serves, decided at intake.
+    counts: std::sync::Mutex<(u64, u64, u64, u64)>,
 }
 
 impl Summary {
@@ -212,16 +211,16 @@ impl Summary {
     }
 
     pub(crate) fn ignored(&self, jobs: usize) {
-        self.ignored
-            .fetch_add(jobs as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut c) = self.counts.lock() {
+            c.3 += jobs as u64;
+        }
     }
 
     fn log(&self) {
         let Ok(mut c) = self.counts.lock() else {
             return;
         };
-        let (advanced, unchanged, stale) = std::mem::take(&mut *c);
-        let ignored = self.ignored.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let (advanced, unchanged, stale, ignored) = std::mem::take(&mut *c);
         if advanced + unchanged + stale > 0 {
             tracing::info!(advanced, unchanged, stale, ignored, every = ?SUMMARY_EVERY,
                 "job events applied (each one is logged at debug; ignored: new jobs no profile serves)");

@@ -104,8 +104,8 @@ struct Measured {
     to_start_ms: Vec<f64>,
     jit_ms: Vec<f64>,
     ours_ms: Vec<f64>,
-    /// Per VM, mayfly's part split: received → applied (the job in the store), and applied →
-    /// StartVm less the JIT round trip (the scheduler).
+    /// Per VM: received → the start of the commit that applied its job (the delivery's
+    /// `processed_at`); the rest of mayfly's part comes after.
     applied_ms: Vec<f64>,
     in_flight_done: usize,
     in_flight_secs: f64,

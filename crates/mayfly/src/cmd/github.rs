@@ -551,41 +551,31 @@ mod tests {
         url
     }
 
-    #[tokio::test]
-    async fn an_incomplete_or_refused_conversion_is_a_clear_error() {
-        let incomplete = github_answering(201, json!({ "id": 1, "name": "mayfly" })).await;
-        let err = Converter::new(incomplete, None)
+    /// The error converting a code against a GitHub that answers `status` with `body`.
+    async fn conversion_error(status: u16, body: Value) -> String {
+        let err = Converter::new(github_answering(status, body).await, None)
             .unwrap()
             .convert("abc")
             .await
             .unwrap_err();
-        assert!(format!("{err:#}").contains("lacks fields"), "{err:#}");
+        format!("{err:#}")
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_or_refused_conversion_is_a_clear_error() {
+        let err = conversion_error(201, json!({ "id": 1, "name": "mayfly" })).await;
+        assert!(err.contains("lacks fields"), "{err}");
 
         let bad_key = json!({
             "id": 1, "name": "mayfly", "html_url": "https://github.com/apps/mayfly",
             "client_id": "Iv23li", "client_secret": "s", "webhook_secret": "w",
             "pem": "not a key",
         });
-        let err = Converter::new(github_answering(201, bad_key).await, None)
-            .unwrap()
-            .convert("abc")
-            .await
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("not a usable RSA key"),
-            "{err:#}"
-        );
+        let err = conversion_error(201, bad_key).await;
+        assert!(err.contains("not a usable RSA key"), "{err}");
 
-        let used = github_answering(404, json!({ "message": "Not Found" })).await;
-        let err = Converter::new(used, None)
-            .unwrap()
-            .convert("abc")
-            .await
-            .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("used already, or is older"),
-            "{err:#}"
-        );
+        let err = conversion_error(404, json!({ "message": "Not Found" })).await;
+        assert!(err.contains("used already, or is older"), "{err}");
     }
 
     #[test]
